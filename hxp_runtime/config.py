@@ -541,6 +541,8 @@ def load_config(file: Path, *, check_fit: bool = True) -> HxpConfig:
         raise ConfigError(
             file, [Problem((), "the file must be a YAML mapping (keys: name, hosts, models...)", 1)]
         )
+    # Top-level "x-" keys hold YAML anchors for reuse (as in Compose files); hxp ignores them.
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         cfg = HxpConfig.model_validate(data)
     except ValidationError as exc:

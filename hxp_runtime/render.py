@@ -1,0 +1,253 @@
+"""hxp.yml (validated) + plan -> an Ansible inventory directory.
+
+The playbooks' only input is what this module writes:
+
+    OUT/hosts.yml                    hosts, their addresses and groups
+    OUT/group_vars/all/hxp.yml       deployment-wide variables, one block per role
+    OUT/host_vars/HOST/hxp.yml       per-host variables (the vLLM instances of the plan)
+
+Secrets are written as lookups that Ansible evaluates at run time (env, file, vault), never as
+values. Nothing here re-states a schema rule: the config has been validated before rendering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hxp_runtime.config import HostGroup, HxpConfig, SecretRef, resolve_host
+from hxp_runtime.planner import Instance, Plan
+
+HEADER = "# Rendered by `hxp render` from {source}. Do not edit: edit hxp.yml and render again.\n"
+Vars = dict[str, Any]
+
+
+def _secret(ref: SecretRef | None) -> str | None:
+    return ref.ansible_expression() if ref is not None else None
+
+
+def _address(cfg: HxpConfig, host: str | None) -> str | None:
+    return str(cfg.host(host).address) if host else None
+
+
+def common_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    return {
+        "hxp_deployment_name": cfg.name,
+        "hxp_schema_version": cfg.version,
+        "hxp_hosts": {h.name: str(h.address) for h in cfg.hosts},
+        "hxp_bundle_path": str(cfg.base_dir / cfg.bundle.path) if cfg.bundle else None,
+    }
+
+
+def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    db = cfg.database
+    if db is None:
+        return {}
+    return {
+        "hxp_postgresql_port": db.port,
+        "hxp_postgresql_database": db.name,
+        "hxp_postgresql_pool_size": db.pool_size,
+        "hxp_postgresql_router_user": db.router_user,
+        "hxp_postgresql_router_password": _secret(db.router_password),
+        "hxp_postgresql_exporter_port": db.exporter_port,
+        "hxp_postgresql_backup_dir": db.backup_dir,
+        "hxp_postgresql_listen_address": _address(
+            cfg, resolve_host(cfg, db.host, HostGroup.DATABASE)
+        ),
+        # Only the LLM hosts (where the router runs) may connect.
+        "hxp_postgresql_allowed_clients": [str(h.address) for h in cfg.hosts_in(HostGroup.LLM)],
+    }
+
+
+def redis_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    cache = cfg.cache
+    if cache is None:
+        return {}
+    return {
+        "hxp_redis_port": cache.port,
+        "hxp_redis_bind_address": _address(cfg, resolve_host(cfg, cache.host, HostGroup.CACHE)),
+        "hxp_redis_password": _secret(cache.password),
+        "hxp_redis_maxmemory_mb": cache.maxmemory_mb,
+        "hxp_redis_maxmemory_policy": cache.maxmemory_policy,
+        "hxp_redis_persistence": cache.persistence,
+        "hxp_redis_exporter_port": cache.exporter_port,
+    }
+
+
+def qdrant_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    vec = cfg.vector_db
+    if vec is None:
+        return {}
+    return {
+        "hxp_qdrant_http_port": vec.http_port,
+        "hxp_qdrant_grpc_port": vec.grpc_port,
+        "hxp_qdrant_bind_address": _address(cfg, resolve_host(cfg, vec.host, HostGroup.VECTOR)),
+        "hxp_qdrant_api_key": _secret(vec.api_key),
+        "hxp_qdrant_collections": [c.model_dump(mode="json") for c in vec.collections],
+        "hxp_qdrant_snapshot_dir": vec.snapshot_dir,
+    }
+
+
+def _backends(cfg: HxpConfig, plan: Plan) -> list[Vars]:
+    backends = []
+    for inst in plan.instances:
+        model = cfg.model(inst.model)
+        backends.append(
+            {
+                "name": model.name,
+                "served_name": model.routing_name,
+                "aliases": model.aliases,
+                "task": model.task,
+                "url": f"http://{cfg.host(inst.host).address}:{inst.port}",
+                "categories": model.categories,
+                "slo": model.slo.model_dump(mode="json"),
+            }
+        )
+    return backends
+
+
+def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    router = cfg.router
+    settings = router.model_dump(mode="json", exclude={"api_keys", "upstream_api_key", "host"})
+    settings["backends"] = _backends(cfg, plan)
+    if cfg.database is not None:
+        settings["database"] = {
+            "host": _address(cfg, resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)),
+            "port": cfg.database.port,
+            "name": cfg.database.name,
+            "user": cfg.database.router_user,
+            "pool_size": cfg.database.pool_size,
+        }
+    if cfg.cache is not None:
+        settings["redis"] = {
+            "host": _address(cfg, resolve_host(cfg, cfg.cache.host, HostGroup.CACHE)),
+            "port": cfg.cache.port,
+        }
+    return {
+        "hxp_router_port": router.port,
+        "hxp_router_workers": router.workers,
+        "hxp_router_settings": settings,
+        "hxp_router_api_keys": [
+            {
+                "name": key.name,
+                "secret": _secret(key.secret),
+                "requests_per_minute": key.requests_per_minute,
+                "tokens_per_minute": key.tokens_per_minute,
+            }
+            for key in router.api_keys
+        ],
+        "hxp_router_upstream_api_key": _secret(router.upstream_api_key),
+        "hxp_router_database_password": _secret(
+            cfg.database.router_password if cfg.database else None
+        ),
+        "hxp_router_redis_password": _secret(cfg.cache.password if cfg.cache else None),
+    }
+
+
+def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    m = cfg.metrics
+    if m is None:
+        return {}
+    return {
+        "hxp_metrics_prometheus_port": m.prometheus_port,
+        "hxp_metrics_alertmanager_port": m.alertmanager_port,
+        "hxp_metrics_grafana_port": m.grafana_port,
+        "hxp_metrics_scrape_interval_s": m.scrape_interval_s,
+        "hxp_metrics_retention_days": m.retention_days,
+        "hxp_metrics_grafana_admin_password": _secret(m.grafana_admin_password),
+        "hxp_metrics_node_exporter_port": m.node_exporter_port,
+        "hxp_metrics_gpu_exporter_port": m.gpu_exporter_port,
+    }
+
+
+def vllm_instance_vars(cfg: HxpConfig, inst: Instance) -> Vars:
+    model = cfg.model(inst.model)
+    engine = model.engine
+    return {
+        "name": model.name,
+        "unit": model.unit_name,
+        "served_name": model.routing_name,
+        "aliases": model.aliases,
+        "task": model.task,
+        "port": inst.port,
+        "model_path": model.source.path,
+        "model_artifact": model.source.artifact,
+        "device": inst.device,
+        "gpu_ids": list(inst.gpu_ids),
+        "tensor_parallel_size": inst.tensor_parallel_size,
+        "gpu_memory_utilization": inst.gpu_memory_utilization,
+        "planned_gpu_memory_gib": round(inst.need_per_gpu_gib, 2),
+        "kv_cache_bytes": int(inst.kv_gib * 2**30),
+        "max_model_len": engine.max_model_len,
+        "max_num_seqs": engine.max_num_seqs,
+        "dtype": engine.dtype,
+        "quantization": engine.quantization,
+        "kv_cache_dtype": engine.kv_cache_dtype,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "extra_args": engine.extra_args,
+        "memory_limit_gb": model.memory_limit_gb,
+        "cpu_cores": model.cpu_cores,
+        "start_order": inst.start_order,
+    }
+
+
+ROLE_VARS: tuple[Callable[[HxpConfig, Plan], Vars], ...] = (
+    common_vars,
+    postgresql_vars,
+    redis_vars,
+    qdrant_vars,
+    router_vars,
+    metrics_vars,
+)
+
+
+def inventory_hosts(cfg: HxpConfig) -> Vars:
+    children: dict[str, Vars] = {}
+    for group in HostGroup:
+        members = cfg.hosts_in(group)
+        if members:
+            children[group.value] = {"hosts": {h.name: None for h in members}}
+    hostvars = {
+        h.name: {
+            "ansible_host": str(h.address),
+            "ansible_user": h.ssh_user,
+            "ansible_port": h.ssh_port,
+        }
+        for h in cfg.hosts
+    }
+    return {"all": {"hosts": hostvars, "children": children}}
+
+
+def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
+    spec = cfg.host(host)
+    instances = plan.for_host(host)
+    return {
+        "hxp_host_accelerator": spec.accelerator,
+        "hxp_host_gpus": [g.model_dump(mode="json") for g in spec.gpus],
+        "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
+        "hxp_vllm_instances": [vllm_instance_vars(cfg, i) for i in instances],
+    }
+
+
+def render_inventory(cfg: HxpConfig, plan: Plan, out: Path, source: Path) -> list[Path]:
+    """Write the inventory for ``cfg`` under ``out`` (replacing what hxp wrote there before)."""
+    header = HEADER.format(source=source)
+    files: dict[Path, Vars] = {out / "hosts.yml": inventory_hosts(cfg)}
+    group_all: Vars = {}
+    for role_vars in ROLE_VARS:
+        group_all.update(role_vars(cfg, plan))
+    files[out / "group_vars" / "all" / "hxp.yml"] = group_all
+    for host in cfg.hosts:
+        files[out / "host_vars" / host.name / "hxp.yml"] = host_vars(cfg, plan, host.name)
+    # Host vars of hosts that left the config go too; files hxp did not write stay.
+    for old in out.glob("host_vars/*/hxp.yml"):
+        if old not in files and old.read_text(encoding="utf-8").startswith(HEADER[:20]):
+            old.unlink()
+    for path, data in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+        path.write_text(header + "---\n" + text, encoding="utf-8")
+    return list(files)
