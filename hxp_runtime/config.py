@@ -688,7 +688,7 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
     )
     routing: list[tuple[str, PathKey]] = []
     for i, m in enumerate(cfg.models):
-        names = {m.name: ("models", i, "name")}
+        names: dict[str, PathKey] = {m.name: ("models", i, "name")}
         names.setdefault(m.routing_name, ("models", i, "served_name"))
         for j, alias in enumerate(m.aliases):
             names.setdefault(alias, ("models", i, "aliases", j))
@@ -725,16 +725,16 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
 
     # host:port clashes.
     taken: dict[tuple[str, int], str] = {}
-    for host, port, label, path in service_endpoints(cfg):
-        if host is None:
+    for on_host, port, label, path in service_endpoints(cfg):
+        if on_host is None:
             continue
-        if (host, port) in taken and taken[(host, port)] != label:
+        if (on_host, port) in taken and taken[(on_host, port)] != label:
             yield Problem(
                 path,
-                f"port {port} on host {host!r} is already used by {taken[(host, port)]}; "
+                f"port {port} on host {on_host!r} is already used by {taken[(on_host, port)]}; "
                 "choose a free port",
             )
-        taken.setdefault((host, port), label)
+        taken.setdefault((on_host, port), label)
 
     # References to models.
     index = cfg.routing_index()
@@ -781,10 +781,10 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
     # GPUs and tensor parallelism.
     hosts = {h.name: h for h in cfg.hosts}
     for i, model in enumerate(cfg.models):
-        host = hosts.get(resolve_host(cfg, model.host, HostGroup.LLM) or "")
-        if host is None:
-            continue
-        yield from _gpu_rules(model, host, ("models", i))
+        llm_host = hosts.get(resolve_host(cfg, model.host, HostGroup.LLM) or "")
+        if llm_host is None or HostGroup.LLM not in llm_host.groups:
+            continue  # the host rule above already reported it
+        yield from _gpu_rules(model, llm_host, ("models", i))
 
 
 def _gpu_rules(model: Model, host: Host, path: PathKey) -> Iterator[Problem]:

@@ -243,6 +243,28 @@ def _suggestions(demand: _Demand, gpus: list[GpuState], overhead: float, tp: int
     return out
 
 
+def _place_cpu_host(host_name: str, demands: list[_Demand]) -> list[Instance]:
+    # CPU instances share the host's memory bandwidth and cores: start one at a time.
+    return [
+        Instance(
+            model=d.model.name,
+            host=host_name,
+            port=d.model.port,
+            device="cpu",
+            gpu_ids=(),
+            tensor_parallel_size=1,
+            weights_gib=d.estimate.weights_gib,
+            kv_gib=d.estimate.kv_gib,
+            need_per_gpu_gib=0.0,
+            gpu_memory_utilization=None,
+            headroom_gib=None,
+            start_order=order,
+            shape_origin=d.shape.origin,
+        )
+        for order, d in enumerate(sorted(demands, key=lambda d: d.position), start=1)
+    ]
+
+
 def _place_host(
     cfg: HxpConfig, host_name: str, demands: list[_Demand]
 ) -> tuple[list[Instance], list[GpuUsage], list[PlanProblem]]:
@@ -250,26 +272,7 @@ def _place_host(
     settings = cfg.planner
     problems: list[PlanProblem] = []
     if host.accelerator == "cpu":
-        instances = [
-            Instance(
-                model=d.model.name,
-                host=host_name,
-                port=d.model.port,
-                device="cpu",
-                gpu_ids=(),
-                tensor_parallel_size=1,
-                weights_gib=d.estimate.weights_gib,
-                kv_gib=d.estimate.kv_gib,
-                need_per_gpu_gib=0.0,
-                gpu_memory_utilization=None,
-                headroom_gib=None,
-                start_order=order,
-                shape_origin=d.shape.origin,
-            )
-            # CPU instances share the host's memory bandwidth and cores: start one at a time.
-            for order, d in enumerate(sorted(demands, key=lambda d: d.position), start=1)
-        ]
-        return instances, [], problems
+        return _place_cpu_host(host_name, demands), [], problems
 
     gpus = {
         g.index: GpuState(g.index, g.name, g.memory_gb, g.memory_gb * settings.max_gpu_utilization)
@@ -384,13 +387,14 @@ def _place_host(
         )
         for g in gpus.values()
     ]
-    for g in usage:
-        if g.utilization_sum > settings.max_gpu_utilization + 1e-9:
+    for row in usage:
+        if row.utilization_sum > settings.max_gpu_utilization + 1e-9:
             problems.append(
                 PlanProblem(
                     ("models",),
-                    f"GPU {g.index} on {host_name}: gpu_memory_utilization of {', '.join(g.tenants)}"
-                    f" adds up to {g.utilization_sum:.2f}, above planner.max_gpu_utilization "
+                    f"GPU {row.index} on {host_name}: gpu_memory_utilization of "
+                    f"{', '.join(row.tenants)} adds up to {row.utilization_sum:.2f}, "
+                    "above planner.max_gpu_utilization "
                     f"{settings.max_gpu_utilization:.2f}; lower the explicit values",
                 )
             )
