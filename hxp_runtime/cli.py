@@ -187,6 +187,41 @@ def render(
     out.print(f"[green]rendered[/] {len(written)} files into {out_dir}", highlight=False)
 
 
+@app.command()
+def deploy(
+    file: ConfigFile,
+    inventory_dir: Annotated[
+        Path | None,
+        typer.Option("--inventory-dir", help="where to render (default: .hxp/NAME/inventory)"),
+    ] = None,
+    playbook: Annotated[str, typer.Option(help="playbook under playbooks/")] = "site.yml",
+    check: Annotated[bool, typer.Option("--check", help="dry run with diffs")] = False,
+    limit: Annotated[str | None, typer.Option(help="only these hosts or groups")] = None,
+    tags: Annotated[str | None, typer.Option(help="only tasks with these tags")] = None,
+) -> None:
+    """Render the inventory and run the playbooks (ansible-runner) against it."""
+    from hxp_runtime.deploy import run_playbook  # noqa: PLC0415 - ansible-runner loads slowly
+
+    cfg = load_or_exit(file)
+    state = Path(".hxp") / cfg.name
+    inventory = inventory_dir or state / "inventory"
+    render_inventory(cfg, plan_deployment(cfg), inventory, file)
+    out.print(f"inventory rendered into {inventory}", highlight=False)
+    rc, progress = run_playbook(
+        inventory / "hosts.yml",
+        playbook=playbook,
+        state_dir=state / "runner",
+        check=check,
+        limit=limit,
+        tags=tags,
+        console=out,
+    )
+    if rc:
+        err.print(f"[bold red]deploy failed[/] ({len(progress.failures)} failed tasks)")
+        raise typer.Exit(EXIT_INVALID)
+    out.print("[green]deploy finished[/]")
+
+
 def main() -> None:
     try:
         app()

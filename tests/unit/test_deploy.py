@@ -1,0 +1,63 @@
+"""`hxp deploy` runs the real playbooks through ansible-runner (local connection, no network)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from hxp_runtime.config import load_config
+from hxp_runtime.deploy import run_playbook
+from hxp_runtime.planner import plan_deployment
+from hxp_runtime.render import render_inventory
+from tests.unit.conftest import BASE
+
+LOCAL = {
+    "ansible_connection": "local",
+    "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+}
+
+
+def test_validation_play_passes_on_a_rendered_inventory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "value-of-an-env-secret"
+    monkeypatch.setenv("HXP_DB_PASSWORD", secret)
+    source = tmp_path / "hxp.yml"
+    source.write_text(BASE)
+    cfg = load_config(source)
+    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", source)
+    buffer = io.StringIO()
+    rc, progress = run_playbook(
+        tmp_path / "inv/hosts.yml",
+        playbook="validate.yml",
+        state_dir=tmp_path / "runner",
+        extra_vars=LOCAL,
+        console=Console(file=buffer, width=200),
+    )
+    assert rc == 0, buffer.getvalue()
+    assert set(progress.counts) == {"llm-1", "db-1"}
+    assert progress.counts["llm-1"]["ok"] == 2
+    assert progress.counts["db-1"]["skipped"] == 1
+    assert (tmp_path / "runner").stat().st_mode & 0o077 == 0
+    for artifact in (tmp_path / "runner").rglob("*"):
+        if artifact.is_file():
+            assert secret not in artifact.read_text(errors="replace"), artifact
+
+
+def test_validation_play_refuses_a_foreign_inventory(tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    somehost: {}\n")
+    buffer = io.StringIO()
+    rc, progress = run_playbook(
+        inventory,
+        playbook="validate.yml",
+        state_dir=tmp_path / "runner",
+        extra_vars=LOCAL,
+        console=Console(file=buffer, width=200),
+    )
+    assert rc != 0
+    assert progress.counts["somehost"]["failed"] == 1
+    assert "was not rendered by `hxp render`" in progress.failures[0]
