@@ -15,7 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hxp_runtime.bundle_cli import bundle_app
 from hxp_runtime.config import ConfigError, HxpConfig, load_config
+from hxp_runtime.lab_cli import lab_app
 from hxp_runtime.planner import Plan, plan_deployment
 from hxp_runtime.render import render_inventory
 
@@ -29,6 +31,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(lab_app, name="lab")
+app.add_typer(bundle_app, name="bundle")
 out = Console()
 err = Console(stderr=True)
 
@@ -172,6 +176,18 @@ def plan(file: ConfigFile, as_json: JsonFlag = False) -> None:
     )
 
 
+def write_inventory_or_exit(cfg: HxpConfig, out_dir: Path, source: Path) -> list[Path]:
+    try:
+        return render_inventory(cfg, plan_deployment(cfg), out_dir, source)
+    except OSError as exc:
+        err.print(
+            f"[bold red]error:[/] cannot write the inventory into {out_dir}: {exc.strerror} "
+            f"({exc.filename}); choose a writable directory with --out",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INVALID) from None
+
+
 @app.command()
 def render(
     file: ConfigFile,
@@ -180,7 +196,7 @@ def render(
 ) -> None:
     """Write the Ansible inventory (hosts, group_vars, host_vars) the playbooks run on."""
     cfg = load_or_exit(file, as_json=as_json)
-    written = render_inventory(cfg, plan_deployment(cfg), out_dir, file)
+    written = write_inventory_or_exit(cfg, out_dir, file)
     if as_json:
         print(json.dumps({"inventory": str(out_dir), "files": [str(p) for p in written]}, indent=2))
         return
@@ -205,7 +221,7 @@ def deploy(
     cfg = load_or_exit(file)
     state = Path(".hxp") / cfg.name
     inventory = inventory_dir or state / "inventory"
-    render_inventory(cfg, plan_deployment(cfg), inventory, file)
+    write_inventory_or_exit(cfg, inventory, file)
     out.print(f"inventory rendered into {inventory}", highlight=False)
     rc, progress = run_playbook(
         inventory / "hosts.yml",

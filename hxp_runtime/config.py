@@ -502,7 +502,8 @@ class ConfigError(Exception):
 
 
 def _pydantic_problems(exc: ValidationError, lines: LineMap) -> list[Problem]:
-    problems = []
+    by_path: dict[PathKey, list[str]] = {}
+    inputs: dict[PathKey, Any] = {}
     for err in exc.errors(include_url=False):
         loc: PathKey = tuple(p for p in err["loc"] if not _is_union_tag(p))
         kind = err["type"]
@@ -511,9 +512,20 @@ def _pydantic_problems(exc: ValidationError, lines: LineMap) -> list[Problem]:
             msg = f"unknown key {loc[-1]!r}; remove it or check its spelling"
         elif kind == "missing":
             msg = "required field is missing; add it"
-        elif kind in {"literal_error", "enum"}:
-            msg = f"{msg} (got {err.get('input')!r})"
-        problems.append(Problem(loc, msg, lines.line_of(loc)))
+        by_path.setdefault(loc, []).append(msg)
+        inputs[loc] = err.get("input")
+    problems = []
+    for loc, messages in by_path.items():
+        # A union (e.g. gpus: auto | count | ids) fails once per member: say it once.
+        message = (
+            messages[0]
+            if len(messages) == 1
+            else (
+                f"{inputs[loc]!r} is not valid: "
+                + "; or ".join(m[0].lower() + m[1:] for m in messages)
+            )
+        )
+        problems.append(Problem(loc, message, lines.line_of(loc)))
     return problems
 
 
@@ -536,7 +548,7 @@ def load_config(file: Path, *, check_fit: bool = True) -> HxpConfig:
     try:
         data, lines = load_yaml(file)
     except YamlSourceError as exc:
-        raise ConfigError(file, [Problem((), str(exc).removeprefix(f"{file}: "))]) from None
+        raise ConfigError(file, [Problem((), exc.message, exc.line)]) from None
     if not isinstance(data, dict):
         raise ConfigError(
             file, [Problem((), "the file must be a YAML mapping (keys: name, hosts, models...)", 1)]

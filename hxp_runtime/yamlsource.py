@@ -19,6 +19,11 @@ PathKey = tuple[str | int, ...]
 class YamlSourceError(Exception):
     """The file cannot be read or is not valid YAML; the message says where and why."""
 
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
 
 @dataclass
 class LineMap:
@@ -82,21 +87,24 @@ def load_yaml(file: Path) -> tuple[Any, LineMap]:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise YamlSourceError(f"{file}: file not found; check the path") from None
+        raise YamlSourceError("file not found; check the path") from None
     except IsADirectoryError:
-        raise YamlSourceError(f"{file}: is a directory; give the path of a YAML file") from None
+        raise YamlSourceError("is a directory; give the path of a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise YamlSourceError(f"{file}: cannot read: {exc}") from None
+        raise YamlSourceError(f"cannot read: {exc}") from None
     try:
         node = yaml.compose(text, Loader=_UniqueKeyLoader)
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise YamlSourceError(f"{where}: YAML syntax error: {problem}; fix the YAML") from None
+        column = f" (column {mark.column + 1})" if mark else ""
+        raise YamlSourceError(
+            f"YAML syntax error{column}: {problem}; fix the YAML",
+            mark.line + 1 if mark else None,
+        ) from None
     except yaml.YAMLError as exc:
-        raise YamlSourceError(f"{file}: YAML error: {exc}") from None
+        raise YamlSourceError(f"YAML error: {exc}") from None
     lines: dict[PathKey, int] = {}
     if node is not None:
         _index_lines(node, (), lines)
