@@ -1,0 +1,87 @@
+"""`hxp bundle …`: build an air-gapped artifact bundle and verify it (see hxp_runtime.bundle).
+
+Exit codes as for the rest of `hxp`: 0 success, 1 the spec or the bundle is not usable, 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from hxp_runtime.bundle import BundleError, build_bundle, verify_bundle
+from hxp_runtime.config import ConfigError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+bundle_app = typer.Typer(
+    help="Air-gapped artifact bundle: wheels, release archives, model directories, Debian "
+    "packages, each with its sha256 in manifest.json.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+MIB = float(1 << 20)
+
+
+def _err(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+@bundle_app.command()
+def build(
+    spec: Annotated[Path, typer.Argument(help="the bundle spec (YAML) naming every artifact")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new directory to write the bundle to")],
+) -> None:
+    """Collect the artifacts of SPEC into a bundle directory and write its manifest."""
+    if not spec.is_file():
+        _err(f"{spec}: file not found; check the path")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        manifest = build_bundle(spec, out_dir, log=lambda line: err.print(line, highlight=False))
+    except ConfigError as exc:
+        err.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except BundleError as exc:
+        for problem in exc.problems:
+            _err(problem)
+        raise typer.Exit(EXIT_FAILED) from None
+    for a in manifest.artifacts:
+        out.print(f"{a.kind.value:<9} {a.name:<32} {a.version:<16} {a.size / MIB:9.1f} MiB")
+    total = sum(a.size for a in manifest.artifacts) / MIB
+    out.print(
+        f"[green]built[/] {out_dir}: {len(manifest.artifacts)} artifacts, {total:.1f} MiB",
+        highlight=False,
+    )
+
+
+@bundle_app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="the bundle directory (holds manifest.json)")],
+    artifacts: Annotated[
+        list[str] | None,
+        typer.Option("--artifact", "-a", help="check only this artifact (repeatable)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+) -> None:
+    """Check every file of the bundle (or of the named artifacts) against its sha256 and size."""
+    result = verify_bundle(bundle, artifacts or [])
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    elif result.ok:
+        total = sum(a.size for a in result.artifacts) / MIB
+        out.print(
+            f"[green]verified[/] {result.bundle}: {len(result.artifacts)} artifacts, "
+            f"{total:.1f} MiB, every sha256 and size as in the manifest",
+            highlight=False,
+        )
+    else:
+        for problem in result.problems:
+            _err(problem)
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
