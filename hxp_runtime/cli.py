@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from hxp_runtime.bundle_cli import bundle_app
-from hxp_runtime.bundle_cli import bundle_app
 from hxp_runtime.config import ConfigError, HxpConfig, load_config
 from hxp_runtime.lab_cli import lab_app
 from hxp_runtime.planner import Plan, plan_deployment
@@ -32,7 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(bundle_app, name="bundle")
 app.add_typer(lab_app, name="lab")
 app.add_typer(bundle_app, name="bundle")
 out = Console()
