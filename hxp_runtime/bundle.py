@@ -347,14 +347,26 @@ def _collect_debs(spec: DebSpec, dest: Path) -> str:
             f"apt-get download for artifact {spec.name!r}",
         )
         for deb in Path(state).glob("*.deb"):
-            shutil.move(deb, dest / deb.name)
+            # apt names downloads with the epoch URL-encoded ("1%3a2.0"), which a file: URI
+            # would decode; use the pool's name, without the epoch.
+            package, version, arch = (
+                _deb_field(deb, f) for f in ("Package", "Version", "Architecture")
+            )
+            shutil.move(deb, dest / f"{package}_{version.split(':')[-1]}_{arch}.deb")
     stanzas = []
     for deb in sorted(dest.glob("*.deb")):
         control = _run(["dpkg-deb", "--field", str(deb)], f"reading {deb.name}").rstrip("\n")
         sha = sha256_file(deb)
         stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {deb.stat().st_size}\n")
         stanzas[-1] += f"SHA256: {sha}\n"
-    (dest / "Packages").write_text("\n".join(stanzas), encoding="utf-8")
+    packages = dest / "Packages"
+    packages.write_text("\n".join(stanzas), encoding="utf-8")
+    (dest / "Release").write_text(
+        f"Origin: hxp bundle\nLabel: {spec.name}\n"
+        f"Date: {datetime.now(UTC).strftime('%a, %d %b %Y %H:%M:%S UTC')}\n"
+        f"SHA256:\n {sha256_file(packages)} {packages.stat().st_size} Packages\n",
+        encoding="utf-8",
+    )
     named = next(iter(sorted(dest.glob(f"{spec.name}_*.deb"))), None)
     return spec.version or (_deb_field(named, "Version") if named else "")
 
@@ -523,8 +535,11 @@ class Verification:
         }
 
 
-def verify_bundle(bundle: Path, names: Sequence[str] = ()) -> Verification:
-    """Check the artifacts ``names`` (all when empty) of ``bundle`` against its manifest."""
+def verify_bundle(
+    bundle: Path, names: Sequence[str] = (), optional: Sequence[str] = ()
+) -> Verification:
+    """Check the artifacts ``names`` of ``bundle`` against its manifest, and those of
+    ``optional`` that it holds; every artifact when both are empty."""
     bundle = bundle.resolve()
     result = Verification(bundle)
     try:
@@ -533,7 +548,10 @@ def verify_bundle(bundle: Path, names: Sequence[str] = ()) -> Verification:
         result.problems = exc.problems
         return result
     held = ", ".join(a.name for a in manifest.artifacts) or "nothing"
-    for name in names or [a.name for a in manifest.artifacts]:
+    if not names and not optional:
+        names = [a.name for a in manifest.artifacts]
+    names = [*names, *(n for n in optional if manifest.get(n) and n not in names)]
+    for name in names:
         artifact = manifest.get(name)
         if artifact is None:
             result.problems.append(

@@ -67,10 +67,14 @@ def verify(
         list[str] | None,
         typer.Option("--artifact", "-a", help="check only this artifact (repeatable)"),
     ] = None,
+    optional: Annotated[
+        list[str] | None,
+        typer.Option("--optional", help="check this artifact if the bundle holds it (repeatable)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
 ) -> None:
     """Check every file of the bundle (or of the named artifacts) against its sha256 and size."""
-    result = verify_bundle(bundle, artifacts or [])
+    result = verify_bundle(bundle, artifacts or [], optional or [])
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     elif result.ok:

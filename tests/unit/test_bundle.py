@@ -173,6 +173,11 @@ def test_verify_selected_artifacts_and_unknown_name(bundle: Path) -> None:
     result = verify_bundle(bundle, ["qdrant"])
     assert not result.ok
     assert "has no artifact 'qdrant' (it holds: server, tiny-model, tinypkg)" in result.problems[0]
+    # An optional artifact is checked when present and ignored when absent.
+    optional = verify_bundle(bundle, ["tinypkg"], optional=["qdrant", "server"])
+    assert [a.name for a in optional.artifacts] == ["tinypkg", "server"]
+    assert len(optional.problems) == 1
+    assert "artifact 'server'" in optional.problems[0]
 
 
 def test_verify_json_gives_roles_the_controller_paths(bundle: Path) -> None:
