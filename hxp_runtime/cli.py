@@ -18,6 +18,7 @@ from rich.table import Table
 from hxp_runtime.bundle_cli import bundle_app
 from hxp_runtime.config import ConfigError, HxpConfig, load_config
 from hxp_runtime.lab_cli import lab_app
+from hxp_runtime.labmodels import model as lab_model
 from hxp_runtime.planner import Plan, plan_deployment
 from hxp_runtime.render import render_inventory
 
@@ -31,6 +32,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+lab_app.command(name="model")(lab_model)
 app.add_typer(lab_app, name="lab")
 app.add_typer(bundle_app, name="bundle")
 out = Console()

@@ -6,7 +6,7 @@ fit two cores anyway. A model here has the shape vLLM's CPU backend supports (hi
 BPE tokenizer (about 512 tokens) trained on a few paragraphs, with a chat template. What it
 says is noise: tests check shapes, token counts, endpoints and metrics, never content.
 
-Run with the vLLM venv's python (it needs torch, transformers and tokenizers)::
+Run with the vLLM venv's python (it imports torch, transformers and tokenizers)::
 
     .venv-vllm/bin/python -m hxp_runtime.tinymodel --out .cache/models
 
@@ -24,8 +24,14 @@ import shutil
 import sys
 import tempfile
 import zlib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as transformers_logging
 
 TINY_MODEL_NAMES = ("mixtral", "hermes", "openchat", "phi3")
 EMBEDDINGS_NAME = "all-minilm-l6-v2"
@@ -35,7 +41,13 @@ VOCAB_SIZE = 512
 RECIPE = 1
 STAMP = "hxp-model.json"
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+SPECIAL_TOKENS = {
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+}
+TOKEN_IDS = {role: index for index, role in enumerate(SPECIAL_TOKENS)}
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
@@ -73,7 +85,7 @@ def recipe_stamp(name: str, seed: int) -> dict[str, object]:
     return {"name": name, "seed": seed, "recipe": RECIPE, "vocab_size": VOCAB_SIZE}
 
 
-def is_current(directory: Path, stamp: dict[str, object]) -> bool:
+def is_current(directory: Path, stamp: Mapping[str, object]) -> bool:
     try:
         return bool(json.loads((directory / STAMP).read_text()) == stamp)
     except (OSError, ValueError):
@@ -82,26 +94,20 @@ def is_current(directory: Path, stamp: dict[str, object]) -> bool:
 
 def write_tokenizer(directory: Path) -> int:
     """Train the BPE tokenizer, save it as a transformers fast tokenizer; return its size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     # Byte-level: any input text maps to tokens, so prompts outside the corpus still work.
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(SPECIAL_TOKENS.values()),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
+        **SPECIAL_TOKENS,
         chat_template=CHAT_TEMPLATE,
         model_max_length=2048,
     )
@@ -110,9 +116,6 @@ def write_tokenizer(directory: Path) -> int:
 
 
 def write_model(directory: Path, vocab_size: int, seed: int) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -122,9 +125,9 @@ def write_model(directory: Path, vocab_size: int, seed: int) -> None:
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        bos_token_id=SPECIAL_TOKENS.index("<s>"),
-        eos_token_id=SPECIAL_TOKENS.index("</s>"),
-        pad_token_id=SPECIAL_TOKENS.index("<pad>"),
+        bos_token_id=TOKEN_IDS["bos_token"],
+        eos_token_id=TOKEN_IDS["eos_token"],
+        pad_token_id=TOKEN_IDS["pad_token"],
         tie_word_embeddings=False,
         dtype="float32",
     )
@@ -200,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         "empty to skip it",
     )
     args = parser.parse_args(argv)
-    from transformers.utils import logging as transformers_logging
-
     transformers_logging.disable_progress_bar()
     for name in args.names or TINY_MODEL_NAMES:
         made = generate(args.out, name, args.seed)
