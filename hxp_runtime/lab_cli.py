@@ -1,0 +1,181 @@
+"""`hxp lab …`: local systemd hosts for the hosts of an hxp.yml (see hxp_runtime.lab).
+
+Exit codes as for the rest of `hxp`: 0 success, 1 the config or the lab is not usable, 2 usage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hxp_runtime.config import ConfigError
+from hxp_runtime.lab import SSH_OPTIONS, BaseImage, Lab, LabError, LabSpec, spec_from_config
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+lab_app = typer.Typer(
+    help="Local lab: one systemd-nspawn host (systemd, sshd) per host of hxp.yml, on a bridge.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+ConfigFile = Annotated[Path, typer.Argument(help="the deployment file (hxp.yml) of the lab")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+
+
+def _err(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        _err("the lab needs root (bridges, mounts, cgroups, systemd-nspawn); run it as root")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _open(file: Path) -> Lab:
+    """The lab of ``file``, or exit with every problem (file, line, field, what to do)."""
+    _require_root()
+    from hxp_runtime.cli import load_or_exit  # noqa: PLC0415 - cli imports this module
+
+    cfg = load_or_exit(file)
+    try:
+        spec = spec_from_config(cfg, file)
+    except ConfigError as exc:
+        err.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    return Lab(spec, BaseImage.default(), log=lambda line: err.print(line, highlight=False))
+
+
+def _summary(spec: LabSpec) -> dict[str, object]:
+    return {
+        "name": spec.name,
+        "bridge": spec.bridge,
+        "gateway": str(spec.gateway),
+        "apt_proxy": spec.apt_proxy_url,
+        "inventory": str(spec.inventory_file),
+        "identity_file": str(spec.key_file),
+        "hosts": [
+            {"name": h.name, "address": str(h.address), "user": "root", "port": 22}
+            for h in spec.hosts
+        ],
+    }
+
+
+@lab_app.command()
+def up(
+    file: ConfigFile,
+    auto_network: Annotated[
+        bool,
+        typer.Option(
+            "--auto-network",
+            help="take the first free 10.77.N.0/24 and bridge hxpbrN instead of lab.bridge and "
+            "lab.gateway (hosts keep their host part), so several labs run side by side",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Boot every host of the config (idempotent) and write an Ansible inventory for them."""
+    lab = _open(file)
+    started = time.monotonic()
+    try:
+        spec = lab.up(auto_network=auto_network)
+    except LabError as exc:
+        _err(f"{exc}\nthe lab may be half up: `hxp lab down {file}` removes what was created")
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        print(json.dumps(_summary(spec), indent=2))
+        return
+    out.print(
+        f"[green]lab {spec.name} up[/] in {time.monotonic() - started:.1f}s: "
+        f"{len(spec.hosts)} hosts on {spec.bridge} ({spec.gateway}), "
+        f"apt proxy {spec.apt_proxy_url}\ninventory: {spec.inventory_file}",
+        highlight=False,
+    )
+
+
+@lab_app.command()
+def down(file: ConfigFile) -> None:
+    """Stop the hosts and remove everything `up` created (processes, mounts, bridge, cgroups)."""
+    lab = _open(file)
+    try:
+        removed = lab.down()
+    except LabError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    message = "removed" if removed else "was not up"
+    out.print(f"lab {lab.spec.name} {message}", highlight=False)
+
+
+@lab_app.command()
+def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
+    """Show each host: address, whether it runs, and its systemd state."""
+    lab = _open(file)
+    try:
+        hosts = lab.status()
+    except LabError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        summary = _summary(lab.spec) if hosts is not None else {"name": lab.spec.name}
+        summary["up"] = hosts is not None
+        summary["hosts"] = [h.as_json() for h in hosts or []]
+        print(json.dumps(summary, indent=2))
+        return
+    if hosts is None:
+        out.print(f"lab {lab.spec.name} is down", highlight=False)
+        return
+    table = Table(title=f"lab {lab.spec.name} on {lab.spec.bridge} ({lab.spec.gateway})")
+    for column in ("host", "address", "running", "systemd"):
+        table.add_column(column)
+    for h in hosts:
+        table.add_row(h.name, h.address, "yes" if h.running else "no", h.system_state)
+    out.print(table)
+
+
+@lab_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    file: ConfigFile,
+    host: Annotated[str, typer.Argument(help="host name from hxp.yml")],
+    command: Annotated[
+        list[str] | None, typer.Argument(help="command to run instead of a shell")
+    ] = None,
+) -> None:
+    """Open a root shell (or run COMMAND) on a lab host."""
+    lab = _open(file)
+    try:
+        if lab.status() is None:
+            raise LabError(f"lab {lab.spec.name} is down; start it with `hxp lab up {file}`")
+        target = lab.spec.host(host)
+    except LabError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    options = [word for option in SSH_OPTIONS for word in option.split()]
+    argv = ["ssh", "-i", str(lab.spec.key_file), *options, f"root@{target.address}"]
+    os.execvp("ssh", [*argv, *(command or [])])  # noqa: S606 - replace this process by ssh
+
+
+@lab_app.command()
+def image() -> None:
+    """Build (debootstrap) or extract the cached base rootfs the lab hosts start from."""
+    _require_root()
+    started = time.monotonic()
+    try:
+        base = BaseImage.default()
+        rootfs = base.ensure(lambda line: err.print(line, highlight=False))
+    except LabError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    out.print(
+        f"base image {base.archive} ready in {time.monotonic() - started:.1f}s ({rootfs})",
+        highlight=False,
+    )
