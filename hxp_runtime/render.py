@@ -50,6 +50,8 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_postgresql_port": db.port,
         "hxp_postgresql_database": db.name,
         "hxp_postgresql_pool_size": db.pool_size,
+        # Each router worker process opens its own pool.
+        "hxp_postgresql_client_pools": cfg.router.workers,
         "hxp_postgresql_router_user": db.router_user,
         "hxp_postgresql_router_password": _secret(db.router_password),
         "hxp_postgresql_exporter_port": db.exporter_port,
