@@ -1,0 +1,105 @@
+"""Role common on lab hosts: what the role promises, checked on the running host."""
+
+import pytest
+
+LLM_HOST = "hx-llm-server-01"
+
+
+def in_container(host):
+    return host.run("systemd-detect-virt --container").rc == 0
+
+
+def lab_gateway(host):
+    """The lab bridge's address: the host's default gateway (apt proxy and NTP source)."""
+    return host.check_output("ip -4 route show default").split()[2]
+
+
+def test_python_for_ansible(host):
+    assert host.file("/usr/bin/python3").is_file
+    assert host.package("python3-apt").is_installed
+
+
+def test_service_user(host):
+    user = host.user("hxp")
+    assert user.exists
+    assert user.uid < 1000, "a system account"
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.home == "/var/lib/hxp"
+    assert user.group == "hxp"
+
+
+@pytest.mark.parametrize(
+    ("path", "mode"),
+    [("/etc/hxp", 0o750), ("/var/lib/hxp", 0o750), ("/var/log/hxp", 0o750), ("/opt/hxp", 0o755)],
+)
+def test_directories(host, path, mode):
+    directory = host.file(path)
+    assert directory.is_directory
+    assert (directory.user, directory.group, directory.mode) == ("hxp", "hxp", mode)
+
+
+def test_apt_goes_through_the_proxy(host):
+    proxy = f"http://{lab_gateway(host)}:3142"
+    dump = host.check_output("apt-config dump Acquire::http::Proxy")
+    assert f'Acquire::http::Proxy "{proxy}";' in dump
+    sources = host.file("/etc/apt/sources.list.d/debian.sources")
+    assert "URIs: http://deb.debian.org/debian" in sources.content_string
+    assert not host.file("/etc/apt/sources.list").exists
+    # A real download through the proxy: the index of the security suite.
+    update = host.run("apt-get update -o Debug::NoLocking=1 2>&1")
+    assert update.rc == 0, update.stdout
+    assert "bookworm-security" in update.stdout
+
+
+def test_baseline_packages(host):
+    for name in ("python3", "chrony", "ca-certificates"):
+        assert host.package(name).is_installed
+
+
+def test_chrony_config_and_unit(host):
+    gateway = lab_gateway(host)
+    conf = host.file("/etc/chrony/chrony.conf").content_string
+    assert f"server {gateway} iburst" in conf
+    assert "pool 2.debian.pool.ntp.org" not in conf, "lab hosts reach nothing but the bridge"
+    assert host.run("chronyd -p -f /etc/chrony/chrony.conf").rc == 0
+    chrony = host.service("chrony")
+    assert chrony.is_enabled
+    if in_container(host):
+        # The clock is the controller's: systemd refuses to start chrony without CAP_SYS_TIME.
+        host.run("systemctl start chrony")
+        assert not chrony.is_running
+        assert host.check_output("systemctl show -P ConditionResult chrony") == "no"
+    else:
+        assert chrony.is_running
+
+
+def test_journald_limits_in_effect(host):
+    dropin = host.file("/etc/systemd/journald.conf.d/hxp.conf")
+    assert "SystemMaxUse=2G" in dropin.content_string
+    assert "RuntimeMaxUse=256M" in dropin.content_string
+    merged = host.check_output("systemd-analyze cat-config systemd/journald.conf")
+    assert "MaxRetentionSec=2week" in merged
+    # journald was restarted after its drop-in was written, so it runs with these limits.
+    started = host.check_output(
+        'date -d "$(systemctl show -P ExecMainStartTimestamp systemd-journald)" +%s'
+    )
+    assert int(started) >= int(host.check_output(f"stat -c %Y {dropin.path}"))
+
+
+def test_sysctl_every_host(host):
+    assert host.sysctl("net.ipv4.tcp_keepalive_time") == 300
+
+
+def test_sysctl_llm_host_only(host):
+    conf = host.file("/etc/sysctl.d/60-hxp.conf").content_string
+    if host.backend.get_hostname() != LLM_HOST:
+        assert "vm.max_map_count" not in conf
+        assert host.sysctl("net.ipv4.tcp_max_syn_backlog") != 8192
+        return
+    assert "vm.max_map_count = 1048576" in conf
+    # net.* belongs to the host's own network namespace: applied even in a container.
+    assert host.sysctl("net.core.somaxconn") == 65535
+    assert host.sysctl("net.ipv4.tcp_max_syn_backlog") == 8192
+    assert host.sysctl("net.ipv4.ip_local_port_range") == "10240\t65000"
+    if not in_container(host):
+        assert host.sysctl("vm.max_map_count") == 1048576
