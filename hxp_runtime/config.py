@@ -299,21 +299,19 @@ class Semantic(Strict):
     temperature: PositiveFloat = 0.1
 
 
-class Router(Strict):
-    host: str | None = None
+class RouterPolicy(Strict):
+    """The router fields its daemon reads itself (hxp_runtime.router.settings extends them)."""
+
     port: Port = 8000
     workers: Annotated[int, Field(ge=1, le=64)] = 4
     timeout_s: PositiveFloat = 300
+    drain_timeout_s: PositiveFloat = Field(30, description="SIGTERM: in-flight requests' grace")
     strategies: list[Strategy] = Field(
         default_factory=lambda: [Strategy.EXPLICIT, Strategy.LEAST_OUTSTANDING], min_length=1
     )
     default_model: str | None = None
     categories: dict[str, Category] = Field(default_factory=dict)
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
-    api_keys: list[ApiKeyRef] = Field(default_factory=list)
-    upstream_api_key: SecretRef | None = Field(
-        None, description="key the vLLM servers require (--api-key); health checks send it"
-    )
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     cache: ResponseCache = Field(default_factory=ResponseCache)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
@@ -322,6 +320,14 @@ class Router(Strict):
     semantic: Semantic = Field(default_factory=Semantic)
     decision_cache_size: Annotated[int, Field(ge=0)] = 4096
     slo: Slo = Field(default_factory=lambda: Slo(latency_ms=100, throughput_rps=1000))
+
+
+class Router(RouterPolicy):
+    host: str | None = None
+    api_keys: list[ApiKeyRef] = Field(default_factory=list)
+    upstream_api_key: SecretRef | None = Field(
+        None, description="key the vLLM servers require (--api-key); health checks send it"
+    )
 
 
 # --------------------------------------------------------------------------- data plane

@@ -114,6 +114,8 @@ def _backends(cfg: HxpConfig, plan: Plan) -> list[Vars]:
 def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     router = cfg.router
     settings = router.model_dump(mode="json", exclude={"api_keys", "upstream_api_key", "host"})
+    # The gateway listens on its host's address (hxp_runtime.router.settings.RouterSettings).
+    settings["listen_host"] = _address(cfg, resolve_host(cfg, router.host, HostGroup.LLM))
     settings["backends"] = _backends(cfg, plan)
     if cfg.database is not None:
         settings["database"] = {

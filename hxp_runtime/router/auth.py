@@ -1,0 +1,73 @@
+"""Client authentication: ``Authorization: Bearer <key>`` checked against hashed keys.
+
+Keys from hxp.yml (the secrets file) are hashed once at start-up; keys made with
+``hxp keys create`` live in PostgreSQL and are looked up by hash on first use, then trusted
+for ``ttl_s`` (a revoked key stops working within that time). Unknown keys are remembered
+for the same time so that a client retrying a bad key cannot hammer the database. When
+PostgreSQL is unreachable, keys already seen keep working and unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import asyncpg
+
+from hxp_runtime.router.store import ApiKey
+
+log = logging.getLogger(__name__)
+
+BEARER = "Bearer "
+MAX_NEGATIVE_ENTRIES = 10_000
+
+Lookup = Callable[[str], Awaitable[ApiKey | None]]
+
+
+class KeyStore:
+    def __init__(
+        self,
+        static: Mapping[str, ApiKey],
+        lookup: Lookup | None,
+        *,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``static``: hash -> key (never expire); ``lookup``: hash -> key from PostgreSQL."""
+        self._static = dict(static)
+        self._lookup = lookup
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._negatives = 0
+
+    def replace_static(self, static: Mapping[str, ApiKey]) -> None:
+        self._static = dict(static)
+
+    async def authenticate(self, authorization: str | None) -> ApiKey | None:
+        if not authorization or not authorization.startswith(BEARER):
+            return None
+        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        key = self._static.get(digest)
+        if key is not None:
+            return key
+        entry = self._cache.get(digest)
+        now = self._clock()
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        if self._lookup is None:
+            return None
+        try:
+            key = await self._lookup(digest)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("API key lookup failed (%s); using what is cached", exc)
+            return entry[0] if entry is not None else None
+        if key is None:
+            self._negatives += 1
+            if self._negatives > MAX_NEGATIVE_ENTRIES:
+                self._cache = {h: e for h, e in self._cache.items() if e[0] is not None}
+                self._negatives = 0
+        self._cache[digest] = (key, now + self._ttl_s)
+        return key

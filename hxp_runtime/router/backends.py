@@ -1,0 +1,157 @@
+"""Live state of each backend: connection pool, circuit breaker, stats, and their monitors.
+
+Active health checks (``GET /health`` with the upstream key, a hard timeout, on by default)
+mark a backend healthy or not. Passive ejection is the circuit breaker: failures of real
+requests open it and take the backend out of routing until a half-open probe succeeds. A
+second loop polls the backend's ``/metrics`` for vLLM's own queue gauges, which the
+load-balancing strategies read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from hxp_runtime.config import CircuitBreaker as BreakerSettings
+from hxp_runtime.config import HealthCheck
+from hxp_runtime.router.breaker import BreakerState, CircuitBreaker
+from hxp_runtime.router.strategies import Backend, BackendStats
+from hxp_runtime.router.upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+EWMA_ALPHA = 0.2
+VLLM_GAUGES = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv_usage",
+}
+
+
+def parse_vllm_load(text: str) -> dict[str, float]:
+    """Sum vLLM's queue gauges over their label sets (engines, model names)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        field = VLLM_GAUGES.get(name)
+        if field is not None:
+            found[field] = found.get(field, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+class BackendRuntime:
+    def __init__(
+        self,
+        backend: Backend,
+        pool: UpstreamPool,
+        breaker_settings: BreakerSettings,
+        *,
+        on_breaker: Callable[[str, BreakerState], None],
+        on_health: Callable[[str, bool], None],
+    ) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.stats = BackendStats()
+        self._on_breaker = on_breaker
+        self._on_health = on_health
+        self.breaker = CircuitBreaker(
+            breaker_settings.failure_threshold,
+            breaker_settings.open_s,
+            breaker_settings.half_open_requests,
+            on_change=self._breaker_changed,
+        )
+        self.checked = False  # an active health check has passed at least once
+        self.monitor: asyncio.Task[None] | None = None
+
+    def _breaker_changed(self, state: BreakerState) -> None:
+        self.stats.ejected = state is BreakerState.OPEN
+        if state is BreakerState.OPEN:
+            log.warning("backend %s ejected: circuit breaker open", self.backend.id)
+            # Nothing routes to an ejected backend, so nothing would notice it may be probed
+            # again: look at the breaker once its open period has passed.
+            asyncio.get_running_loop().call_later(self.breaker.open_s, lambda: self.breaker.state)
+        elif state is BreakerState.CLOSED:
+            log.info("backend %s back in rotation: circuit breaker closed", self.backend.id)
+        self._on_breaker(self.backend.id, state)
+
+    def succeeded(self, latency_s: float) -> None:
+        self.breaker.record_success()
+        stats = self.stats
+        ms = latency_s * 1000
+        stats.latency_ms = (
+            ms
+            if stats.latency_ms is None
+            else stats.latency_ms + EWMA_ALPHA * (ms - stats.latency_ms)
+        )
+        stats.error_rate -= EWMA_ALPHA * stats.error_rate
+
+    def failed(self) -> None:
+        self.breaker.record_failure()
+        self.stats.error_rate += EWMA_ALPHA * (1.0 - self.stats.error_rate)
+
+    def set_health(self, healthy: bool) -> None:
+        if healthy:
+            self.checked = True
+        if healthy != self.stats.healthy:
+            log.warning(
+                "backend %s is %s", self.backend.id, "healthy" if healthy else "failing checks"
+            )
+        self.stats.healthy = healthy
+        self._on_health(self.backend.id, healthy)
+
+    async def check_health(
+        self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
+    ) -> bool:
+        try:
+            async with session.get(
+                self.backend.url + "/health",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                await response.read()
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def poll_load(
+        self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
+    ) -> None:
+        try:
+            async with session.get(
+                self.backend.url + "/metrics",
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                if response.status != 200:
+                    return
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return
+        for name, value in parse_vllm_load(text).items():
+            setattr(self.stats, name, value)
+
+    async def watch(
+        self,
+        session: aiohttp.ClientSession,
+        headers: dict[str, str],
+        health: HealthCheck,
+        load_interval_s: float,
+    ) -> None:
+        """Health checks every ``health.interval_s``, load polls every ``load_interval_s``."""
+        loop = asyncio.get_running_loop()
+        next_health = next_load = loop.time()
+        while True:
+            now = loop.time()
+            if health.enabled and now >= next_health:
+                next_health = now + health.interval_s
+                self.set_health(await self.check_health(session, headers, health.timeout_s))
+            if now >= next_load:
+                next_load = now + load_interval_s
+                await self.poll_load(session, headers, min(load_interval_s, health.timeout_s))
+            upcoming = min(next_health, next_load) if health.enabled else next_load
+            await asyncio.sleep(max(0.0, upcoming - loop.time()))

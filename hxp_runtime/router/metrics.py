@@ -1,0 +1,132 @@
+"""The router's Prometheus metrics (prometheus-client), one object per process.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` histograms with explicit
+buckets); labels are bounded: ``model`` and ``backend`` come from the settings file, ``status``
+is an HTTP status the router sent, ``strategy``/``reason``/``result`` are fixed sets. A model
+name a client sent is never a label value (unknown models are answered with 404 before any
+metric is labelled with them).
+
+With several workers, ``PROMETHEUS_MULTIPROC_DIR`` is set by the supervisor before a worker
+starts; prometheus-client then keeps values in per-process files and /metrics aggregates them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Seconds. From a cached answer (sub-millisecond) to a long generation (minutes).
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+)  # fmt: skip
+TTFT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.multiprocess = MULTIPROC_ENV in os.environ
+        # Single process: metrics live in this registry. Several: in files, read at scrape.
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = None if self.multiprocess else self.registry
+        self.requests = Counter(
+            "hxp_router_requests",
+            "Requests answered, by model, backend and HTTP status.",
+            ["model", "backend", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "hxp_router_request_duration_seconds",
+            "Time from receiving a request to the end of its answer.",
+            ["model", "backend"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "hxp_router_time_to_first_token_seconds",
+            "Streaming requests: time from receiving the request to its first byte of answer.",
+            ["model", "backend"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_failures = Counter(
+            "hxp_router_upstream_failures",
+            "Failed attempts at a backend (retried or not), by reason.",
+            ["model", "backend", "reason"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "hxp_router_routing_decisions",
+            "Routing decisions a strategy took part in.",
+            ["strategy"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            "hxp_router_fallbacks",
+            "Requests answered by another model than the one first chosen.",
+            ["model", "backend"],
+            registry=registry,
+        )
+        self.cache = Counter(
+            "hxp_router_response_cache_lookups",
+            "Response cache lookups (temperature-0 requests), by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "hxp_router_circuit_breaker_state",
+            "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.",
+            ["backend"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_healthy = Gauge(
+            "hxp_router_upstream_healthy",
+            "Whether the last active health check of a backend passed (1) or not (0).",
+            ["backend"],
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._duration_children: dict[tuple[str, str], Histogram] = {}
+        self._ttft_children: dict[tuple[str, str], Histogram] = {}
+
+    def observe(
+        self, model: str, backend: str, status: int, seconds: float, ttft: float | None = None
+    ) -> None:
+        """One answered request; the label children are cached (a dict hit per call)."""
+        key = (model, backend, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(model, backend, status)
+        counter.inc()
+        pair = (model, backend)
+        duration = self._duration_children.get(pair)
+        if duration is None:
+            duration = self._duration_children[pair] = self.duration.labels(model, backend)
+        duration.observe(seconds)
+        if ttft is not None:
+            first = self._ttft_children.get(pair)
+            if first is None:
+                first = self._ttft_children[pair] = self.ttft.labels(model, backend)
+            first.observe(ttft)
+
+    def exposition(self) -> bytes:
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)

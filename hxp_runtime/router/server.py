@@ -1,0 +1,259 @@
+"""``hxp-router``: the daemon's command line, its worker lifecycle and its supervisor.
+
+    hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check]
+
+A worker is one process: uvloop, one aiohttp server, one :class:`Gateway`. Its lifecycle is
+startup (clients, database schema, monitors) -> serve -> shutdown: on SIGTERM it stops
+accepting, lets requests in flight finish for up to ``drain_timeout_s``, writes pending usage
+and closes its clients. On SIGHUP it re-reads both files and switches to them without closing
+a connection (an invalid file is refused and logged; the old settings stay).
+
+With ``workers`` > 1 the first process is a supervisor: it starts that many workers, each
+binding the same port with SO_REUSEPORT (the kernel spreads connections), forwards SIGTERM and
+SIGHUP to them, restarts a worker that dies, and aggregates nothing itself (metrics go through
+prometheus-client's multiprocess directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import uvloop
+from aiohttp import web
+
+from hxp_runtime.router.app import Gateway
+from hxp_runtime.router.metrics import MULTIPROC_ENV
+from hxp_runtime.router.settings import (
+    DEFAULT_SECRETS,
+    DEFAULT_SETTINGS,
+    RouterSecrets,
+    RouterSettings,
+    SettingsError,
+    load_secrets,
+    load_settings,
+)
+
+log = logging.getLogger("hxp_runtime.router")
+
+# Settings a running worker cannot switch to: they need a restart.
+RESTART_FIELDS = ("listen_host", "port", "workers", "database", "redis")
+EARLY_EXIT_S = 5.0  # a worker dying this soon after its start is a start-up failure
+EXIT_INVALID = 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="hxp-router", description="OpenAI-compatible gateway in front of vLLM backends."
+    )
+    parser.add_argument("--settings", type=Path, default=DEFAULT_SETTINGS)
+    parser.add_argument(
+        "--secrets",
+        type=Path,
+        default=None,
+        help=f"secrets file (default: {DEFAULT_SECRETS} when it exists)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="override settings.workers")
+    parser.add_argument("--check", action="store_true", help="validate both files and exit")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.secrets is None and DEFAULT_SECRETS.exists():
+        args.secrets = DEFAULT_SECRETS
+    return args
+
+
+def load_files(args: argparse.Namespace) -> tuple[RouterSettings, RouterSecrets]:
+    return load_settings(args.settings), load_secrets(args.secrets)
+
+
+# --------------------------------------------------------------------------- worker
+
+
+async def serve(args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets) -> None:
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(settings, secrets)
+    runner = web.AppRunner(
+        gateway.build_app(),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.drain_timeout_s,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.listen_host, settings.port, reuse_port=args.worker, backlog=2048
+    )
+    await site.start()
+    log.info(
+        "listening on http://%s:%d (%d backends)",
+        settings.listen_host,
+        settings.port,
+        len(settings.backends),
+    )
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_reload() -> None:
+        task = loop.create_task(reload(args, gateway))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    await stop.wait()
+    log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
+    gateway.draining = True
+    started = time.monotonic()
+    await runner.cleanup()
+    log.info("stopped after a %.1f s drain", time.monotonic() - started)
+
+
+async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
+    try:
+        settings, secrets = load_files(args)
+    except SettingsError as exc:
+        log.error("reload refused, the running settings stay:\n%s", exc.render())
+        return
+    for name in RESTART_FIELDS:
+        if getattr(settings, name) != getattr(gateway.settings, name):
+            log.warning("reload: %s changed; it takes effect at the next restart", name)
+            settings = settings.model_copy(update={name: getattr(gateway.settings, name)})
+    await gateway.apply(settings, secrets)
+    log.info("reloaded %s (%d backends)", args.settings, len(settings.backends))
+
+
+def run_worker(args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets) -> int:
+    try:
+        uvloop.run(serve(args, settings, secrets))
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", settings.listen_host, settings.port, exc)
+        return EXIT_INVALID
+    return 0
+
+
+# --------------------------------------------------------------------------- supervisor
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace, settings: RouterSettings, count: int) -> None:
+        self.args = args
+        self.settings = settings
+        self.count = count
+        self.stopping = False
+        self.reload_requested = False
+        self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+        runtime_dir = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory=
+        self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=runtime_dir or None)
+        self.env = {**os.environ, MULTIPROC_ENV: self.metrics_dir}
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "hxp_runtime.router", "--worker"]
+        cmd += ["--settings", str(self.args.settings), "--log-level", self.args.log_level]
+        if self.args.secrets is not None:
+            cmd += ["--secrets", str(self.args.secrets)]
+        return cmd
+
+    def spawn(self) -> None:
+        process = subprocess.Popen(self.command(), env=self.env)
+        self.workers[process.pid] = (process, time.monotonic())
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stopping = True
+
+    def forward_reload(self) -> None:
+        self.reload_requested = False
+        try:
+            self.settings, _ = load_files(self.args)
+        except SettingsError as exc:
+            log.error("reload refused, the running settings stay:\n%s", exc.render())
+            return
+        for process, _ in self.workers.values():
+            process.send_signal(signal.SIGHUP)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.on_signal)
+        for _ in range(self.count):
+            self.spawn()
+        log.info("supervising %d workers", self.count)
+        code = 0
+        while not self.stopping:
+            if self.reload_requested:
+                self.forward_reload()
+            for pid, (process, started) in list(self.workers.items()):
+                status = process.poll()
+                if status is None:
+                    continue
+                del self.workers[pid]
+                self._forget(pid)
+                if time.monotonic() - started < EARLY_EXIT_S:
+                    log.error("worker %d failed at start-up (exit %s); stopping", pid, status)
+                    self.stopping, code = True, EXIT_INVALID
+                    break
+                log.error("worker %d died (exit %s); starting another", pid, status)
+                self.spawn()
+            time.sleep(0.2)
+        self.stop_workers()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        return code
+
+    def stop_workers(self) -> None:
+        for process, _ in self.workers.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_timeout_s + 5
+        for process, _ in self.workers.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not drain in time; killing it", process.pid)
+                process.kill()
+                process.wait()
+
+    def _forget(self, pid: int) -> None:
+        from prometheus_client import multiprocess  # noqa: PLC0415 - needs the env set
+
+        multiprocess.mark_process_dead(pid, self.metrics_dir)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings, secrets = load_files(args)
+    except SettingsError as exc:
+        print(f"invalid: {exc.render()}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.check:
+        print(f"valid: {args.settings}: {len(settings.backends)} backends")
+        return 0
+    count = args.workers or settings.workers
+    if args.worker or count == 1:
+        return run_worker(args, settings, secrets)
+    return Supervisor(args, settings, count).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

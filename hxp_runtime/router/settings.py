@@ -1,0 +1,165 @@
+"""The router daemon's two files: its settings and its secrets.
+
+Both are written by the ``router`` role: the settings file (``to_nice_yaml`` of
+``hxp_router_settings``, which ``hxp_runtime.render.router_vars`` derives from hxp.yml) and the
+secrets file (mode 0600, owned by the service user). The settings extend hxp.yml's router
+section (:class:`~hxp_runtime.config.RouterPolicy`) with what the renderer resolved: the
+address to listen on, every backend's URL, and where PostgreSQL and Redis are. Secrets never
+appear in the settings file, and the settings file never holds a secret.
+
+Loading either file validates it completely; a problem is reported with the file, the line,
+the field and what to do, like hxp.yml itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+
+from hxp_runtime.config import (
+    ConfigError,
+    Name,
+    Port,
+    PositiveFloat,
+    Problem,
+    RouterPolicy,
+    Slo,
+    Strict,
+    _pydantic_problems,
+)
+from hxp_runtime.yamlsource import YamlSourceError, load_yaml
+
+DEFAULT_SETTINGS = Path("/etc/hxp-router/settings.yml")
+DEFAULT_SECRETS = Path("/etc/hxp-router/secrets.yml")
+AUTO_MODEL = "auto"
+
+
+class BackendSpec(Strict):
+    """One vLLM server the router may send requests to."""
+
+    name: Name = Field(description="the model's name in hxp.yml")
+    served_name: str = Field(description="the name vLLM serves the model under")
+    aliases: list[str] = Field(default_factory=list)
+    task: Literal["generate", "embed"] = "generate"
+    url: Annotated[str, Field(pattern=r"^http://[^/\s]+:\d+$")]
+    categories: list[str] = Field(default_factory=list)
+    slo: Slo
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name a client may ask for this model by."""
+        return tuple(dict.fromkeys((self.name, self.served_name, *self.aliases)))
+
+
+class DatabaseSettings(Strict):
+    host: str
+    port: Port = 5432
+    name: str
+    user: str
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 20
+
+
+class RedisSettings(Strict):
+    host: str
+    port: Port = 6379
+    db: Annotated[int, Field(ge=0)] = 0
+
+
+class RouterSettings(RouterPolicy):
+    listen_host: str = Field("127.0.0.1", description="address the router binds to")
+    backends: list[BackendSpec] = Field(min_length=1)
+    database: DatabaseSettings | None = None
+    redis: RedisSettings | None = None
+    # Runtime knobs hxp.yml does not expose; the defaults suit production.
+    require_api_key: bool = True
+    auth_cache_ttl_s: PositiveFloat = Field(30, description="how long a looked-up key is trusted")
+    load_poll_interval_s: PositiveFloat = Field(1, description="vLLM /metrics polling period")
+    usage_flush_interval_s: PositiveFloat = 5
+
+    @model_validator(mode="after")
+    def _references(self) -> RouterSettings:
+        problems = list(self.reference_problems())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def routing_index(self) -> dict[str, str]:
+        """Every name a client may use (name, served name, alias) -> the model's name."""
+        index: dict[str, str] = {}
+        for backend in self.backends:
+            for alias in backend.names:
+                index.setdefault(alias, backend.name)
+        return index
+
+    def reference_problems(self) -> list[str]:
+        index = self.routing_index()
+        known = ", ".join(sorted(index))
+        problems = []
+        for model, chain in self.fallbacks.items():
+            for name in (model, *chain):
+                if name not in index:
+                    problems.append(f"fallbacks name unknown model {name!r} (known: {known})")
+        for what, reference in (
+            ("default_model", self.default_model),
+            ("semantic.embedding_model", self.semantic.embedding_model),
+        ):
+            if reference is not None and reference not in index:
+                problems.append(f"{what} {reference!r} is not a backend (known: {known})")
+        if AUTO_MODEL in index:
+            problems.append(f"{AUTO_MODEL!r} is reserved for routing by strategy; rename it")
+        for backend in self.backends:
+            for category in backend.categories:
+                if self.categories and category not in self.categories:
+                    problems.append(
+                        f"backend {backend.name!r} names undefined category {category!r}"
+                    )
+        return problems
+
+
+class ApiKeySecret(Strict):
+    """A key from hxp.yml's router.api_keys; the router stores only its hash."""
+
+    name: Name
+    secret: SecretStr = Field(min_length=16)
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+
+
+class RouterSecrets(Strict):
+    upstream_api_key: SecretStr | None = None
+    database_password: SecretStr | None = None
+    redis_password: SecretStr | None = None
+    api_keys: list[ApiKeySecret] = Field(default_factory=list)
+
+
+class SettingsError(ConfigError):
+    """A settings or secrets file is unusable; the message lists every problem with its line."""
+
+
+ModelT = TypeVar("ModelT", bound=Strict)
+
+
+def _load(file: Path, model: type[ModelT]) -> ModelT:
+    try:
+        data, lines = load_yaml(file)
+    except YamlSourceError as exc:
+        raise SettingsError(file, [Problem((), str(exc).removeprefix(f"{file}: "))]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(file, [Problem((), "the file must be a YAML mapping", 1)])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(file, _pydantic_problems(exc, lines)) from None
+
+
+def load_settings(file: Path) -> RouterSettings:
+    return _load(file, RouterSettings)
+
+
+def load_secrets(file: Path | None) -> RouterSecrets:
+    """The secrets file, or no secrets at all when none is given."""
+    return RouterSecrets() if file is None else _load(file, RouterSecrets)
