@@ -216,17 +216,40 @@ def deploy(
     check: Annotated[bool, typer.Option("--check", help="dry run with diffs")] = False,
     limit: Annotated[str | None, typer.Option(help="only these hosts or groups")] = None,
     tags: Annotated[str | None, typer.Option(help="only tasks with these tags")] = None,
+    extra_inventory: Annotated[
+        list[Path] | None,
+        typer.Option("--inventory", help="another inventory to merge (e.g. SSH settings)"),
+    ] = None,
 ) -> None:
-    """Render the inventory and run the playbooks (ansible-runner) against it."""
+    """Render the inventory and run the playbooks (ansible-runner) against it.
+
+    For a config with a `lab:` section whose lab is up, the lab's inventory (SSH key, proxy)
+    is merged in automatically.
+    """
     from hxp_runtime.deploy import run_playbook  # noqa: PLC0415 - ansible-runner loads slowly
+    from hxp_runtime.lab import spec_from_config  # noqa: PLC0415
 
     cfg = load_or_exit(file)
     state = Path(".hxp") / cfg.name
     inventory = inventory_dir or state / "inventory"
     write_inventory_or_exit(cfg, inventory, file)
     out.print(f"inventory rendered into {inventory}", highlight=False)
+    inventories = [inventory / "hosts.yml", *(extra_inventory or [])]
+    if cfg.lab is not None:
+        lab_inventory = spec_from_config(cfg, file).inventory_file
+        if lab_inventory.is_file():
+            out.print(f"merging the lab's inventory {lab_inventory}", highlight=False)
+            inventories.append(lab_inventory)
+    missing = [p for p in inventories if not p.is_file()]
+    if missing:
+        _fail(
+            False,
+            file,
+            [f"{p}: inventory not found; check --inventory" for p in missing],
+            EXIT_USAGE,
+        )
     rc, progress = run_playbook(
-        inventory / "hosts.yml",
+        inventories,
         playbook=playbook,
         state_dir=state / "runner",
         check=check,

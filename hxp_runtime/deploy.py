@@ -73,7 +73,7 @@ def _redact_environment(command_file: Path) -> None:
 
 
 def run_playbook(
-    inventory: Path,
+    inventory: Path | list[Path],
     *,
     playbook: str = "site.yml",
     state_dir: Path,
@@ -83,7 +83,9 @@ def run_playbook(
     extra_vars: dict[str, Any] | None = None,
     console: Console,
 ) -> tuple[int, Progress]:
-    """Run ``playbooks/<playbook>`` on ``inventory``; return (exit status, progress)."""
+    """Run ``playbooks/<playbook>`` on ``inventory`` (several are merged in order);
+    return (exit status, progress)."""
+    inventories = inventory if isinstance(inventory, list) else [inventory]
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
     cmdline = []
@@ -96,7 +98,7 @@ def run_playbook(
         private_data_dir=str(state_dir),
         project_dir=str(PROJECT_ROOT / "playbooks"),
         playbook=playbook,
-        inventory=str(inventory.resolve()),
+        inventory=[str(p.resolve()) for p in inventories],
         limit=limit,
         cmdline=" ".join(cmdline) or None,
         extravars=extra_vars or {},
