@@ -87,8 +87,8 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = (p.get("text", "") if isinstance(p, dict) else p for p in content)
-        return " ".join(p for p in parts if isinstance(p, str))
+        parts = (p.get("text") if isinstance(p, dict) else p for p in content)
+        return " ".join(p for p in parts if isinstance(p, str) and p)
     return ""
 
 

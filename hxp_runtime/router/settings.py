@@ -13,10 +13,11 @@ the field and what to do, like hxp.yml itself.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 
 from hxp_runtime.config import (
     ConfigError,
@@ -34,6 +35,7 @@ from hxp_runtime.yamlsource import YamlSourceError, load_yaml
 DEFAULT_SETTINGS = Path("/etc/hxp-router/settings.yml")
 DEFAULT_SECRETS = Path("/etc/hxp-router/secrets.yml")
 AUTO_MODEL = "auto"
+_URL = re.compile(r"^http://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+):\d+$")
 
 
 class BackendSpec(Strict):
@@ -43,9 +45,16 @@ class BackendSpec(Strict):
     served_name: str = Field(description="the name vLLM serves the model under")
     aliases: list[str] = Field(default_factory=list)
     task: Literal["generate", "embed"] = "generate"
-    url: Annotated[str, Field(pattern=r"^http://[^/\s]+:\d+$")]
+    url: str = Field(description="http://host:port of the vLLM server")
     categories: list[str] = Field(default_factory=list)
     slo: Slo
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http(cls, url: str) -> str:
+        if not _URL.match(url):
+            raise ValueError(f"{url!r} must look like http://host:port (no path)")
+        return url
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -442,6 +442,7 @@ class RoutingTable:
         fallbacks in their configured order, then any other candidate models.
         """
         candidates, deciders = model_choice
+        live: Candidates
         if len(candidates) == 1:
             live = candidates if stats.of(candidates[0]).available else ()
         else:

@@ -1,0 +1,82 @@
+"""The circuit breaker's states and transitions, on an injected clock."""
+
+from __future__ import annotations
+
+from hxp_runtime.router.breaker import BreakerState, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, changes: list[BreakerState] | None = None) -> CircuitBreaker:
+    return CircuitBreaker(
+        3, 30.0, 2, clock=clock, on_change=changes.append if changes is not None else None
+    )
+
+
+def test_opens_after_consecutive_failures_only() -> None:
+    clock = Clock()
+    cb = breaker(clock)
+    cb.record_failure()
+    cb.record_failure()
+    cb.record_success()  # resets the count
+    cb.record_failure()
+    cb.record_failure()
+    assert cb.state is BreakerState.CLOSED and cb.acquire()
+    cb.record_failure()
+    assert cb.state is BreakerState.OPEN
+    assert not cb.allows() and not cb.acquire()
+
+
+def test_half_open_after_the_open_period_lets_a_limited_number_of_probes() -> None:
+    clock = Clock()
+    cb = breaker(clock)
+    for _ in range(3):
+        cb.record_failure()
+    clock.now += 29.9
+    assert cb.state is BreakerState.OPEN
+    clock.now += 0.2
+    assert cb.state is BreakerState.HALF_OPEN
+    assert cb.allows()
+    assert cb.acquire() and cb.acquire()
+    assert not cb.acquire()  # half_open_requests = 2 probes at once
+
+
+def test_a_successful_probe_closes_a_failed_one_reopens() -> None:
+    clock = Clock()
+    changes: list[BreakerState] = []
+    cb = breaker(clock, changes)
+    for _ in range(3):
+        cb.record_failure()
+    clock.now += 31
+    assert cb.acquire()
+    cb.record_failure()
+    assert cb.state is BreakerState.OPEN
+    clock.now += 29
+    assert cb.state is BreakerState.OPEN  # the open period restarted at the failed probe
+    clock.now += 2
+    assert cb.acquire()
+    cb.record_success()
+    assert cb.state is BreakerState.CLOSED and cb.allows()
+    assert changes == [
+        BreakerState.OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.OPEN,
+        BreakerState.HALF_OPEN,
+        BreakerState.CLOSED,
+    ]
+
+
+def test_reconfigure_applies_new_thresholds() -> None:
+    clock = Clock()
+    cb = breaker(clock)
+    cb.reconfigure(failure_threshold=1, open_s=5, half_open_requests=1)
+    cb.record_failure()
+    assert cb.state is BreakerState.OPEN
+    clock.now += 5
+    assert cb.state is BreakerState.HALF_OPEN
