@@ -1,0 +1,225 @@
+"""Role postgresql on lab hosts: the cluster on one address and port, pg_hba open to the router
+on the LLM host only, the router's role writing its usage table, settings sized from memory,
+the exporter, hardened units, and a pg_dump backup restored into a fresh database."""
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+DB_HOST = "hx-postgres-server-01"
+CLIENT_HOST = "hx-llm-server-01"
+testinfra_hosts = [f"ansible://{DB_HOST}?ansible_inventory={INVENTORY}"]
+
+PORT = 5433
+EXPORTER_PORT = 9187
+DATABASE = "citadel_ai"
+ROUTER = "hxp_router"
+UNIT = "postgresql@15-main"
+
+
+@pytest.fixture(scope="module")
+def client():
+    return testinfra.get_host(f"ansible://{CLIENT_HOST}", ansible_inventory=INVENTORY)
+
+
+@pytest.fixture(scope="module")
+def address(host):
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def password():
+    secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+    return (secrets / "postgres-router-password").read_text().rstrip()
+
+
+def psql_tcp(on, address, sql, *, secret=None, user=ROUTER, database=DATABASE):
+    """psql over TCP to the cluster's address, never prompting (-w)."""
+    env = f"PGPASSWORD={shlex.quote(secret)} " if secret is not None else ""
+    return on.run(
+        f"{env}psql -w -XAtq -v ON_ERROR_STOP=1 -h {address} -p {PORT} -U {user} -d {database} "
+        f"-c {shlex.quote(sql)}"
+    )
+
+
+def psql_local(host, sql, database=DATABASE):
+    return host.check_output(
+        "runuser -u postgres -- psql -XAtq -p %s -d %s -c %s", PORT, database, sql
+    )
+
+
+@pytest.mark.parametrize(
+    "unit", [UNIT, "prometheus-postgres-exporter", "hxp-postgresql-backup.timer"]
+)
+def test_service_runs_and_is_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_listens_on_the_configured_address_only(host, address):
+    listening = host.socket.get_listening_sockets()
+    assert [s for s in listening if s.startswith("tcp") and s.endswith(f":{PORT}")] == [
+        f"tcp://{address}:{PORT}"
+    ]
+    assert [s for s in listening if s.endswith(f":{EXPORTER_PORT}")] == [
+        f"tcp://{address}:{EXPORTER_PORT}"
+    ]
+    assert host.socket(f"unix:///run/postgresql/.s.PGSQL.{PORT}").is_listening
+
+
+def test_the_router_needs_its_password(client, address, password):
+    anonymous = psql_tcp(client, address, "SELECT 1")
+    assert anonymous.rc != 0
+    assert "no password supplied" in anonymous.stderr
+    wrong = psql_tcp(client, address, "SELECT 1", secret="not-it")  # noqa: S106 - wrong on purpose
+    assert wrong.rc != 0
+    assert f'password authentication failed for user "{ROUTER}"' in wrong.stderr
+    right = psql_tcp(client, address, "SELECT current_user", secret=password)
+    assert right.rc == 0, right.stderr
+    assert right.stdout.strip() == ROUTER
+
+
+def test_pg_hba_admits_only_the_router_from_the_llm_host(host, client, address, password):
+    # The right password from the database host itself: no rule matches its address.
+    from_elsewhere = psql_tcp(host, address, "SELECT 1", secret=password)
+    assert from_elsewhere.rc != 0
+    assert "no pg_hba.conf entry" in from_elsewhere.stderr
+    # The router's host, but another database or another user: refused too.
+    other_db = psql_tcp(client, address, "SELECT 1", secret=password, database="postgres")
+    assert "no pg_hba.conf entry" in other_db.stderr
+    superuser = psql_tcp(client, address, "SELECT 1", secret=password, user="postgres")
+    assert "no pg_hba.conf entry" in superuser.stderr
+    hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
+    assert (hba.user, hba.mode) == ("postgres", 0o640)
+    client_address = client.ansible.get_variables()["ansible_host"]
+    rules = [line.split() for line in hba.content_string.splitlines() if line and line[0] != "#"]
+    assert rules == [
+        ["local", "all", "postgres", "peer"],
+        ["local", "all", "prometheus", "peer"],
+        ["host", DATABASE, ROUTER, f"{client_address}/32", "scram-sha-256"],
+    ]
+
+
+def test_the_router_writes_its_usage_table(client, address, password):
+    insert = psql_tcp(
+        client,
+        address,
+        "INSERT INTO hxp_usage (period_start, period_end, key_name, model, requests, errors,"
+        " prompt_tokens, completion_tokens) VALUES (now() - interval '5 s', now(), 'admin',"
+        " 'hermes', 3, 0, 120, 480) RETURNING completion_tokens",
+        secret=password,
+    )
+    assert insert.rc == 0, insert.stderr
+    assert insert.stdout.strip() == "480"
+    key = psql_tcp(
+        client,
+        address,
+        "INSERT INTO hxp_api_keys (name, key_hash, key_prefix, source)"
+        " VALUES ('molecule-' || gen_random_uuid(), md5(random()::text), 'hxp-test', 'cli')",
+        secret=password,
+    )
+    assert key.rc == 0, key.stderr
+
+
+def test_the_router_is_no_superuser(client, address, password):
+    attributes = psql_tcp(
+        client,
+        address,
+        "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user",
+        secret=password,
+    )
+    assert attributes.stdout.strip() == "f|f|f"
+    secrets = psql_tcp(client, address, "SELECT rolpassword FROM pg_authid", secret=password)
+    assert "permission denied" in secrets.stderr
+
+
+def test_settings_follow_memory_and_pool(host, address):
+    def show(name):
+        return psql_local(host, f"SHOW {name}").strip()
+
+    # 2048 MiB: shared_buffers 1/4, effective_cache_size 3/4, maintenance_work_mem 1/16,
+    # work_mem (2048 - 512) / (90 connections x 3) = 5 MB. Connections: 20 x 4 pools + 10.
+    assert show("shared_buffers") == "512MB"
+    assert show("effective_cache_size") == "1536MB"
+    assert show("maintenance_work_mem") == "128MB"
+    assert show("work_mem") == "5MB"
+    assert int(show("max_connections")) == 90
+    assert show("listen_addresses") == address
+    assert show("port") == str(PORT)
+    assert show("password_encryption") == "scram-sha-256"
+
+
+def test_the_password_is_stored_as_scram_and_never_logged(host, password):
+    stored = psql_local(host, "SELECT rolpassword FROM pg_authid WHERE rolname = 'hxp_router'")
+    assert stored.startswith("SCRAM-SHA-256$4096:")
+    assert password not in host.run("journalctl --no-pager -o cat").stdout
+    assert password not in host.run("cat /var/log/postgresql/*.log").stdout
+
+
+def test_exporter_reads_postgres(host, address):
+    metrics = host.check_output(
+        "python3 -c 'import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' %s",
+        f"http://{address}:{EXPORTER_PORT}/metrics",
+    )
+    assert "pg_up 1" in metrics.splitlines()
+
+
+TABLE_DIGEST = (
+    "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY t.id)), '')"
+    " FROM {table} t"
+)
+
+
+def test_backup_restores_into_a_fresh_database_with_the_same_rows(host):
+    run = host.run("systemctl start hxp-postgresql-backup.service")
+    assert run.rc == 0, host.run("journalctl -u hxp-postgresql-backup --no-pager").stdout
+    dumps = host.check_output(
+        "find /var/backups/hxp/postgresql -name 'citadel_ai-*.dump' -printf '%%f\\n' | sort"
+    ).split()
+    assert dumps, "the backup wrote no dump"
+    dump = f"/var/backups/hxp/postgresql/{dumps[-1]}"
+    assert host.file(dump).user == "postgres"
+    assert host.file(dump).mode == 0o600
+
+    restored = "citadel_ai_restore_test"
+    host.run(f"runuser -u postgres -- dropdb -p {PORT} --if-exists {restored}")
+    restore = host.run(f"hxp-postgresql-restore {dump} {restored}")
+    assert restore.rc == 0, restore.stderr
+    try:
+        for table in ("hxp_usage", "hxp_api_keys"):
+            original = psql_local(host, TABLE_DIGEST.format(table=table))
+            copy = psql_local(host, TABLE_DIGEST.format(table=table), database=restored)
+            assert copy == original
+            assert not original.startswith("0:"), f"{table} is empty: nothing was compared"
+        # Never over an existing database.
+        again = host.run(f"hxp-postgresql-restore {dump} {restored}")
+        assert again.rc == 1
+        assert "exists" in again.stderr
+    finally:
+        host.run(f"runuser -u postgres -- dropdb -p {PORT} {restored}")
+
+
+@pytest.mark.parametrize(
+    "unit", [UNIT, "prometheus-postgres-exporter", "hxp-postgresql-backup.service"]
+)
+def test_units_are_hardened(host, unit):
+    properties = dict(
+        line.split("=", 1)
+        for line in host.check_output(
+            "systemctl show %s -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
+            "-p CapabilityBoundingSet -p User",
+            unit,
+        ).splitlines()
+    )
+    assert properties["NoNewPrivileges"] == "yes"
+    assert properties["ProtectSystem"] == "strict"
+    assert properties["ProtectHome"] == "yes"
+    assert properties["PrivateTmp"] == "yes"
+    assert properties["CapabilityBoundingSet"] == ""
+    assert properties["User"] in {"postgres", "prometheus"}

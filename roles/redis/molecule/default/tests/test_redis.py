@@ -1,0 +1,116 @@
+"""Role redis on a lab host: Redis bound to one address, password required, a cache's memory
+settings, the exporter, hardened units, no secret in a world-readable file or in the journal."""
+
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+PORT = 6379
+EXPORTER_PORT = 9121
+
+
+@pytest.fixture(scope="module")
+def address(host):
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def password():
+    secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+    return (secrets / "redis-password").read_text().rstrip()
+
+
+def redis_cli(host, address, *args, secret=None):
+    auth = f"REDISCLI_AUTH={shlex.quote(secret)} " if secret is not None else ""
+    command = f"{auth}redis-cli -h {address} -p {PORT} --no-auth-warning {shlex.join(args)}"
+    return host.run(command)
+
+
+@pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
+def test_service_runs_and_is_enabled(host, unit):
+    service = host.service(unit)
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_listens_on_the_configured_address_only(host, address):
+    listening = host.socket.get_listening_sockets()
+    assert [s for s in listening if s.endswith(f":{PORT}")] == [f"tcp://{address}:{PORT}"]
+    exporter = [s for s in listening if s.endswith(f":{EXPORTER_PORT}")]
+    assert exporter == [f"tcp://{address}:{EXPORTER_PORT}"]
+
+
+def test_a_password_is_required(host, address, password):
+    anonymous = redis_cli(host, address, "PING")
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
+    wrong = redis_cli(host, address, "PING", secret="not-it")  # noqa: S106 - wrong on purpose
+    assert "WRONGPASS" in wrong.stdout + wrong.stderr
+    assert redis_cli(host, address, "PING", secret=password).stdout.strip() == "PONG"
+
+
+def test_cache_settings(host, address, password):
+    def config(name):
+        return redis_cli(host, address, "CONFIG", "GET", name, secret=password).stdout.split()
+
+    assert config("maxmemory") == ["maxmemory", str(64 * 1024 * 1024)]
+    assert config("maxmemory-policy") == ["maxmemory-policy", "allkeys-lru"]
+    assert config("save") == ["save"]  # no snapshots
+    assert config("appendonly") == ["appendonly", "no"]
+    assert config("bind") == ["bind", address]
+
+
+def test_writes_and_reads_a_key(host, address, password):
+    assert redis_cli(host, address, "SET", "hxp:test", "1", "EX", "60", secret=password).rc == 0
+    assert redis_cli(host, address, "GET", "hxp:test", secret=password).stdout.strip() == "1"
+
+
+def test_exporter_reaches_redis_with_the_password(host, address):
+    metrics = host.check_output(
+        "python3 -c 'import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' %s",
+        f"http://{address}:{EXPORTER_PORT}/metrics",
+    )
+    assert "redis_up 1" in metrics.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "mode"),
+    [
+        ("/etc/redis/redis.conf", "redis", 0o640),
+        ("/etc/default/prometheus-redis-exporter", "prometheus", 0o600),
+    ],
+)
+def test_secret_files_are_private(host, path, owner, mode, password):
+    secret_file = host.file(path)
+    assert (secret_file.user, secret_file.mode) == (owner, mode)
+    assert secret_file.mode & 0o007 == 0
+
+
+def test_the_password_is_never_logged(host, password):
+    journal = host.run("journalctl --no-pager -o cat")
+    assert journal.rc == 0
+    assert password not in journal.stdout
+
+
+@pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
+def test_units_are_hardened(host, unit):
+    properties = dict(
+        line.split("=", 1)
+        for line in host.check_output(
+            "systemctl show %s -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
+            "-p CapabilityBoundingSet",
+            unit,
+        ).splitlines()
+    )
+    assert properties["NoNewPrivileges"] == "yes"
+    assert properties["ProtectSystem"] == "strict"
+    assert properties["ProtectHome"] == "yes"
+    assert properties["PrivateTmp"] == "yes"
+    assert properties["CapabilityBoundingSet"] == ""
+
+
+def test_redis_writes_only_its_own_directories(host):
+    paths = host.check_output("systemctl show redis-server -p ReadWritePaths").split("=", 1)[1]
+    assert sorted(paths.split()) == ["-/run/redis", "-/var/lib/redis"]
