@@ -21,6 +21,7 @@ from hxp_runtime.lab_cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
 from hxp_runtime.planner import Plan, plan_deployment
 from hxp_runtime.render import render_inventory
+from hxp_runtime.router.keys_cli import keys_app
 
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -35,6 +36,7 @@ app = typer.Typer(
 lab_app.command(name="model")(lab_model)
 app.add_typer(lab_app, name="lab")
 app.add_typer(bundle_app, name="bundle")
+app.add_typer(keys_app, name="keys")
 out = Console()
 err = Console(stderr=True)
 

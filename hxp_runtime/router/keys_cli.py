@@ -1,0 +1,180 @@
+"""``hxp keys create|list|revoke``: API keys in the router's PostgreSQL database.
+
+Run on the router host (or anywhere that reaches the database): the connection comes from the
+router's own settings and secrets files (``/etc/hxp-router/``), or from ``--dsn`` /
+``HXP_KEYS_DSN``. ``create`` prints the new key once; only its SHA-256 is stored. A revoked
+key stops working within the router's ``auth_cache_ttl_s`` (30 s by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hxp_runtime.router import store
+from hxp_runtime.router.settings import (
+    DEFAULT_SECRETS,
+    DEFAULT_SETTINGS,
+    SettingsError,
+    load_secrets,
+    load_settings,
+)
+
+EXIT_FAILED = 1
+T = TypeVar("T")
+
+keys_app = typer.Typer(
+    help="API keys for the router: create (printed once), list, revoke.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+SettingsOption = Annotated[
+    Path, typer.Option("--settings", help="the router's settings file (database location)")
+]
+SecretsOption = Annotated[
+    Path, typer.Option("--secrets", help="the router's secrets file (database password)")
+]
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        envvar="HXP_KEYS_DSN",
+        help="postgresql://user:password@host:port/db instead of the router's files",
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+PerMinute = Annotated[int | None, typer.Option(min=1)]
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED)
+
+
+def _connect_kwargs(settings_file: Path, secrets_file: Path, dsn: str | None) -> dict[str, Any]:
+    if dsn:
+        return {"dsn": dsn, "timeout": 5}
+    try:
+        settings = load_settings(settings_file)
+        secrets = load_secrets(secrets_file if secrets_file.exists() else None)
+    except SettingsError as exc:
+        _fail(exc.render())
+    db = settings.database
+    if db is None:
+        _fail(f"{settings_file} has no database section; keys need PostgreSQL (or give --dsn)")
+    password = secrets.database_password
+    return store.connect_kwargs(
+        db.host, db.port, db.name, db.user, password.get_secret_value() if password else None
+    )
+
+
+def _run(kwargs: dict[str, Any], work: Callable[[Any], Awaitable[T]]) -> T:
+    async def session() -> T:
+        conn = await asyncpg.connect(**kwargs)
+        try:
+            await store.ensure_schema(conn)
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    where = kwargs.get("host", "the --dsn server")
+    try:
+        return asyncio.run(session())
+    except store.KeyOperationError as exc:
+        _fail(str(exc))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        _fail(f"cannot use PostgreSQL at {where}: {exc}")
+
+
+@keys_app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="who the key is for, e.g. a team or service")],
+    requests_per_minute: PerMinute = None,
+    tokens_per_minute: PerMinute = None,
+    settings: SettingsOption = DEFAULT_SETTINGS,
+    secrets: SecretsOption = DEFAULT_SECRETS,
+    dsn: DsnOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a key; it is printed once and cannot be shown again."""
+    kwargs = _connect_kwargs(settings, secrets, dsn)
+    key = _run(
+        kwargs,
+        lambda conn: store.create_key(
+            conn,
+            name,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+        ),
+    )
+    if as_json:
+        print(json.dumps({"name": name, "key": key, "prefix": key[:8]}))
+        return
+    out.print(f"created key [bold]{name}[/]; store it now, it is not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def list_(
+    include_revoked: Annotated[bool, typer.Option("--all", help="include revoked keys")] = False,
+    settings: SettingsOption = DEFAULT_SETTINGS,
+    secrets: SecretsOption = DEFAULT_SECRETS,
+    dsn: DsnOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List keys (name, prefix, limits, dates); never the keys themselves."""
+    kwargs = _connect_kwargs(settings, secrets, dsn)
+    records = _run(kwargs, lambda conn: store.list_keys(conn, include_revoked=include_revoked))
+    if as_json:
+        rows = [
+            {
+                "name": r.name,
+                "prefix": r.prefix,
+                "source": r.source,
+                "requests_per_minute": r.requests_per_minute,
+                "tokens_per_minute": r.tokens_per_minute,
+                "created_at": r.created_at.isoformat(),
+                "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+            }
+            for r in records
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="API keys", header_style="bold")
+    for column in ("name", "prefix", "source", "req/min", "tokens/min", "created", "revoked"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(
+            r.name,
+            r.prefix + "…",
+            r.source,
+            str(r.requests_per_minute or "default"),
+            str(r.tokens_per_minute or "default"),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command()
+def revoke(
+    name: Annotated[str, typer.Argument(help="the key's name")],
+    settings: SettingsOption = DEFAULT_SETTINGS,
+    secrets: SecretsOption = DEFAULT_SECRETS,
+    dsn: DsnOption = None,
+) -> None:
+    """Revoke the active key with this name."""
+    kwargs = _connect_kwargs(settings, secrets, dsn)
+    if not _run(kwargs, lambda conn: store.revoke_key(conn, name)):
+        _fail(f"no active key named {name!r}; `hxp keys list` shows the keys")
+    out.print(f"revoked key [bold]{name}[/]", highlight=False)
