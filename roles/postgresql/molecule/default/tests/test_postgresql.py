@@ -48,7 +48,7 @@ def psql_tcp(on, address, sql, *, secret=None, user=ROUTER, database=DATABASE):
 
 def psql_local(host, sql, database=DATABASE):
     return host.check_output(
-        "runuser -u postgres -- psql -XAtq -p %s -d %s -c %s", PORT, database, sql
+        "runuser -u postgres -- psql -XAtq -p %s -d %s -c %s", str(PORT), database, sql
     )
 
 
@@ -69,7 +69,7 @@ def test_listens_on_the_configured_address_only(host, address):
     assert [s for s in listening if s.endswith(f":{EXPORTER_PORT}")] == [
         f"tcp://{address}:{EXPORTER_PORT}"
     ]
-    assert host.socket(f"unix:///run/postgresql/.s.PGSQL.{PORT}").is_listening
+    assert host.socket(f"unix:///var/run/postgresql/.s.PGSQL.{PORT}").is_listening
 
 
 def test_the_router_needs_its_password(client, address, password):
@@ -179,9 +179,7 @@ TABLE_DIGEST = (
 def test_backup_restores_into_a_fresh_database_with_the_same_rows(host):
     run = host.run("systemctl start hxp-postgresql-backup.service")
     assert run.rc == 0, host.run("journalctl -u hxp-postgresql-backup --no-pager").stdout
-    dumps = host.check_output(
-        "find /var/backups/hxp/postgresql -name 'citadel_ai-*.dump' -printf '%%f\\n' | sort"
-    ).split()
+    dumps = sorted(host.check_output("ls /var/backups/hxp/postgresql").split())
     assert dumps, "the backup wrote no dump"
     dump = f"/var/backups/hxp/postgresql/{dumps[-1]}"
     assert host.file(dump).user == "postgres"
