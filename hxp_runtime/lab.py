@@ -20,6 +20,8 @@ Layout (``STATE`` = ``lab.state_dir``/<name>, ``CACHE`` = /var/cache/hxp-lab):
     STATE/hosts/<host>/           overlay upper/work/root, console.log, supervisor.pid
     /sys/fs/cgroup/{unified,systemd}/hxp-lab/<name>/<host>   each host's own cgroups
     /run/hxp-lab/<name>.json      which state directory owns the lab name on this machine
+    /run/hxp-lab/<name>.acng      apt-cacher-ng's control socket (a short path: sockets have
+                                  a 108-byte limit, state directories can be deep)
 """
 
 from __future__ import annotations
@@ -44,15 +46,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hxp_runtime.config import (
-    ConfigError,
-    HxpConfig,
-    LabSettings,
-    Problem,
-    SecretScheme,
-)
-from hxp_runtime.yamlsource import load_yaml
+from hxp_runtime.config import ConfigError, Host, LabSettings, Name, Problem, SecretScheme
+from hxp_runtime.yamlsource import YamlSourceError, load_yaml
 
 DEBIAN_SUITE = "bookworm"
 BASE_PACKAGES = (
@@ -82,6 +79,7 @@ SSH_OPTIONS = (
 BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 CGROUP_PARENT = "hxp-lab"
+RUN_DIR = Path("/run/hxp-lab")
 PROXY_PASSTHROUGH = r"^(pypi\.org|files\.pythonhosted\.org):443$"
 
 
@@ -108,7 +106,7 @@ class LabHost:
 
 @dataclass(frozen=True)
 class LabSpec:
-    """Everything needed to bring a lab up, derived from hxp.yml (see :func:`spec_from_config`)."""
+    """Everything needed to bring a lab up, derived from hxp.yml (see :func:`load_lab`)."""
 
     name: str
     bridge: str
@@ -163,12 +161,25 @@ def rebase(
     return new.network_address + (int(address) - int(old.network_address))
 
 
-def lab_problems(cfg: HxpConfig) -> list[Problem]:
-    """Rules only the lab needs (the schema allows any addresses): hosts on the bridge subnet."""
-    lab = cfg.lab or LabSettings()
-    network = lab.gateway.network
+class LabFile(BaseModel):
+    """The parts of hxp.yml the lab reads, validated with the schema's own models.
+
+    The rest of the deployment (models, router, data plane) is `hxp validate`'s business, not
+    the lab's: a lab boots hosts, and a Molecule scenario's file describes hosts only.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Name
+    hosts: list[Host] = Field(min_length=1)
+    lab: LabSettings = Field(default_factory=LabSettings)
+
+
+def lab_problems(doc: LabFile) -> list[Problem]:
+    """Rules the lab adds: unique names and addresses, every host on the bridge's subnet."""
+    network = doc.lab.gateway.network
     problems: list[Problem] = []
-    if len(f"{cfg.name}-") + max(len(h.name) for h in cfg.hosts) > 64:
+    if len(f"{doc.name}-") + max(len(h.name) for h in doc.hosts) > 64:
         problems.append(
             Problem(("name",), "lab machine names (<name>-<host>) must fit 64 characters; shorten")
         )
@@ -176,8 +187,18 @@ def lab_problems(cfg: HxpConfig) -> list[Problem]:
         problems.append(
             Problem(("lab", "gateway"), f"subnet {network} is too small for a lab; use a /24")
         )
-    seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, str] = {}
-    for i, host in enumerate(cfg.hosts):
+    seen: dict[str, str] = {}
+    for i, host in enumerate(doc.hosts):
+        for key, value in (("name", host.name), ("address", str(host.address))):
+            if f"{key}:{value}" in seen:
+                problems.append(
+                    Problem(
+                        ("hosts", i, key),
+                        f"{key} {value} is already used by {seen[f'{key}:{value}']}; "
+                        "give each host its own",
+                    )
+                )
+            seen.setdefault(f"{key}:{value}", f"hosts[{i}]")
         path = ("hosts", i, "address")
         addr = host.address
         if not isinstance(addr, ipaddress.IPv4Address) or addr not in network:
@@ -185,15 +206,13 @@ def lab_problems(cfg: HxpConfig) -> list[Problem]:
                 Problem(
                     path,
                     f"lab host address {addr} is not in the lab subnet {network} "
-                    f"(lab.gateway {lab.gateway}); give an address inside it",
+                    f"(lab.gateway {doc.lab.gateway}); give an address inside it",
                 )
             )
-        elif addr in (network.network_address, network.broadcast_address, lab.gateway.ip):
-            what = "the bridge's own address" if addr == lab.gateway.ip else "not a host address"
+        elif addr in (network.network_address, network.broadcast_address, doc.lab.gateway.ip):
+            own = addr == doc.lab.gateway.ip
+            what = "the bridge's own address" if own else "not a host address"
             problems.append(Problem(path, f"{addr} is {what}; give another address in {network}"))
-        if addr in seen:
-            problems.append(Problem(path, f"{addr} is already the address of {seen[addr]!r}"))
-        seen.setdefault(addr, host.name)
         if host.ssh_user != "root" or host.ssh_port != 22:
             problems.append(
                 Problem(("hosts", i), "lab hosts take SSH as root on port 22; drop ssh_user/port")
@@ -201,27 +220,56 @@ def lab_problems(cfg: HxpConfig) -> list[Problem]:
     return problems
 
 
-def spec_from_config(cfg: HxpConfig, file: Path) -> LabSpec:
-    """The lab of ``cfg`` (loaded from ``file``); raises ConfigError naming the line."""
-    problems = lab_problems(cfg)
+def file_secrets(node: Any) -> set[Path]:
+    """Every ``file:/absolute/path`` secret reference anywhere in the document."""
+    if isinstance(node, str):
+        scheme, _, value = node.partition(":")
+        return (
+            {Path(value)} if scheme == SecretScheme.FILE.value and value.startswith("/") else set()
+        )
+    if isinstance(node, dict):
+        return set().union(*(file_secrets(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(file_secrets(v) for v in node))
+    return set()
+
+
+def load_lab(file: Path) -> LabSpec:
+    """The lab described by ``file``; raises ConfigError naming file, line, field and the fix."""
+    try:
+        data, lines = load_yaml(file)
+    except YamlSourceError as exc:
+        raise ConfigError(file, [Problem((), str(exc).removeprefix(f"{file}: "))]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(file, [Problem((), "the file must be a mapping (name, hosts, lab)", 1)])
+    try:
+        doc = LabFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            loc = tuple(error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "missing":
+                message = "required field is missing; add it"
+            problems.append(Problem(loc, message, lines.line_of(loc)))
+        raise ConfigError(file, problems) from None
+    problems = lab_problems(doc)
     if problems:
-        _, lines = load_yaml(file)
         raise ConfigError(file, [replace(p, line=lines.line_of(p.path)) for p in problems])
-    lab = cfg.lab or LabSettings()
-    state_root = lab.state_dir if lab.state_dir.is_absolute() else cfg.base_dir / lab.state_dir
+    state_root = doc.lab.state_dir
+    if not state_root.is_absolute():
+        state_root = file.parent / state_root
     return LabSpec(
-        name=cfg.name,
-        bridge=lab.bridge,
-        gateway=lab.gateway,
-        state_dir=(state_root / cfg.name).resolve(),
-        apt_proxy_port=lab.apt_proxy_port,
+        name=doc.name,
+        bridge=doc.lab.bridge,
+        gateway=doc.lab.gateway,
+        state_dir=(state_root / doc.name).resolve(),
+        apt_proxy_port=doc.lab.apt_proxy_port,
         hosts=tuple(
             LabHost(h.name, ipaddress.IPv4Address(h.address), tuple(g.value for g in h.groups))
-            for h in cfg.hosts
+            for h in doc.hosts
         ),
-        secret_files=tuple(
-            sorted({Path(r.value) for r in cfg.secret_refs() if r.scheme is SecretScheme.FILE})
-        ),
+        secret_files=tuple(sorted(file_secrets(data))),
     )
 
 
@@ -270,7 +318,7 @@ def apt_proxy_conf(spec: LabSpec) -> str:
     return f'# Written by hxp lab.\nAcquire::http::Proxy "{spec.apt_proxy_url}";\n'
 
 
-def acng_conf(spec: LabSpec, cache: Path, run: Path) -> str:
+def acng_conf(spec: LabSpec, cache: Path, run: Path, socket: Path) -> str:
     """apt-cacher-ng for one lab: bound to the bridge address only, no Remap rules (requests go to
     the mirror the guests name, which is the controller's own mirror)."""
     return (
@@ -281,7 +329,7 @@ def acng_conf(spec: LabSpec, cache: Path, run: Path) -> str:
         f"BindAddress: {spec.gateway.ip}\n"
         f"Port: {spec.apt_proxy_port}\n"
         f"PidFile: {run}/apt-cacher-ng.pid\n"
-        f"SocketPath: {run}/apt-cacher-ng.socket\n"
+        f"SocketPath: {socket}\n"
         "ForeGround: 1\n"
         f"PassThroughPattern: {PROXY_PASSTHROUGH}\n"
         "ReportPage: acng-report.html\n"
@@ -735,6 +783,10 @@ class AptProxy:
         return self.directory / "run/apt-cacher-ng.pid"
 
     @property
+    def socket(self) -> Path:
+        return RUN_DIR / f"{self.spec.name}.acng"
+
+    @property
     def cgroups(self) -> list[Path]:
         return cgroup_dirs(self.spec.name, "apt-proxy")
 
@@ -752,7 +804,7 @@ class AptProxy:
         if not _is_mounted(self.mountpoint):
             _mount_overlay(self.shared_cache, upper, work, self.mountpoint)
         conf = self.directory / "conf"
-        _write_file(conf / "acng.conf", acng_conf(self.spec, self.mountpoint, run))
+        _write_file(conf / "acng.conf", acng_conf(self.spec, self.mountpoint, run, self.socket))
         for directory in self.cgroups:
             directory.mkdir(parents=True, exist_ok=True)
         log = (run / "apt-cacher-ng.out").open("ab")
@@ -769,8 +821,11 @@ class AptProxy:
         deadline = time.monotonic() + 10
         while not _port_open(str(self.spec.gateway.ip), self.spec.apt_proxy_port):
             if proc.poll() is not None or time.monotonic() > deadline:
+                logs = [run / "apt-cacher-ng.out", run / "apt-cacher.err"]
+                tail = "".join(p.read_text(errors="replace")[-800:] for p in logs if p.exists())
                 raise LabError(
-                    f"apt-cacher-ng did not start on {self.spec.apt_proxy_url}; see {run}"
+                    f"apt-cacher-ng did not start on {self.spec.apt_proxy_url} (logs in {run}):\n"
+                    + tail
                 )
             time.sleep(0.05)
 
@@ -787,6 +842,7 @@ class AptProxy:
         if pid is not None:
             _wait_gone(pid, STOP_TIMEOUT_S)
         _kill_cgroups(self.cgroups)
+        self.socket.unlink(missing_ok=True)
         if _is_mounted(self.mountpoint):
             _run("umount", str(self.mountpoint))
         upper = self.directory / "upper"
@@ -874,7 +930,7 @@ class Lab:
         self.spec = spec
         self.image = image
         self.log = log
-        self.registry = Path("/run/hxp-lab")
+        self.registry = RUN_DIR
 
     # ------------------------------------------------------------------ paths
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hxp_runtime.config import ConfigError
-from hxp_runtime.lab import SSH_OPTIONS, BaseImage, Lab, LabError, LabSpec, spec_from_config
+from hxp_runtime.lab import SSH_OPTIONS, BaseImage, Lab, LabError, LabSpec, load_lab
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -45,11 +45,11 @@ def _require_root() -> None:
 def _open(file: Path) -> Lab:
     """The lab of ``file``, or exit with every problem (file, line, field, what to do)."""
     _require_root()
-    from hxp_runtime.cli import load_or_exit  # noqa: PLC0415 - cli imports this module
-
-    cfg = load_or_exit(file)
+    if not file.is_file():
+        _err(f"{file}: file not found; check the path")
+        raise typer.Exit(EXIT_USAGE)
     try:
-        spec = spec_from_config(cfg, file)
+        spec = load_lab(file)
     except ConfigError as exc:
         err.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
@@ -126,7 +126,9 @@ def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
         _err(str(exc))
         raise typer.Exit(EXIT_FAILED) from None
     if as_json:
-        summary = _summary(lab.spec) if hosts is not None else {"name": lab.spec.name}
+        summary: dict[str, object] = {"name": lab.spec.name}
+        if hosts is not None:
+            summary = _summary(lab.spec)
         summary["up"] = hosts is not None
         summary["hosts"] = [h.as_json() for h in hosts or []]
         print(json.dumps(summary, indent=2))
