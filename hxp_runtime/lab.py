@@ -80,6 +80,7 @@ BOOT_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 30.0
 CGROUP_PARENT = "hxp-lab"
 RUN_DIR = Path("/run/hxp-lab")
+RUN_ENV = "HXP_LAB_RUN"
 PROXY_PASSTHROUGH = r"^(pypi\.org|files\.pythonhosted\.org):443$"
 
 
@@ -453,6 +454,8 @@ class LabState:
     created_bridge: bool = False
     created_secret_files: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)
+    # $HXP_LAB_RUN of the `up` that created the lab: scripts/test removes its own labs by it.
+    run: str = ""
 
     @classmethod
     def of(cls, spec: LabSpec) -> LabState:
@@ -932,6 +935,14 @@ class Lab:
         self.log = log
         self.registry = RUN_DIR
 
+    @classmethod
+    def recorded(cls, state_dir: Path, image: BaseImage, log: Log = print) -> Lab:
+        """The lab whose state is in ``state_dir`` (for removing it without its config)."""
+        state = load_state(state_dir)
+        if state is None:
+            raise LabError(f"no lab state in {state_dir}")
+        return cls(state.spec(state_dir), image, log)
+
     # ------------------------------------------------------------------ paths
 
     def host_dir(self, host: LabHost) -> Path:
@@ -986,7 +997,7 @@ class Lab:
                     f"now says; run `hxp lab down` on it first (state: {self.spec.state_dir})"
                 )
             self.spec = replace(recorded, secret_files=self.spec.secret_files)
-            self._register()
+            self._register(state)
             return state
         owner = self._registry_owner()
         if owner is not None and owner != self.spec.state_dir and load_state(owner) is not None:
@@ -1011,9 +1022,12 @@ class Lab:
                     "machine; choose another lab.gateway subnet"
                 )
         state = LabState.of(self.spec)
+        state.run = os.environ.get(RUN_ENV, "")
+        missing = [p for p in self.spec.state_dir.parents if not p.exists()]
+        state.created_dirs.extend(str(d) for d in reversed(missing))
         self.spec.state_dir.mkdir(parents=True, exist_ok=True)
         save_state(self.spec.state_dir, state)
-        self._register()
+        self._register(state)
         # Claim the network now, still under the lock, so a concurrent `up` sees it taken.
         self._ensure_bridge(state)
         return state
@@ -1024,8 +1038,9 @@ class Lab:
         except (OSError, ValueError, KeyError):
             return None
 
-    def _register(self) -> None:
-        _write_file(self._registry_file(), json.dumps({"state_dir": str(self.spec.state_dir)}))
+    def _register(self, state: LabState) -> None:
+        entry = {"state_dir": str(self.spec.state_dir), "run": state.run}
+        _write_file(self._registry_file(), json.dumps(entry) + "\n")
 
     def _ensure_bridge(self, state: LabState) -> None:
         bridge = self.spec.bridge
@@ -1222,9 +1237,6 @@ class Lab:
             _run("ip", "link", "delete", self.spec.bridge, "type", "bridge")
         for path in state.created_secret_files:
             Path(path).unlink(missing_ok=True)
-        for created in reversed(state.created_dirs):
-            with contextlib.suppress(OSError):
-                Path(created).rmdir()
         leftovers = mounts_under(_mountinfo(), self.spec.state_dir)
         if leftovers:
             raise LabError(f"still mounted, not removing {self.spec.state_dir}: {leftovers[0]}")
@@ -1233,6 +1245,9 @@ class Lab:
             with contextlib.suppress(OSError):
                 self.registry.rmdir()
         shutil.rmtree(self.spec.state_dir)
+        for created in reversed(state.created_dirs):  # only if empty: others may use them now
+            with contextlib.suppress(OSError):
+                Path(created).rmdir()
         return True
 
     def _stop_host(self, host: LabHost, pid: int | None) -> None:
@@ -1245,6 +1260,45 @@ class Lab:
         root = self.host_dir(host) / "root"
         if _is_mounted(root):
             _run("umount", str(root))
+
+
+@dataclass(frozen=True)
+class RegisteredLab:
+    name: str
+    state_dir: Path
+    run: str
+
+
+def registered_labs(registry: Path = RUN_DIR) -> list[RegisteredLab]:
+    """The labs `up` registered on this machine (since its last boot)."""
+    labs = []
+    for entry in sorted(registry.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            data = json.loads(entry.read_text())
+            labs.append(RegisteredLab(entry.stem, Path(data["state_dir"]), data.get("run", "")))
+    return labs
+
+
+def remove_run(run: str, image: BaseImage, log: Log = print) -> list[str]:
+    """``down`` every lab created with $HXP_LAB_RUN = ``run``; return their names.
+
+    A registry entry whose state is gone (the lab was removed by hand) is dropped.
+    """
+    removed, errors = [], []
+    for entry in registered_labs():
+        if entry.run != run:
+            continue
+        if load_state(entry.state_dir) is None:
+            (RUN_DIR / f"{entry.name}.json").unlink(missing_ok=True)
+            continue
+        try:
+            Lab.recorded(entry.state_dir, image, log).down()
+            removed.append(entry.name)
+        except LabError as exc:
+            errors.append(f"lab {entry.name}: {exc}")
+    if errors:
+        raise LabError("\n".join(errors))
+    return removed
 
 
 def _children(pid: int) -> list[int]:

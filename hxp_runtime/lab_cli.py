@@ -16,7 +16,17 @@ from rich.console import Console
 from rich.table import Table
 
 from hxp_runtime.config import ConfigError
-from hxp_runtime.lab import SSH_OPTIONS, BaseImage, Lab, LabError, LabSpec, load_lab
+from hxp_runtime.lab import (
+    RUN_ENV,
+    SSH_OPTIONS,
+    BaseImage,
+    Lab,
+    LabError,
+    LabSpec,
+    load_lab,
+    registered_labs,
+    remove_run,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -164,6 +174,45 @@ def ssh(
     options = [word for option in SSH_OPTIONS for word in option.split()]
     argv = ["ssh", "-i", str(lab.spec.key_file), *options, f"root@{target.address}"]
     os.execvp("ssh", [*argv, *(command or [])])  # noqa: S606 - replace this process by ssh
+
+
+@lab_app.command(name="list")
+def list_labs(as_json: JsonFlag = False) -> None:
+    """List the labs that are up on this machine (any config, any checkout)."""
+    labs = registered_labs()
+    if as_json:
+        rows = [{"name": r.name, "state_dir": str(r.state_dir), "run": r.run} for r in labs]
+        print(json.dumps(rows, indent=2))
+        return
+    if not labs:
+        out.print("no lab is up on this machine")
+        return
+    table = Table(title="labs on this machine")
+    for column in ("name", "state", f"run (${RUN_ENV})"):
+        table.add_column(column)
+    for r in labs:
+        table.add_row(r.name, str(r.state_dir), r.run)
+    out.print(table)
+
+
+@lab_app.command()
+def cleanup(
+    run: Annotated[
+        str, typer.Option("--run", help=f"remove the labs created with ${RUN_ENV} set to this")
+    ],
+) -> None:
+    """Remove every lab a run created (scripts/test calls this in its exit trap)."""
+    _require_root()
+    if not run:
+        _err("--run must not be empty (it would match every lab made outside a test run)")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        removed = remove_run(run, BaseImage.default())
+    except LabError as exc:
+        _err(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
+    for name in removed:
+        out.print(f"lab {name} removed", highlight=False)
 
 
 @lab_app.command()
