@@ -1,0 +1,316 @@
+"""Role qdrant on a lab host.
+
+The Qdrant server binary cannot be obtained on this machine (no Debian package, not on any
+reachable registry). What does not need it is tested for real: the user, directories, the
+rendered config.yaml, the hardened units (`systemd-analyze verify`), the secret files, and the
+bundle's checksum check, which stops the play before the host changes. What needs a running
+Qdrant (service, addresses, API key, /readyz, collections, snapshots) runs only when the
+scenario was given the official release archive (HXP_QDRANT_ARCHIVE, see molecule.yml), and
+otherwise skips with that reason.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+HOST = "hx-vectordb-server-01"
+HTTP_PORT = 6333
+GRPC_PORT = 6334
+SCENARIO = Path(__file__).resolve().parents[1]
+ROLES = SCENARIO.parents[2]
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+BINARY = "/opt/qdrant/current/qdrant"
+NO_BINARY = (
+    "the Qdrant binary is not installed: its official release archive is not in the bundle "
+    "(Qdrant is not obtainable on this machine; set HXP_QDRANT_ARCHIVE, see molecule.yml)"
+)
+
+
+@pytest.fixture(scope="module")
+def address(host):
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def api_key():
+    return (EPHEMERAL / "secrets" / "qdrant-api-key").read_text().rstrip()
+
+
+@pytest.fixture
+def running(host):
+    if not host.file(BINARY).exists:
+        pytest.skip(NO_BINARY)
+
+
+def test_dedicated_user(host):
+    user = host.user("qdrant")
+    assert user.exists
+    assert user.uid < 1000, "a system account"
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.home == "/var/lib/qdrant"
+    assert user.group == "qdrant"
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "group", "mode"),
+    [
+        ("/var/lib/qdrant", "qdrant", "qdrant", 0o750),
+        ("/var/lib/qdrant/storage", "qdrant", "qdrant", 0o750),
+        ("/var/backups/hxp/qdrant", "qdrant", "qdrant", 0o750),
+        ("/etc/qdrant", "root", "qdrant", 0o750),
+        ("/opt/qdrant", "root", "root", 0o755),
+    ],
+)
+def test_directories(host, path, owner, group, mode):
+    directory = host.file(path)
+    assert directory.is_directory
+    assert (directory.user, directory.group, directory.mode) == (owner, group, mode)
+
+
+def test_config_is_rendered_from_the_settings(host, address, api_key):
+    config_file = host.file("/etc/qdrant/config.yaml")
+    assert (config_file.user, config_file.group, config_file.mode) == ("root", "qdrant", 0o640)
+    config = yaml.safe_load(config_file.content_string)
+    assert config["service"] == {
+        "host": address,
+        "http_port": HTTP_PORT,
+        "grpc_port": GRPC_PORT,
+        "api_key": api_key,
+        "enable_cors": False,
+    }
+    assert config["storage"] == {
+        "storage_path": "/var/lib/qdrant/storage",
+        "snapshots_path": "/var/backups/hxp/qdrant",
+    }
+    assert config["telemetry_disabled"] is True
+
+
+def test_snapshot_environment_is_private(host, address, api_key):
+    env_file = host.file("/etc/qdrant/snapshot.env")
+    assert (env_file.user, env_file.mode) == ("qdrant", 0o600)
+    assert f"QDRANT_API_KEY={api_key}" in env_file.content_string.splitlines()
+    assert f"QDRANT_URL=http://{address}:{HTTP_PORT}" in env_file.content_string.splitlines()
+
+
+def test_the_api_key_is_never_logged(host, api_key):
+    assert api_key not in host.run("journalctl --no-pager -o cat").stdout
+
+
+def unit_properties(host, unit, *names):
+    output = host.check_output("systemctl show %s %s", unit, " ".join(f"-p {n}" for n in names))
+    return dict(line.split("=", 1) for line in output.splitlines())
+
+
+def test_qdrant_unit_is_hardened(host):
+    properties = unit_properties(
+        host,
+        "qdrant",
+        "User",
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "ProtectHome",
+        "PrivateTmp",
+        "CapabilityBoundingSet",
+        "ReadWritePaths",
+        "ExecStart",
+    )
+    assert properties["User"] == "qdrant"
+    assert properties["NoNewPrivileges"] == "yes"
+    assert properties["ProtectSystem"] == "strict"
+    assert properties["ProtectHome"] == "yes"
+    assert properties["PrivateTmp"] == "yes"
+    assert properties["CapabilityBoundingSet"] == ""
+    assert sorted(properties["ReadWritePaths"].split()) == [
+        "/var/backups/hxp/qdrant",
+        "/var/lib/qdrant",
+        "/var/lib/qdrant/storage",
+    ]
+    assert "path=/opt/qdrant/current/qdrant" in properties["ExecStart"]
+    assert "--config-path /etc/qdrant/config.yaml" in properties["ExecStart"]
+
+
+def test_units_pass_systemd_analyze_verify(host):
+    units = [f"/etc/systemd/system/hxp-qdrant-snapshot.{kind}" for kind in ("service", "timer")]
+    if host.file(BINARY).exists:
+        units.append("/etc/systemd/system/qdrant.service")
+    else:
+        # Without the binary, verify checks the unit as written with its ExecStart pointed at
+        # an executable that exists; every other line is the installed file's.
+        host.run("mkdir -p /run/hxp-verify")
+        host.run(
+            "sed 's|^ExecStart=/opt/qdrant/current/qdrant|ExecStart=/bin/true|;"
+            "/^AssertFileIsExecutable=/d' /etc/systemd/system/qdrant.service "
+            "> /run/hxp-verify/qdrant.service"
+        )
+        units.append("/run/hxp-verify/qdrant.service")
+    checked = host.run("systemd-analyze verify " + " ".join(units))
+    assert checked.rc == 0, checked.stderr
+
+
+def test_without_the_binary_qdrant_is_not_started(host):
+    if host.file(BINARY).exists:
+        pytest.skip("the binary is installed: the tests below check the running service")
+    assert not host.service("qdrant").is_enabled
+    assert not host.service("qdrant").is_running
+
+
+# ---------------------------------------------------------------- the bundle's checksum check
+
+
+def build_bundle(tmp_path, *, with_qdrant):
+    """A real bundle whose `qdrant` artifact is a stand-in archive (a text file, not Qdrant):
+    the check under test reads checksums, never the archive's content."""
+    source = tmp_path / "stand-in"
+    source.mkdir()
+    (source / "README").write_text("stand-in for the Qdrant release archive; never unpacked\n")
+    archive = tmp_path / "qdrant-x86_64-unknown-linux-gnu.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "README", arcname="README")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "weights.bin").write_bytes(b"\0" * 1024)
+    artifacts = [{"name": "other", "kind": "model-dir", "version": "1", "source": "models"}]
+    if with_qdrant:
+        artifacts.append(
+            {"name": "qdrant", "kind": "archive", "version": "0.0.0", "source": archive.name}
+        )
+    spec = tmp_path / "bundle.yml"
+    spec.write_text(yaml.safe_dump({"artifacts": artifacts}))
+    out = tmp_path / "bundle"
+    subprocess.run(
+        [sys.executable, "-m", "hxp_runtime.cli", "bundle", "build", str(spec), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+FRESH = {
+    "hxp_qdrant_user": "qdrant-rejected",
+    "hxp_qdrant_home": "/var/lib/qdrant-rejected",
+    "hxp_qdrant_storage_dir": "/var/lib/qdrant-rejected/storage",
+    "hxp_qdrant_snapshot_dir": "/var/backups/hxp/qdrant-rejected",
+    "hxp_qdrant_config_dir": "/etc/qdrant-rejected",
+    "hxp_qdrant_install_dir": "/opt/qdrant-rejected",
+}
+
+
+def converge_with(bundle):
+    """The scenario's converge playbook with another bundle, on paths the role never used."""
+    extra = {**FRESH, "hxp_bundle_path": str(bundle), "hxp_qdrant_require_binary": True}
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("ansible-playbook")),
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "-e",
+            json.dumps(extra),
+            str(SCENARIO / "converge.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+
+
+def assert_host_unchanged(host, run):
+    recap = next(line for line in run.stdout.splitlines() if line.startswith(HOST))
+    assert "changed=0" in recap
+    assert "failed=1" in recap
+    for path in FRESH.values():
+        if path.startswith("/"):
+            assert not host.file(path).exists, path
+    assert not host.user("qdrant-rejected").exists
+
+
+def test_one_changed_byte_stops_the_play_before_the_host_changes(host, tmp_path):
+    bundle = build_bundle(tmp_path, with_qdrant=True)
+    archive = bundle / "archives" / "qdrant-x86_64-unknown-linux-gnu.tar.gz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+    run = converge_with(bundle)
+    assert run.returncode == 2, run.stdout
+    output = " ".join(run.stdout.split())
+    assert "artifact 'qdrant' (archive 0.0.0)" in output
+    assert "the file is corrupted or was changed" in output
+    assert_host_unchanged(host, run)
+
+
+def test_a_missing_archive_stops_the_play_before_the_host_changes(host, tmp_path):
+    run = converge_with(build_bundle(tmp_path, with_qdrant=False))
+    assert run.returncode == 2, run.stdout
+    output = " ".join(run.stdout.split())
+    assert "has no artifact 'qdrant' (it holds: other)" in output
+    assert_host_unchanged(host, run)
+
+
+# ---------------------------------------------------------------- needs the Qdrant binary
+
+
+def qdrant_api(host, address, path, *, api_key=None, method="GET"):
+    """HTTP status and body of a request made on the host."""
+    script = (
+        "import sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(sys.argv[1], method=sys.argv[2])\n"
+        "if sys.argv[3]: req.add_header('api-key', sys.argv[3])\n"
+        "try:\n"
+        "    r = urllib.request.urlopen(req, timeout=30)\n"
+        "    print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code); print(e.read().decode())\n"
+    )
+    out = host.check_output(
+        "python3 -c %s %s %s %s",
+        script,
+        f"http://{address}:{HTTP_PORT}{path}",
+        method,
+        api_key or "",
+    )
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+@pytest.mark.usefixtures("running")
+def test_qdrant_runs_and_is_enabled(host):
+    assert host.service("qdrant").is_running
+    assert host.service("qdrant").is_enabled
+    assert host.service("hxp-qdrant-snapshot.timer").is_enabled
+
+
+@pytest.mark.usefixtures("running")
+def test_qdrant_listens_on_the_configured_address_only(host, address):
+    listening = host.socket.get_listening_sockets()
+    for port in (HTTP_PORT, GRPC_PORT):
+        assert [s for s in listening if s.endswith(f":{port}")] == [f"tcp://{address}:{port}"]
+
+
+@pytest.mark.usefixtures("running")
+def test_ready_and_the_api_key_is_required(host, address, api_key):
+    assert qdrant_api(host, address, "/readyz")[0] == 200
+    assert qdrant_api(host, address, "/collections")[0] in {401, 403}
+    assert qdrant_api(host, address, "/collections", api_key="not-it")[0] in {401, 403}
+    assert qdrant_api(host, address, "/collections", api_key=api_key)[0] == 200
+
+
+@pytest.mark.usefixtures("running")
+def test_collections_are_created(host, address, api_key):
+    for name in ("documents", "conversations"):
+        status, body = qdrant_api(host, address, f"/collections/{name}", api_key=api_key)
+        assert status == 200
+        vectors = json.loads(body)["result"]["config"]["params"]["vectors"]
+        assert vectors == {"size": 384, "distance": "Cosine"}
+
+
+@pytest.mark.usefixtures("running")
+def test_snapshot_backup_writes_a_snapshot(host):
+    run = host.run("systemctl start hxp-qdrant-snapshot.service")
+    assert run.rc == 0, host.run("journalctl -u hxp-qdrant-snapshot --no-pager").stdout
+    assert host.run("ls /var/backups/hxp/qdrant/*.snapshot").rc == 0
