@@ -103,7 +103,7 @@ def test_the_api_key_is_never_logged(host, api_key):
 
 
 def unit_properties(host, unit, *names):
-    output = host.check_output("systemctl show %s %s", unit, " ".join(f"-p {n}" for n in names))
+    output = host.check_output(f"systemctl show {unit} " + " ".join(f"-p {n}" for n in names))
     return dict(line.split("=", 1) for line in output.splitlines())
 
 
@@ -136,20 +136,22 @@ def test_qdrant_unit_is_hardened(host):
 
 
 def test_units_pass_systemd_analyze_verify(host):
-    units = [f"/etc/systemd/system/hxp-qdrant-snapshot.{kind}" for kind in ("service", "timer")]
-    if host.file(BINARY).exists:
-        units.append("/etc/systemd/system/qdrant.service")
+    units = ["qdrant.service", "hxp-qdrant-snapshot.service", "hxp-qdrant-snapshot.timer"]
+    search_path = ""
+    if not host.file(BINARY).exists:
+        # Without the binary, verify reads copies of the installed units in which ExecStart
+        # names an executable that exists; every other line is the installed file's.
+        host.run("rm -rf /run/hxp-verify && mkdir -p /run/hxp-verify")
+        for unit in units:
+            host.run(
+                "sed 's|^ExecStart=/opt/qdrant/current/qdrant|ExecStart=/bin/true|;"
+                f"/^AssertFileIsExecutable=/d' /etc/systemd/system/{unit} > /run/hxp-verify/{unit}"
+            )
+        search_path = "SYSTEMD_UNIT_PATH=/run/hxp-verify: "
+        units = [f"/run/hxp-verify/{unit}" for unit in units]
     else:
-        # Without the binary, verify checks the unit as written with its ExecStart pointed at
-        # an executable that exists; every other line is the installed file's.
-        host.run("mkdir -p /run/hxp-verify")
-        host.run(
-            "sed 's|^ExecStart=/opt/qdrant/current/qdrant|ExecStart=/bin/true|;"
-            "/^AssertFileIsExecutable=/d' /etc/systemd/system/qdrant.service "
-            "> /run/hxp-verify/qdrant.service"
-        )
-        units.append("/run/hxp-verify/qdrant.service")
-    checked = host.run("systemd-analyze verify " + " ".join(units))
+        units = [f"/etc/systemd/system/{unit}" for unit in units]
+    checked = host.run(search_path + "systemd-analyze verify " + " ".join(units))
     assert checked.rc == 0, checked.stderr
 
 
@@ -203,7 +205,12 @@ FRESH = {
 def converge_with(bundle):
     """The scenario's converge playbook with another bundle, on paths the role never used."""
     extra = {**FRESH, "hxp_bundle_path": str(bundle), "hxp_qdrant_require_binary": True}
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_NOCOLOR": "1"}
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROLES),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
     return subprocess.run(
         [
             str(Path(sys.executable).with_name("ansible-playbook")),
@@ -238,7 +245,7 @@ def test_one_changed_byte_stops_the_play_before_the_host_changes(host, tmp_path)
     archive.write_bytes(bytes(data))
     run = converge_with(bundle)
     assert run.returncode == 2, run.stdout
-    output = " ".join(run.stdout.split())
+    output = " ".join((run.stdout + run.stderr).split())
     assert "artifact 'qdrant' (archive 0.0.0)" in output
     assert "the file is corrupted or was changed" in output
     assert_host_unchanged(host, run)
@@ -247,7 +254,7 @@ def test_one_changed_byte_stops_the_play_before_the_host_changes(host, tmp_path)
 def test_a_missing_archive_stops_the_play_before_the_host_changes(host, tmp_path):
     run = converge_with(build_bundle(tmp_path, with_qdrant=False))
     assert run.returncode == 2, run.stdout
-    output = " ".join(run.stdout.split())
+    output = " ".join((run.stdout + run.stderr).split())
     assert "has no artifact 'qdrant' (it holds: other)" in output
     assert_host_unchanged(host, run)
 
