@@ -48,7 +48,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hxp_runtime.config import ConfigError, Host, LabSettings, Name, Problem, SecretScheme
+from hxp_runtime.config import (
+    ConfigError,
+    Host,
+    LabSettings,
+    Name,
+    Problem,
+    SecretScheme,
+    _pydantic_problems,
+)
 from hxp_runtime.yamlsource import YamlSourceError, load_yaml
 
 DEBIAN_SUITE = "bookworm"
@@ -246,14 +254,8 @@ def load_lab(file: Path) -> LabSpec:
     try:
         doc = LabFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            loc = tuple(error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "missing":
-                message = "required field is missing; add it"
-            problems.append(Problem(loc, message, lines.line_of(loc)))
-        raise ConfigError(file, problems) from None
+        # The schema's own translation: field paths without union noise, one line per field.
+        raise ConfigError(file, _pydantic_problems(exc, lines)) from None
     problems = lab_problems(doc)
     if problems:
         raise ConfigError(file, [replace(p, line=lines.line_of(p.path)) for p in problems])

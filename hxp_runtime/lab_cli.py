@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hxp_runtime.config import ConfigError
@@ -43,7 +44,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable J
 
 
 def _err(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _require_root() -> None:
@@ -61,7 +62,7 @@ def _open(file: Path) -> Lab:
     try:
         spec = load_lab(file)
     except ConfigError as exc:
-        err.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]invalid:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
     return Lab(spec, BaseImage.default(), log=lambda line: err.print(line, highlight=False))
 
