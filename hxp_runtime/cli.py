@@ -222,6 +222,10 @@ def deploy(
         list[Path] | None,
         typer.Option("--inventory", help="another inventory to merge (e.g. SSH settings)"),
     ] = None,
+    expect_no_changes: Annotated[
+        bool,
+        typer.Option(help="fail if any task changed something (an idempotence check)"),
+    ] = False,
 ) -> None:
     """Render the inventory and run the playbooks (ansible-runner) against it.
 
@@ -261,6 +265,12 @@ def deploy(
     )
     if rc:
         err.print(f"[bold red]deploy failed[/] ({len(progress.failures)} failed tasks)")
+        raise typer.Exit(EXIT_INVALID)
+    changed = sum(counts["changed"] for counts in progress.counts.values())
+    if expect_no_changes and changed:
+        err.print(f"[bold red]not idempotent:[/] {changed} tasks changed something:")
+        for line in progress.changes:
+            err.print(f"  {line}", highlight=False)
         raise typer.Exit(EXIT_INVALID)
     out.print("[green]deploy finished[/]")
 

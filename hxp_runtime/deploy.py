@@ -30,6 +30,7 @@ class Progress:
     console: Console
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
@@ -59,6 +60,7 @@ class Progress:
                 self.failures.append(line)
                 self.console.print(f"    [red]{status}[/] {line}", highlight=False)
             elif status == "changed":
+                self.changes.append(f"{host}: {data.get('task', '')}")
                 self.console.print(f"    [yellow]changed[/] {host}", highlight=False)
         return True  # keep the event in the artifacts
 
