@@ -90,6 +90,9 @@ def qdrant_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_qdrant_api_key": _secret(vec.api_key),
         "hxp_qdrant_collections": [c.model_dump(mode="json") for c in vec.collections],
         "hxp_qdrant_snapshot_dir": vec.snapshot_dir,
+        # Qdrant is installed only from the bundle's release archive. A lab (hxp.yml with a
+        # `lab` section) without it gets everything but the binary; anywhere else it is an error.
+        "hxp_qdrant_require_binary": cfg.lab is None,
     }
 
 
