@@ -238,20 +238,18 @@ def _tree_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def _file_artifact(name: str, kind: ArtifactKind, version: str, bundle: Path, rel: str) -> Artifact:
-    path = bundle / rel
-    return Artifact(
-        name=name,
-        kind=kind,
-        version=version,
-        path=rel,
-        sha256=sha256_file(path),
-        size=path.stat().st_size,
-    )
-
-
-def _dir_artifact(name: str, kind: ArtifactKind, version: str, bundle: Path, rel: str) -> Artifact:
+def _hash_artifact(name: str, kind: ArtifactKind, version: str, bundle: Path, rel: str) -> Artifact:
+    """The manifest entry of what was collected at ``bundle/rel``: a file or a directory."""
     root = bundle / rel
+    if root.is_file():
+        return Artifact(
+            name=name,
+            kind=kind,
+            version=version,
+            path=rel,
+            sha256=sha256_file(root),
+            size=root.stat().st_size,
+        )
     files = [
         FileEntry(path=f.as_posix(), sha256=sha256_file(root / f), size=(root / f).stat().st_size)
         for f in _tree_files(root)
@@ -311,10 +309,6 @@ def _collect_wheels(spec: WheelSpec, pip: PipOptions, base: Path, dest: Path) ->
     return spec.version or versions.get(_normalise(spec.name), "")
 
 
-def _deb_field(deb: Path, name: str) -> str:
-    return _run(["dpkg-deb", "--field", str(deb), name], f"reading {deb.name}").strip()
-
-
 def _collect_debs(spec: DebSpec, dest: Path) -> str:
     """Download the packages with every dependency a bare system lacks, and index them.
 
@@ -323,6 +317,7 @@ def _collect_debs(spec: DebSpec, dest: Path) -> str:
     directory a flat repository (``deb [trusted=yes] file:DIR ./``): the trust comes from the
     manifest's checksums, which the roles verify before they add it.
     """
+    versions: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="hxp-apt-") as state:
         status = Path(state) / "status"
         status.touch()
@@ -346,29 +341,31 @@ def _collect_debs(spec: DebSpec, dest: Path) -> str:
             ],
             f"apt-get download for artifact {spec.name!r}",
         )
+        stanzas = {}
         for deb in Path(state).glob("*.deb"):
+            control = _run(["dpkg-deb", "--field", str(deb)], f"reading {deb.name}").rstrip("\n")
+            fields = dict(re.findall(r"^(Package|Version|Architecture): (.+)$", control, re.M))
             # apt names downloads with the epoch URL-encoded ("1%3a2.0"), which a file: URI
             # would decode; use the pool's name, without the epoch.
-            package, version, arch = (
-                _deb_field(deb, f) for f in ("Package", "Version", "Architecture")
+            name = (
+                f"{fields['Package']}_{fields['Version'].split(':')[-1]}_{fields['Architecture']}"
             )
-            shutil.move(deb, dest / f"{package}_{version.split(':')[-1]}_{arch}.deb")
-    stanzas = []
-    for deb in sorted(dest.glob("*.deb")):
-        control = _run(["dpkg-deb", "--field", str(deb)], f"reading {deb.name}").rstrip("\n")
-        sha = sha256_file(deb)
-        stanzas.append(f"{control}\nFilename: ./{deb.name}\nSize: {deb.stat().st_size}\n")
-        stanzas[-1] += f"SHA256: {sha}\n"
+            target = dest / f"{name}.deb"
+            shutil.move(deb, target)
+            stanzas[name] = (
+                f"{control}\nFilename: ./{target.name}\nSize: {target.stat().st_size}\n"
+                f"SHA256: {sha256_file(target)}\n"
+            )
+            versions[fields["Package"]] = fields["Version"]
     packages = dest / "Packages"
-    packages.write_text("\n".join(stanzas), encoding="utf-8")
+    packages.write_text("\n".join(stanzas[n] for n in sorted(stanzas)), encoding="utf-8")
     (dest / "Release").write_text(
         f"Origin: hxp bundle\nLabel: {spec.name}\n"
         f"Date: {datetime.now(UTC).strftime('%a, %d %b %Y %H:%M:%S UTC')}\n"
         f"SHA256:\n {sha256_file(packages)} {packages.stat().st_size} Packages\n",
         encoding="utf-8",
     )
-    named = next(iter(sorted(dest.glob(f"{spec.name}_*.deb"))), None)
-    return spec.version or (_deb_field(named, "Version") if named else "")
+    return spec.version or versions.get(spec.name, "")
 
 
 def _collect(spec: Any, pip: PipOptions, base: Path, bundle: Path, log: Log) -> Artifact:
@@ -381,7 +378,7 @@ def _collect(spec: Any, pip: PipOptions, base: Path, bundle: Path, log: Log) -> 
         rel = f"{KIND_DIRS[kind]}/{source.name}"
         (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, bundle / rel)
-        artifact = _file_artifact(spec.name, kind, spec.version, bundle, rel)
+        artifact = _hash_artifact(spec.name, kind, spec.version, bundle, rel)
         if spec.sha256 and artifact.sha256 != spec.sha256:
             raise BundleError(
                 [
@@ -405,7 +402,7 @@ def _collect(spec: Any, pip: PipOptions, base: Path, bundle: Path, log: Log) -> 
             version = _collect_wheels(spec, pip, base, dest)
         else:
             version = _collect_debs(spec, dest)
-    return _dir_artifact(spec.name, kind, version, bundle, rel)
+    return _hash_artifact(spec.name, kind, version, bundle, rel)
 
 
 def build_bundle(spec_file: Path, out: Path, log: Log = lambda _line: None) -> Manifest:
