@@ -233,7 +233,7 @@ def deploy(
     is merged in automatically.
     """
     from hxp_runtime.deploy import run_playbook  # noqa: PLC0415 - ansible-runner loads slowly
-    from hxp_runtime.lab import spec_from_config  # noqa: PLC0415
+    from hxp_runtime.lab import load_lab  # noqa: PLC0415
 
     cfg = load_or_exit(file)
     state = Path(".hxp") / cfg.name
@@ -242,7 +242,7 @@ def deploy(
     out.print(f"inventory rendered into {inventory}", highlight=False)
     inventories = [inventory / "hosts.yml", *(extra_inventory or [])]
     if cfg.lab is not None:
-        lab_inventory = spec_from_config(cfg, file).inventory_file
+        lab_inventory = load_lab(file).inventory_file
         if lab_inventory.is_file():
             out.print(f"merging the lab's inventory {lab_inventory}", highlight=False)
             inventories.append(lab_inventory)

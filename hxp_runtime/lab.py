@@ -248,7 +248,7 @@ def load_lab(file: Path) -> LabSpec:
     try:
         data, lines = load_yaml(file)
     except YamlSourceError as exc:
-        raise ConfigError(file, [Problem((), str(exc).removeprefix(f"{file}: "))]) from None
+        raise ConfigError(file, [Problem((), exc.message, exc.line)]) from None
     if not isinstance(data, dict):
         raise ConfigError(file, [Problem((), "the file must be a mapping (name, hosts, lab)", 1)])
     try:
