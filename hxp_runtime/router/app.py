@@ -363,10 +363,13 @@ class Gateway:
         checks = self.settings.health_check.enabled
         up = {i: b.stats.available and (b.checked or not checks) for i, b in backends.items()}
         ready = not self.draining and any(up.values())
-        return web.json_response(
-            {"ready": ready, "draining": self.draining, "backends": up},
-            status=200 if ready else 503,
-        )
+        body = {
+            "ready": ready,
+            "draining": self.draining,
+            "semantic": self._embedder is not None,
+            "backends": up,
+        }
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
@@ -527,7 +530,7 @@ class Gateway:
         deadline = started + runtime.settings.timeout_s
         backoff_s = runtime.settings.retries.backoff_ms / 1000
         bodies: dict[str, bytes] = {}
-        primary = decision.attempts[0].model
+        primary = choice[0][0].model  # what routing chose, before health and breakers
         previous: Backend | None = None
         retry = 0
         failure: UpstreamError | None = None

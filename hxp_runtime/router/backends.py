@@ -24,6 +24,9 @@ from hxp_runtime.router.upstream import UpstreamPool
 log = logging.getLogger(__name__)
 
 EWMA_ALPHA = 0.2
+# One slow answer from a busy server is not an outage: a backend fails its active checks after
+# this many failures in a row (real requests eject faster, through the circuit breaker).
+FAILED_CHECKS_TO_EJECT = 2
 VLLM_GAUGES = {
     "vllm:num_requests_running": "running",
     "vllm:num_requests_waiting": "waiting",
@@ -145,11 +148,15 @@ class BackendRuntime:
         """Health checks every ``health.interval_s``, load polls every ``load_interval_s``."""
         loop = asyncio.get_running_loop()
         next_health = next_load = loop.time()
+        failures = 0
         while True:
             now = loop.time()
             if health.enabled and now >= next_health:
                 next_health = now + health.interval_s
-                self.set_health(await self.check_health(session, headers, health.timeout_s))
+                passed = await self.check_health(session, headers, health.timeout_s)
+                failures = 0 if passed else failures + 1
+                if passed or failures >= FAILED_CHECKS_TO_EJECT:
+                    self.set_health(passed)
             if now >= next_load:
                 next_load = now + load_interval_s
                 await self.poll_load(session, headers, min(load_interval_s, health.timeout_s))

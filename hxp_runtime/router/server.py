@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import asyncpg
 import uvloop
 from aiohttp import web
 
@@ -138,7 +139,11 @@ def run_worker(args: argparse.Namespace, settings: RouterSettings, secrets: Rout
     try:
         uvloop.run(serve(args, settings, secrets))
     except OSError as exc:
-        log.error("cannot serve on %s:%d: %s", settings.listen_host, settings.port, exc)
+        log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
+        return EXIT_INVALID
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = f"{settings.database.host}:{settings.database.port}" if settings.database else ""
+        log.error("start-up failed: PostgreSQL at %s: %s", where, exc)
         return EXIT_INVALID
     return 0
 

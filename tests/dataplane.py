@@ -1,0 +1,148 @@
+"""Throwaway PostgreSQL and Redis servers on loopback, from the Debian packages.
+
+Integration tests and the router benchmark use real servers, each in its own temporary
+directory on a free port, gone when the context ends::
+
+    with postgres_server() as pg, redis_server() as redis:
+        print(pg.dsn, redis.port)
+
+PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` system
+user (created by the Debian package) and commands run through ``runuser``. Both servers
+require a password over TCP, like production. When a binary is missing, ``ServiceMissing``
+says which package to install (tests turn it into a skip).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 30.0
+
+
+class ServiceMissing(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def postgres_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not versions:
+        raise ServiceMissing("PostgreSQL is not installed (Debian package postgresql)")
+    return versions[-1].parent
+
+
+@dataclass(frozen=True)
+class Postgres:
+    port: int
+    database: str
+    user: str
+    password: str
+    host: str = HOST
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+
+
+@contextmanager
+def postgres_server(
+    database: str = "citadel_ai", user: str = "hxp_router", password: str = "router-db-password"
+) -> Iterator[Postgres]:
+    """A fresh cluster with ``user`` owning ``database`` (password auth over TCP)."""
+    binaries = postgres_bin()
+    as_root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="hxp-pg-"))
+    data, sockets = base / "data", base / "run"
+    sockets.mkdir()
+    if as_root:
+        shutil.chown(base, "postgres", "postgres")
+        shutil.chown(sockets, "postgres", "postgres")
+
+    def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        command = [str(a) for a in args]
+        if as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, check=True, cwd=base)
+
+    port = free_port()
+    try:
+        run(
+            binaries / "initdb",
+            *("-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"),
+        )
+        options = f"-p {port} -k {sockets} -c listen_addresses={HOST} -c fsync=off"
+        run(binaries / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start")
+        psql = [binaries / "psql", "-h", sockets, "-p", str(port), "-U", "postgres", "-q"]
+        run(*psql, "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        run(*psql, "-c", f"CREATE DATABASE {database} OWNER {user}")
+        yield Postgres(port, database, user, password)
+    finally:
+        if (data / "postmaster.pid").exists():
+            run(binaries / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Redis:
+    port: int
+    password: str
+    host: str = HOST
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-h", self.host, "-p", str(self.port), "--no-auth-warning",
+             "-a", self.password, *args],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+
+@contextmanager
+def redis_server(password: str = "redis-password") -> Iterator[Redis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceMissing("redis-server is not installed (Debian package redis-server)")
+    base = Path(tempfile.mkdtemp(prefix="hxp-redis-"))
+    port = free_port()
+    with (base / "log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                *("--port", str(port), "--bind", HOST, "--dir", str(base)),
+                *("--save", "", "--appendonly", "no", "--requirepass", password),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Redis(port, password)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if server.cli("PING") == "PONG":
+                    break
+            except subprocess.CalledProcessError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {(base / 'log').read_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(base, ignore_errors=True)

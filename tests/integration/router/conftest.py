@@ -1,0 +1,225 @@
+"""The router as a real process (``python -m hxp_runtime.router``) in front of real servers.
+
+``RouterProcess`` writes a settings and a secrets file, starts the daemon, waits for /ready,
+and stops it with a signal. ``dataplane`` gives one throwaway PostgreSQL and Redis for the
+module. ``Tap`` is a TCP relay that records the bytes a backend sends, so that a test can
+compare them with what the router passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.dataplane import (
+    Postgres,
+    Redis,
+    ServiceMissing,
+    free_port,
+    postgres_server,
+    redis_server,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+READY_TIMEOUT_S = 60.0
+
+
+def call(
+    method: str,
+    url: str,
+    body: dict[str, Any] | None = None,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request; returns (status, headers, body) for errors as well."""
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {key}"} if key else {}),
+            **(headers or {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@dataclass
+class RouterProcess:
+    settings: dict[str, Any]
+    secrets: dict[str, Any]
+    directory: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings['port']}"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.directory / "settings.yml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "router.log"
+
+    def write(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.settings_path.write_text(yaml.safe_dump(self.settings, sort_keys=False))
+        secrets = self.directory / "secrets.yml"
+        secrets.write_text(yaml.safe_dump(self.secrets, sort_keys=False))
+        secrets.chmod(0o600)
+
+    def start(self) -> None:
+        self.write()
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    *("-m", "hxp_runtime.router"),
+                    *("--settings", str(self.settings_path)),
+                    *("--secrets", str(self.directory / "secrets.yml")),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+        self.wait_ready()
+
+    def wait_ready(self, what: str = "ready") -> dict[str, Any]:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the router exited:\n{self.log_tail()}")
+            try:
+                status, _, body = call("GET", self.url + "/ready", timeout=2)
+            except OSError:
+                status, body = 0, b"{}"
+            state = json.loads(body or b"{}")
+            if status == 200 and state.get(what, False):
+                return state  # type: ignore[no-any-return]
+            time.sleep(0.2)
+        raise RuntimeError(f"the router did not become {what}:\n{self.log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 60.0, *, signalled: bool = False) -> int:
+        """SIGTERM (unless ``signalled`` already) and wait; returns the exit status."""
+        if self.process is None:
+            return 0
+        if not signalled and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass(frozen=True)
+class Dataplane:
+    postgres: Postgres
+    redis: Redis
+
+
+@pytest.fixture(scope="module")
+def dataplane() -> Iterator[Dataplane]:
+    try:
+        with postgres_server() as pg, redis_server() as redis:
+            yield Dataplane(pg, redis)
+    except ServiceMissing as missing:
+        pytest.skip(str(missing))
+
+
+class Tap:
+    """A TCP relay to ``target_port`` that records, per connection, what the target sent."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.recorded: list[bytearray] = []
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        )
+        self._started.set()
+        self._loop.run_forever()
+        server.close()
+        self._loop.run_until_complete(server.wait_closed())
+        self._loop.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        record = bytearray()
+        self.recorded.append(record)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+
+        async def pump(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, tape: bytearray | None
+        ) -> None:
+            try:
+                while data := await source.read(65536):
+                    if tape is not None:
+                        tape.extend(data)
+                    sink.write(data)
+                    await sink.drain()
+            except ConnectionError:
+                pass
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer, None), pump(up_reader, writer, record))
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def dechunk(wire: bytes) -> bytes:
+    """The body of an HTTP/1.1 chunked message (``wire`` starts after the head)."""
+    body, rest = bytearray(), wire
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return bytes(body)
+        body.extend(rest[:size])
+        rest = rest[size + 2 :]

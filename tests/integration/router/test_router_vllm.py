@@ -1,0 +1,482 @@
+"""The router in front of real vLLM CPU servers, with real PostgreSQL and Redis on loopback.
+
+Servers (tests/vllm_servers.py): ``mixtral`` (shared with the vLLM tests), ``phi3`` (requires
+the upstream API key, so every proxied request and health check must carry it) and the MiniLM
+embeddings server. The router runs as its own process with two SO_REUSEPORT workers.
+
+Backends as the router sees them:
+    coder  -> mixtral                 category code
+    chat   -> phi3, chat-2 -> mixtral category chat (two replicas of one model)
+    tapped -> phi3 through a recording relay (byte-exact streaming check)
+    minilm -> the embeddings server
+    ghost, phantom -> closed ports (fallback chains)
+The failover test kills phi3, so it runs last.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.integration.router.conftest import (
+    REPO,
+    Dataplane,
+    RouterProcess,
+    Tap,
+    call,
+    dechunk,
+)
+from tests.vllm_servers import ServerSpec, VllmServer, embeddings_spec, free_port
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+Servers = Callable[..., list[VllmServer]]
+
+UPSTREAM_KEY = "upstream-secret-key"
+ADMIN_KEY = "hxp-admin-static-key-0123456789"
+SLO = {"latency_ms": 2000, "throughput_rps": 10}
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+def backend(name: str, served: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "served_name": served, "url": url, "slo": SLO, **extra}
+
+
+@pytest.fixture(scope="module")
+def servers(vllm_servers: Servers) -> dict[str, VllmServer]:
+    mixtral, phi3, minilm = vllm_servers(
+        ServerSpec("mixtral"), ServerSpec("phi3", api_key=UPSTREAM_KEY), embeddings_spec()
+    )
+    return {"mixtral": mixtral, "phi3": phi3, "minilm": minilm}
+
+
+@pytest.fixture(scope="module")
+def tap(servers: dict[str, VllmServer]) -> Iterator[Tap]:
+    relay = Tap(servers["phi3"].port)
+    yield relay
+    relay.close()
+
+
+def router_settings(
+    servers: dict[str, VllmServer], tap: Tap, dataplane: Dataplane, port: int
+) -> dict[str, Any]:
+    mixtral, phi3, minilm = (servers[n].base_url for n in ("mixtral", "phi3", "minilm"))
+    pg, redis = dataplane.postgres, dataplane.redis
+    return {
+        "listen_host": "127.0.0.1",
+        "port": port,
+        "workers": 2,
+        "timeout_s": 60,
+        "drain_timeout_s": 20,
+        "strategies": ["explicit", "hierarchical", "semantic", "adaptive", "least_outstanding"],
+        "default_model": "chat",
+        "categories": {
+            "code": {
+                "description": "programming",
+                "examples": [
+                    "Write a Python function that sorts a list of numbers.",
+                    "Why does my JavaScript code throw a TypeError?",
+                    "Implement binary search in C++.",
+                ],
+            },
+            "chat": {
+                "description": "conversation",
+                "examples": [
+                    "Hello! How are you today?",
+                    "Good morning, nice to meet you.",
+                    "Thanks a lot, have a lovely weekend!",
+                ],
+            },
+        },
+        "fallbacks": {"ghost": ["chat", "coder"], "phantom": ["coder", "chat"]},
+        "rate_limit": {"requests_per_minute": 100_000, "tokens_per_minute": 10_000_000},
+        "cache": {"enabled": True, "ttl_s": 60},
+        "health_check": {"enabled": True, "interval_s": 0.5, "timeout_s": 5},
+        "circuit_breaker": {"failure_threshold": 2, "open_s": 30, "half_open_requests": 1},
+        "retries": {"attempts": 2, "backoff_ms": 20},
+        "semantic": {"embedding_model": "minilm", "temperature": 0.1},
+        "backends": [
+            backend("coder", "mixtral", mixtral, categories=["code"]),
+            backend("chat", "phi3", phi3, categories=["chat"]),
+            backend("chat", "mixtral", mixtral, categories=["chat"]),
+            backend("tapped", "phi3", f"http://127.0.0.1:{tap.port}"),
+            backend("minilm", "all-minilm-l6-v2", minilm, task="embed"),
+            backend("ghost", "ghost", f"http://127.0.0.1:{free_port()}"),
+            backend("phantom", "phantom", f"http://127.0.0.1:{free_port()}"),
+        ],
+        "database": {"host": pg.host, "port": pg.port, "name": pg.database, "user": pg.user},
+        "redis": {"host": redis.host, "port": redis.port},
+        "auth_cache_ttl_s": 1,
+        "usage_flush_interval_s": 0.5,
+        "load_poll_interval_s": 0.5,
+    }
+
+
+@pytest.fixture(scope="module")
+def router(
+    servers: dict[str, VllmServer],
+    tap: Tap,
+    dataplane: Dataplane,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RouterProcess]:
+    process = RouterProcess(
+        router_settings(servers, tap, dataplane, free_port()),
+        {
+            "upstream_api_key": UPSTREAM_KEY,
+            "database_password": dataplane.postgres.password,
+            "redis_password": dataplane.redis.password,
+            "api_keys": [{"name": "admin", "secret": ADMIN_KEY}],
+        },
+        tmp_path_factory.mktemp("router"),
+    )
+    process.start()
+    process.wait_ready("semantic")
+    yield process
+    assert process.stop() == 0, process.log_tail()
+
+
+def hxp_keys(dataplane: Dataplane, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hxp_runtime.cli", "keys", *args, "--dsn", dataplane.postgres.dsn],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+
+
+def new_key(dataplane: Dataplane, name: str, *limits: str) -> str:
+    done = hxp_keys(dataplane, "create", name, *limits, "--json")
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["key"])
+
+
+def client(router: RouterProcess, key: str = ADMIN_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=router.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+# --------------------------------------------------------------------------- API
+
+
+def test_openai_client_works_unchanged(router: RouterProcess) -> None:
+    api = client(router)
+    chat = api.chat.completions.create(model="chat", messages=HELLO, max_tokens=8)  # type: ignore[arg-type]
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.usage is not None and chat.usage.completion_tokens == 8
+    text = api.completions.create(model="coder", prompt="The router", max_tokens=5)
+    assert text.model == "mixtral" and text.usage is not None
+    vectors = api.embeddings.create(model="minilm", input=["one", "two"])
+    assert [len(v.embedding) for v in vectors.data] == [384, 384]
+    chunks = list(
+        api.chat.completions.create(model="coder", messages=HELLO, max_tokens=6, stream=True)  # type: ignore[arg-type]
+    )
+    assert chunks and chunks[-1].choices[0].finish_reason == "length"
+    models = {m.id for m in api.models.list()}
+    assert {"coder", "chat", "mixtral", "phi3", "minilm", "auto"} <= models
+    assert not {"ghost", "phantom"} & models  # unhealthy backends are not listed
+
+
+def test_streaming_passthrough_is_byte_exact(router: RouterProcess, tap: Tap) -> None:
+    before = len(tap.recorded)
+    connection = http.client.HTTPConnection("127.0.0.1", router.settings["port"], timeout=60)
+    body = {"model": "tapped", "messages": HELLO, "max_tokens": 60, "stream": True}
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    connection.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+    response = connection.getresponse()
+    assert response.status == 200
+    assert response.getheader("Content-Type", "").startswith("text/event-stream")
+    pieces = []
+    while piece := response.read1(65536):
+        pieces.append(piece)
+    received = b"".join(pieces)
+    connection.close()
+    assert len(pieces) > 1  # passed on as it came, not gathered first
+    assert received.endswith(b"data: [DONE]\n\n")
+    streams = [bytes(r) for r in tap.recorded[before:] if b"text/event-stream" in r]
+    streams += [bytes(r) for r in tap.recorded[:before] if b"text/event-stream" in r]
+    sent_by_vllm = [dechunk(r.split(b"\r\n\r\n", 1)[1]) for r in streams]
+    assert received in sent_by_vllm
+
+
+def test_errors_are_openai_shaped(router: RouterProcess) -> None:
+    api = client(router)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        api.chat.completions.create(model="gpt-4", messages=HELLO)  # type: ignore[arg-type]
+    assert unknown.value.code == "model_not_found"
+    status, _, body = call("POST", router.url + "/v1/chat/completions", None, ADMIN_KEY)
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError):
+        api.embeddings.create(model="chat", input="x")
+    status, _, body = call("GET", router.url + "/openapi.json")
+    assert status == 200 and "/v1/chat/completions" in json.loads(body)["paths"]
+
+
+# --------------------------------------------------------------------------- edge
+
+
+def test_auth_failures_are_rejected(router: RouterProcess, dataplane: Dataplane) -> None:
+    for key in (None, "hxp-not-a-key-at-all-000000", ADMIN_KEY[:-1]):
+        status, _, body = call("POST", router.url + "/v1/chat/completions", {"model": "chat"}, key)
+        assert status == 401, body
+        assert json.loads(body)["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        client(router, "wrong").models.list()
+
+    key = new_key(dataplane, "team-a")
+    assert client(router, key).chat.completions.create(model="chat", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+    listed = hxp_keys(dataplane, "list", "--json")
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["team-a"]["prefix"] == key[:8] and rows["admin"]["source"] == "config"
+    assert key not in listed.stdout
+    assert hxp_keys(dataplane, "revoke", "team-a").returncode == 0
+    time.sleep(1.5)  # auth_cache_ttl_s: 1
+    with pytest.raises(openai.AuthenticationError):
+        client(router, key).chat.completions.create(model="chat", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
+
+
+def test_rate_limit_answers_429_across_workers(router: RouterProcess, dataplane: Dataplane) -> None:
+    key = new_key(dataplane, "limited", "--requests-per-minute", "4")
+    statuses = []
+    for _ in range(6):  # a new connection each time: SO_REUSEPORT spreads them over workers
+        status, headers, body = call(
+            "POST",
+            router.url + "/v1/completions",
+            {"model": "coder", "prompt": "a", "max_tokens": 1},
+            key,
+        )
+        statuses.append(status)
+    assert statuses == [200] * 4 + [429] * 2
+    assert int(headers["Retry-After"]) >= 1
+    assert json.loads(body)["error"]["code"] == "rate_limit_exceeded"
+    with pytest.raises(openai.RateLimitError):
+        client(router, key).completions.create(model="coder", prompt="a", max_tokens=1)
+    assert dataplane.redis.cli("EXISTS", "hxp:ratelimit:r:limited") == "1"
+
+
+def test_usage_is_written_to_postgresql(router: RouterProcess, dataplane: Dataplane) -> None:
+    key = new_key(dataplane, "metered")
+    client(router, key).completions.create(model="coder", prompt="count me", max_tokens=7)
+    deadline = time.monotonic() + 10
+    rows: list[str] = []
+    while time.monotonic() < deadline and not rows:
+        time.sleep(0.5)
+        done = subprocess.run(
+            ["psql", dataplane.postgres.dsn, "-Atc",
+             "SELECT model, sum(requests), sum(completion_tokens) FROM hxp_usage"
+             " WHERE key_name = 'metered' GROUP BY model"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        rows = done.stdout.split()
+    assert rows == ["coder|1|7"]
+
+
+def test_temperature_zero_answers_come_from_the_cache(router: RouterProcess) -> None:
+    body = {"model": "coder", "prompt": "cache me", "max_tokens": 4, "temperature": 0}
+    first = call("POST", router.url + "/v1/completions", body, ADMIN_KEY)
+    second = call("POST", router.url + "/v1/completions", body, ADMIN_KEY)
+    assert first[0] == second[0] == 200
+    assert "x-hxp-cache" not in first[1] and second[1]["x-hxp-cache"] == "hit"
+    assert first[2] == second[2]
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def test_auto_routes_by_prompt_meaning(router: RouterProcess) -> None:
+    api = client(router)
+    code = api.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Write a Python function to reverse a string."}],
+        max_tokens=2,
+    )
+    chat = api.chat.completions.with_raw_response.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Hi! How are you doing this morning?"}],
+        max_tokens=2,
+    )
+    assert code.headers["x-hxp-backend"] == "coder"
+    assert chat.headers["x-hxp-backend"] in {"chat", "chat-2"}
+
+
+def test_category_hint_routes_hierarchically(router: RouterProcess) -> None:
+    status, headers, _ = call(
+        "POST",
+        router.url + "/v1/completions",
+        {"model": "auto", "prompt": "x", "max_tokens": 1},
+        ADMIN_KEY,
+        {"X-HXP-Category": "code"},
+    )
+    assert status == 200 and headers["x-hxp-backend"] == "coder"
+
+
+def test_fallbacks_happen_in_the_configured_order(router: RouterProcess) -> None:
+    body: dict[str, Any] = {"prompt": "fallback", "max_tokens": 1}
+    ghost = call("POST", router.url + "/v1/completions", {**body, "model": "ghost"}, ADMIN_KEY)
+    phantom = call("POST", router.url + "/v1/completions", {**body, "model": "phantom"}, ADMIN_KEY)
+    # ghost: [chat, coder]; phantom: [coder, chat]. Both primaries listen nowhere.
+    assert ghost[0] == phantom[0] == 200
+    assert ghost[1]["x-hxp-backend"] in {"chat", "chat-2"}
+    assert phantom[1]["x-hxp-backend"] == "coder"
+    metrics = call("GET", router.url + "/metrics")[2].decode()
+    assert 'hxp_router_fallbacks_total{backend="coder",model="coder"}' in metrics
+    assert 'hxp_router_upstream_healthy{backend="ghost"} 0.0' in metrics
+
+
+def test_metrics_are_aggregated_over_workers(router: RouterProcess) -> None:
+    text = call("GET", router.url + "/metrics")[2].decode()
+    requests = [line for line in text.splitlines() if line.startswith("hxp_router_requests_total{")]
+    assert any('model="coder"' in line and 'status="200"' in line for line in requests)
+    assert any('status="401"' in line for line in requests)
+    assert "hxp_router_request_duration_seconds_bucket" in text
+    assert "hxp_router_time_to_first_token_seconds_bucket" in text
+    assert 'hxp_router_routing_decisions_total{strategy="semantic"}' in text
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_sighup_reloads_without_dropping_connections(router: RouterProcess) -> None:
+    port = router.settings["port"]
+    keep_alive = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    keep_alive.request("GET", "/v1/models", headers=headers)
+    assert keep_alive.getresponse().read()
+
+    streaming = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {"model": "coder", "messages": HELLO, "max_tokens": 150, "stream": True}
+    streaming.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+    response = streaming.getresponse()
+    first = response.read1(65536)
+
+    for spec in router.settings["backends"]:
+        if spec["name"] == "chat":
+            spec["aliases"] = ["chatty"]
+    router.write()
+    router.signal(signal.SIGHUP)
+    rest = response.read()
+    assert (first + rest).endswith(b"data: [DONE]\n\n")  # the stream in flight finished
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # both workers, over new connections
+        statuses = {
+            call("POST", router.url + "/v1/completions",
+                 {"model": "chatty", "prompt": "a", "max_tokens": 1}, ADMIN_KEY)[0]
+            for _ in range(6)
+        }  # fmt: skip
+        if statuses == {200}:
+            break
+        time.sleep(0.2)
+    assert statuses == {200}
+    keep_alive.request("GET", "/v1/models", headers=headers)  # the same connection still works
+    models = json.loads(keep_alive.getresponse().read())
+    assert "chatty" in {m["id"] for m in models["data"]}
+    keep_alive.close()
+    streaming.close()
+
+
+def test_failover_when_a_backend_is_killed_under_load(
+    router: RouterProcess, servers: dict[str, VllmServer]
+) -> None:
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            status, headers, _ = call(
+                "POST", router.url + "/v1/completions",
+                {"model": "chat", "prompt": "under load", "max_tokens": 12}, ADMIN_KEY,
+            )  # fmt: skip
+            results.append((status, headers.get("x-hxp-backend", "")))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(2)
+    served_before = {backend for _, backend in results}
+    servers["phi3"].stop()  # the "chat" replica on phi3 dies with requests in flight
+    killed_at = len(results)
+    time.sleep(4)
+    stop.set()
+    for worker in workers:
+        worker.join(60)
+    assert served_before == {"chat", "chat-2"}  # both replicas took load before
+    assert results and all(status == 200 for status, _ in results), results
+    assert {backend for _, backend in results[killed_at + 8 :]} == {"chat-2"}
+
+
+def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_path: Path) -> None:
+    drained = RouterProcess(
+        {
+            "port": free_port(),
+            "workers": 1,
+            "drain_timeout_s": 30,
+            "require_api_key": False,
+            "backends": [backend("coder", "mixtral", servers["mixtral"].base_url)],
+        },
+        {},
+        tmp_path,
+    )
+    drained.start()
+    connection = http.client.HTTPConnection("127.0.0.1", drained.settings["port"], timeout=60)
+    # 16 choices of 240 tokens: a stream that lasts about 1.5 s on the tiny model.
+    body = {"model": "coder", "messages": HELLO, "max_tokens": 240, "n": 16, "stream": True}
+    body["ignore_eos"] = True
+    connection.request(
+        "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+    )
+    response = connection.getresponse()
+    first = response.read1(65536)
+    drained.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(OSError):  # no longer accepting
+        call("GET", drained.url + "/health", timeout=2)
+    rest = response.read()
+    connection.close()
+    assert (first + rest).endswith(b"data: [DONE]\n\n")
+    assert (first + rest).count(b'"finish_reason":"length"') == 16  # every choice finished
+    assert drained.stop(signalled=True) == 0, drained.log_tail()
+    assert "stopped after a 0.0 s drain" not in drained.log_tail()
+
+
+def test_deadline_504_upstream_502_and_open_breaker_503(
+    servers: dict[str, VllmServer], tmp_path: Path
+) -> None:
+    strict = RouterProcess(
+        {
+            "port": free_port(),
+            "workers": 1,
+            "timeout_s": 0.3,
+            "require_api_key": False,
+            "health_check": {"enabled": False},
+            "circuit_breaker": {"failure_threshold": 3, "open_s": 60},
+            "retries": {"attempts": 1, "backoff_ms": 1},
+            "backends": [
+                backend("coder", "mixtral", servers["mixtral"].base_url),
+                backend("ghost", "ghost", f"http://127.0.0.1:{free_port()}"),
+            ],
+        },
+        {},
+        tmp_path,
+    )
+    strict.start()
+    try:
+        slow = {"model": "coder", "prompt": "long", "max_tokens": 240, "ignore_eos": True}
+        status, _, body = call("POST", strict.url + "/v1/completions", slow)
+        assert status == 504, body
+        ghost = {"model": "ghost", "prompt": "x", "max_tokens": 1}
+        statuses = [call("POST", strict.url + "/v1/completions", ghost)[0] for _ in range(3)]
+        # Two attempts per request (1 + 1 retry): the third failure opens the breaker, and
+        # an ejected backend with no fallback is not tried at all.
+        assert statuses == [502, 502, 503]
+    finally:
+        strict.stop()
