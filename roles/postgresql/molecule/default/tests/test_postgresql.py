@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from hxp_runtime.router.store import SCHEMA
+
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 DB_HOST = "hx-postgres-server-01"
 CLIENT_HOST = "hx-llm-server-01"
@@ -124,6 +126,12 @@ def test_the_router_writes_its_usage_table(client, address, password):
         secret=password,
     )
     assert key.rc == 0, key.stderr
+
+
+def test_the_routers_own_schema_check_passes(client, address, password):
+    # What the router runs at start-up, as itself: the tables are its own, so it is a no-op.
+    startup = psql_tcp(client, address, SCHEMA, secret=password)
+    assert startup.rc == 0, startup.stderr
 
 
 def test_the_router_is_no_superuser(client, address, password):
