@@ -36,9 +36,9 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
-from hxp_runtime.config import NAME_PATTERN, ConfigError, Problem
+from hxp_runtime.config import ConfigError, Name, Problem, Strict
 from hxp_runtime.yamlsource import YamlSourceError, load_yaml
 
 MANIFEST = "manifest.json"
@@ -48,11 +48,6 @@ REBUILD_HINT = (
 )
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ArtifactKind(StrEnum):
