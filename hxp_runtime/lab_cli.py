@@ -5,9 +5,11 @@ Exit codes as for the rest of `hxp`: 0 success, 1 the config or the lab is not u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +47,16 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable J
 
 def _err(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _exit_on_lab_error(hint: str = "") -> Iterator[None]:
+    """Turn a LabError into its message (plus ``hint``) and exit status 1."""
+    try:
+        yield
+    except LabError as exc:
+        _err(f"{exc}\n{hint}" if hint else str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _require_root() -> None:
@@ -98,11 +110,10 @@ def up(
     """Boot every host of the config (idempotent) and write an Ansible inventory for them."""
     lab = _open(file)
     started = time.monotonic()
-    try:
+    with _exit_on_lab_error(
+        f"the lab may be half up: `hxp lab down {file}` removes what was created"
+    ):
         spec = lab.up(auto_network=auto_network)
-    except LabError as exc:
-        _err(f"{exc}\nthe lab may be half up: `hxp lab down {file}` removes what was created")
-        raise typer.Exit(EXIT_FAILED) from None
     if as_json:
         print(json.dumps(_summary(spec), indent=2))
         return
@@ -118,11 +129,8 @@ def up(
 def down(file: ConfigFile) -> None:
     """Stop the hosts and remove everything `up` created (processes, mounts, bridge, cgroups)."""
     lab = _open(file)
-    try:
+    with _exit_on_lab_error():
         removed = lab.down()
-    except LabError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
     message = "removed" if removed else "was not up"
     out.print(f"lab {lab.spec.name} {message}", highlight=False)
 
@@ -131,11 +139,8 @@ def down(file: ConfigFile) -> None:
 def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
     """Show each host: address, whether it runs, and its systemd state."""
     lab = _open(file)
-    try:
+    with _exit_on_lab_error():
         hosts = lab.status()
-    except LabError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
     if as_json:
         summary: dict[str, object] = {"name": lab.spec.name}
         if hosts is not None:
@@ -165,13 +170,10 @@ def ssh(
 ) -> None:
     """Open a root shell (or run COMMAND) on a lab host."""
     lab = _open(file)
-    try:
+    with _exit_on_lab_error():
         if lab.status() is None:
             raise LabError(f"lab {lab.spec.name} is down; start it with `hxp lab up {file}`")
         target = lab.spec.host(host)
-    except LabError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
     options = [word for option in SSH_OPTIONS for word in option.split()]
     argv = ["ssh", "-i", str(lab.spec.key_file), *options, f"root@{target.address}"]
     os.execvp("ssh", [*argv, *(command or [])])  # noqa: S606 - replace this process by ssh
@@ -207,11 +209,8 @@ def cleanup(
     if not run:
         _err("--run must not be empty (it would match every lab made outside a test run)")
         raise typer.Exit(EXIT_USAGE)
-    try:
+    with _exit_on_lab_error():
         removed = remove_run(run, BaseImage.default())
-    except LabError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
     for name in removed:
         out.print(f"lab {name} removed", highlight=False)
 
@@ -221,12 +220,9 @@ def image() -> None:
     """Build (debootstrap) or extract the cached base rootfs the lab hosts start from."""
     _require_root()
     started = time.monotonic()
-    try:
+    with _exit_on_lab_error():
         base = BaseImage.default()
         rootfs = base.ensure(lambda line: err.print(line, highlight=False))
-    except LabError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
     out.print(
         f"base image {base.archive} ready in {time.monotonic() - started:.1f}s ({rootfs})",
         highlight=False,
