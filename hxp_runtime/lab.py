@@ -1050,6 +1050,9 @@ class Lab:
             state.created_bridge = True
             save_state(self.spec.state_dir, state)
             _run("ip", "link", "add", bridge, "type", "bridge")
+        # Whatever the controller's ip_forward, nothing arriving from the lab is routed on: the
+        # hosts reach the bridge address (apt proxy, SSH from here) and each other, no further.
+        Path(f"/proc/sys/net/ipv4/conf/{bridge}/forwarding").write_text("0\n")
         addresses = _run("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout
         if str(self.spec.gateway) not in addresses:
             _run("ip", "addr", "add", str(self.spec.gateway), "dev", bridge)
