@@ -1,0 +1,52 @@
+"""Whole-stack checks on the lab deployed by `scripts/stack up` (the README's main job).
+
+These tests need the running lab, so `scripts/test` runs them through `scripts/stack verify`,
+not with the unit and integration tests. HXP_STACK_CONFIG names the lab's hxp.yml
+(default inventory/lab/hxp.yml).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from hxp_runtime.config import HostGroup, HxpConfig, load_config, resolve_host
+from hxp_runtime.lab import load_lab
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = Path(os.environ.get("HXP_STACK_CONFIG", REPO / "inventory/lab/hxp.yml"))
+
+
+@pytest.fixture(scope="session")
+def cfg() -> HxpConfig:
+    return load_config(CONFIG)
+
+
+@pytest.fixture(scope="session")
+def lab_inventory() -> Path:
+    inventory = load_lab(CONFIG).inventory_file
+    if not inventory.is_file():
+        pytest.fail(f"the lab of {CONFIG} is not up: run scripts/stack up first")
+    return inventory
+
+
+@pytest.fixture(scope="session")
+def hosts(lab_inventory: Path) -> dict[str, testinfra.host.Host]:
+    found = testinfra.get_hosts(["ansible://all"], ansible_inventory=str(lab_inventory))
+    return {h.backend.get_hostname(): h for h in found}
+
+
+def host_in(
+    cfg: HxpConfig, hosts: dict[str, testinfra.host.Host], group: HostGroup
+) -> testinfra.host.Host:
+    name = resolve_host(cfg, None, group)
+    assert name is not None, f"the lab config has no single {group.value} host"
+    return hosts[name]
+
+
+def secret(path: str) -> str:
+    """A lab secret: `hxp lab up` wrote it (0600) on this controller."""
+    return Path(path).read_text(encoding="utf-8").strip()
