@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -32,7 +33,7 @@ from aiohttp import web
 from hxp_runtime.config import Strategy
 from hxp_runtime.router import cache as response_cache
 from hxp_runtime.router import store
-from hxp_runtime.router.auth import KeyStore
+from hxp_runtime.router.auth import KeyStore, Miss
 from hxp_runtime.router.backends import BackendRuntime
 from hxp_runtime.router.breaker import BreakerState
 from hxp_runtime.router.errors import error_response
@@ -139,7 +140,7 @@ class Gateway:
             client_max_size=32 * 1024 * 1024, handler_args={"tcp_keepalive": True}
         )
         for path, endpoint in PROXIED:
-            app.router.add_post(path, self._proxy_handler(endpoint, path.encode()))
+            app.router.add_post(path, partial(self.proxy, endpoint=endpoint, path=path.encode()))
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
@@ -405,12 +406,6 @@ class Gateway:
 
     # ------------------------------------------------------------------ the proxy
 
-    def _proxy_handler(self, endpoint: Endpoint, path: bytes) -> Any:
-        async def handler(request: web.Request) -> web.StreamResponse:
-            return await self.proxy(request, endpoint, path)
-
-        return handler
-
     async def _authenticate(self, request: web.Request) -> ApiKey | None:
         if not self.settings.require_api_key:
             return ANONYMOUS
@@ -430,7 +425,11 @@ class Gateway:
             return self._reject(
                 started, error_response(503, "The router is shutting down.", "draining")
             )
-        key = await self._authenticate(request)
+        if self.settings.require_api_key:
+            known = self.keys.cached(request.headers.get("Authorization"))
+            key = await self._authenticate(request) if isinstance(known, Miss) else known
+        else:
+            key = ANONYMOUS
         if key is None:
             return self._reject(started, _unauthorized())
         body = await request.read()
@@ -451,8 +450,11 @@ class Gateway:
             )
         stream = endpoint is not Endpoint.EMBEDDING and payload.get("stream") is True
 
-        requests_per_minute, tokens_per_minute = self._limits(key)
-        retry_after = await self.limiter.admit(key.name, requests_per_minute, tokens_per_minute)
+        if not self.limiter.admit_leased(key.name):
+            requests_per_minute, tokens_per_minute = self._limits(key)
+            retry_after = await self.limiter.admit(key.name, requests_per_minute, tokens_per_minute)
+        else:
+            retry_after = None
         if retry_after is not None:
             seconds = max(1, round(retry_after + 0.5))
             return self._reject(

@@ -142,21 +142,33 @@ class RateLimiter:
     def __init__(self, store: BucketStore) -> None:
         self.store = store
         self._leases: dict[str, _Lease] = {}
+        self._by_key: dict[str, tuple[_Lease, _Lease]] = {}  # key -> (requests, tokens)
 
     def _lease(self, key: str) -> _Lease:
         lease = self._leases.get(key)
         if lease is None:
             lease = self._leases[key] = _Lease()
+            if key.startswith(("r:", "t:")):
+                name = key[2:]
+                self._by_key[name] = (self._lease("r:" + name), self._lease("t:" + name))
         return lease
+
+    def admit_leased(self, key: str) -> bool:
+        """Admit from this worker's leases (no I/O); False when a lease must be refilled."""
+        leases = self._by_key.get(key)
+        if leases is None:
+            return False
+        requests, tokens = leases
+        if requests.available >= 1 and tokens.available > 0:
+            requests.available -= 1
+            return True
+        return False
 
     async def admit(
         self, key: str, requests_per_minute: int, tokens_per_minute: int
     ) -> float | None:
         """None when admitted (one request charged), else seconds until a retry may succeed."""
-        requests = self._lease("r:" + key)
-        tokens = self._lease("t:" + key)
-        if requests.available >= 1 and tokens.available > 0:
-            requests.available -= 1
+        if self.admit_leased(key):
             return None
         try:
             return await self._refill(key, requests_per_minute, tokens_per_minute)
@@ -198,7 +210,8 @@ class RateLimiter:
 
     def charge_tokens(self, key: str, count: int) -> None:
         """Charge a finished request's tokens (may leave the lease in debt)."""
-        self._lease("t:" + key).available -= count
+        leases = self._by_key.get(key)
+        (leases[1] if leases is not None else self._lease("t:" + key)).available -= count
 
     async def flush_debts(self) -> None:
         """Pay every token debt to the shared buckets (run periodically)."""
