@@ -1,9 +1,9 @@
 """A fast OpenAI-compatible backend for the router benchmark: canned answers, no model.
 
-It stands in for vLLM where the benchmark needs a backend whose own cost is small next to the
-proxy's (vLLM on CPU spends milliseconds per request; this spends microseconds), so that the
-numbers measure the proxy. One process, uvloop, a raw asyncio protocol with HTTP/1.1
-keep-alive::
+A test double of vLLM, not a model: the benchmark needs a backend whose own cost is small next
+to the proxy's (vLLM on CPU spends milliseconds per request; this spends microseconds), so that
+the numbers measure the proxy. One process, uvloop (plain asyncio without it), a raw asyncio
+protocol with HTTP/1.1 keep-alive::
 
     python benchmarks/fast_backend.py --port 18001 [--stream-chunks 16 --chunk-interval-ms 2]
 
@@ -21,7 +21,10 @@ import json
 import signal
 from typing import cast
 
-import uvloop
+try:
+    import uvloop
+except ImportError:  # a host with only Debian's python3 (the router role's Molecule scenario)
+    uvloop = None  # type: ignore[assignment]
 
 MODEL = "fast"
 
@@ -171,7 +174,11 @@ def main() -> None:
     parser.add_argument("--stream-chunks", type=int, default=16)
     parser.add_argument("--chunk-interval-ms", type=float, default=2.0)
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port, args.stream_chunks, args.chunk_interval_ms / 1000))
+    server = serve(args.host, args.port, args.stream_chunks, args.chunk_interval_ms / 1000)
+    if uvloop is not None:
+        uvloop.run(server)
+    else:
+        asyncio.run(server)
 
 
 if __name__ == "__main__":

@@ -107,36 +107,33 @@ class BackendRuntime:
         self.stats.healthy = healthy
         self._on_health(self.backend.id, healthy)
 
-    async def check_health(
-        self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
-    ) -> bool:
+    async def _get(
+        self, session: aiohttp.ClientSession, path: str, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, str] | None:
+        """(status, body) of a GET to the backend, or None when it did not answer in time."""
         try:
             async with session.get(
-                self.backend.url + "/health",
+                self.backend.url + path,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
-                await response.read()
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
+
+    async def check_health(
+        self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
+    ) -> bool:
+        answer = await self._get(session, "/health", headers, timeout_s)
+        return answer is not None and answer[0] == 200
 
     async def poll_load(
         self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
     ) -> None:
-        try:
-            async with session.get(
-                self.backend.url + "/metrics",
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as response:
-                if response.status != 200:
-                    return
-                text = await response.text()
-        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
-            return
-        for name, value in parse_vllm_load(text).items():
-            setattr(self.stats, name, value)
+        answer = await self._get(session, "/metrics", headers, timeout_s)
+        if answer is not None and answer[0] == 200:
+            for name, value in parse_vllm_load(answer[1]).items():
+                setattr(self.stats, name, value)
 
     async def watch(
         self,

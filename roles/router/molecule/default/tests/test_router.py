@@ -1,0 +1,108 @@
+"""Role router on a lab host: hxp-router under systemd, hardened, its two files with the right
+owners and modes, ready, proxying with an API key, reloading without a restart."""
+
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+PORT = 8000
+
+
+@pytest.fixture(scope="module")
+def address(host):
+    return host.ansible.get_variables()["ansible_host"]
+
+
+@pytest.fixture(scope="module")
+def key():
+    secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+    return (secrets / "router-admin-key").read_text().strip()
+
+
+REQUEST = """
+import json, sys, urllib.error, urllib.request
+url, key, body = sys.argv[1], sys.argv[2], sys.argv[3]
+headers = {"Content-Type": "application/json"}
+if key:
+    headers["Authorization"] = "Bearer " + key
+request = urllib.request.Request(url, data=body.encode() or None, headers=headers)
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        print(json.dumps([response.status, response.read().decode()]))
+except urllib.error.HTTPError as error:
+    print(json.dumps([error.code, error.read().decode()]))
+"""
+
+
+def call(host, url, *, key=None, body=None):
+    """(status, body) of one request made on the host (python3 there; no curl)."""
+    args = ["python3", "-c", REQUEST, url, key or "", json.dumps(body) if body else ""]
+    result = host.run(shlex.join(args))
+    assert result.rc == 0, result.stderr
+    status, text = json.loads(result.stdout)
+    return status, text
+
+
+def test_service_runs_enabled_with_two_workers(host):
+    service = host.service("hxp-router")
+    assert service.is_running and service.is_enabled
+    main = host.run("systemctl show -p MainPID --value hxp-router").stdout.strip()
+    workers = host.run(f"pgrep -P {main} -f hxp_runtime.router").stdout.split()
+    assert len(workers) == 2
+
+
+def test_listens_on_the_host_address_only(host, address):
+    # Two workers, one socket each on the same address (SO_REUSEPORT).
+    listening = {s for s in host.socket.get_listening_sockets() if s.endswith(f":{PORT}")}
+    assert listening == {f"tcp://{address}:{PORT}"}
+
+
+def test_unit_is_hardened_and_unprivileged(host):
+    show = host.run(
+        "systemctl show hxp-router -p User -p NoNewPrivileges -p ProtectSystem -p PrivateTmp"
+        " -p CapabilityBoundingSet -p KillMode -p RestrictAddressFamilies"
+    ).stdout
+    props = dict(line.split("=", 1) for line in show.splitlines())
+    assert props["User"] == "hxp-router"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["PrivateTmp"] == "yes"
+    assert props["CapabilityBoundingSet"] == ""
+    assert props["KillMode"] == "mixed"
+
+
+def test_files_owners_and_modes(host, key):
+    settings = host.file("/etc/hxp-router/settings.yml")
+    assert (settings.user, settings.group, settings.mode) == ("root", "hxp-router", 0o640)
+    secrets = host.file("/etc/hxp-router/secrets.yml")
+    assert (secrets.user, secrets.group, secrets.mode) == ("hxp-router", "hxp-router", 0o600)
+    assert key in secrets.content_string
+    assert key not in settings.content_string
+    journal = host.run("journalctl -u hxp-router --no-pager -o cat").stdout
+    assert key not in journal
+
+
+def test_ready_and_openai_api(host, address, key):
+    base = f"http://{address}:{PORT}"
+    assert call(host, base + "/ready")[0] == 200
+    body = {"model": "phi-3-mini", "messages": [{"role": "user", "content": "hi"}]}
+    status, text = call(host, base + "/v1/chat/completions", key=key, body=body)
+    assert status == 200 and json.loads(text)["model"] == "fast"
+    assert call(host, base + "/v1/chat/completions", body=body)[0] == 401
+    models = json.loads(call(host, base + "/v1/models", key=key)[1])
+    assert {m["id"] for m in models["data"]} == {"phi3", "fast", "phi-3-mini", "auto"}
+    assert "hxp_router_requests_total" in call(host, base + "/metrics")[1]
+
+
+def test_reload_applies_settings_without_a_restart(host, address, key):
+    main = host.run("systemctl show -p MainPID --value hxp-router").stdout.strip()
+    assert host.run("systemctl reload hxp-router").rc == 0
+    time.sleep(1)
+    assert host.run("systemctl show -p MainPID --value hxp-router").stdout.strip() == main
+    body = {"model": "phi3", "prompt": "hi"}
+    status, _ = call(host, f"http://{address}:{PORT}/v1/completions", key=key, body=body)
+    assert status == 200
