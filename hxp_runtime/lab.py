@@ -1342,6 +1342,8 @@ def supervise(lab: str, host: str, command: list[str]) -> int:
             stdin=subprocess.DEVNULL,
             preexec_fn=lambda: _join_cgroups(dirs),  # noqa: PLW1509
         )
+        if stopping:  # SIGTERM came while the child was being started
+            child.send_signal(signal.SIGTERM)
         code = child.wait()
         if stopping or code != REBOOT_EXIT_CODE:
             print(f"hxp lab: {host} exited with status {code}", flush=True)
