@@ -53,7 +53,12 @@ from hxp_runtime.router.strategies import (
     Stats,
     backends_from,
 )
-from hxp_runtime.router.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from hxp_runtime.router.upstream import (
+    STREAM_HIGH_WATER,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from hxp_runtime.router.usage import UsageRecorder, usage_of
 
 log = logging.getLogger(__name__)
@@ -653,25 +658,48 @@ class Gateway:
         tail = first_piece
         failed = client_gone = False
         ttft = None
+        transport = request.transport
+        framed = True
+
+        def forward(piece: bytes) -> None:
+            """Runs in the upstream protocol's callback for every piece after the first."""
+            nonlocal events, tail, client_gone
+            events += piece.count(SSE_DATA)
+            tail = tail[-512:] + piece
+            if transport is None or transport.is_closing():
+                # The client went away; closing the upstream connection stops the generation.
+                client_gone = True
+                upstream.close()
+                return
+            transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if framed else piece)
+            if transport.get_write_buffer_size() > STREAM_HIGH_WATER:
+                upstream.pause()
+                loop.call_later(0.005, resume_when_drained)
+
+        def resume_when_drained() -> None:
+            if transport is None or transport.get_write_buffer_size() <= STREAM_HIGH_WATER // 4:
+                upstream.resume()
+            else:
+                loop.call_later(0.005, resume_when_drained)
+
         try:
             await response.prepare(request)
-            await response.write(first_piece)
+            await response.write(first_piece)  # the head and the first piece, through aiohttp
             ttft = loop.time() - started
             live.succeeded(loop.time() - attempt_started)
-            while piece := await upstream.read():
-                events += piece.count(SSE_DATA)
-                tail = tail[-512:] + piece
-                await response.write(piece)
+            # aiohttp chose chunked transfer coding for an HTTP/1.1 client (not for 1.0).
+            framed = response.headers.get("Transfer-Encoding") == "chunked"
+            await upstream.relay(forward)
         except UpstreamError as exc:
             failed = True
-            live.failed()
-            self.metrics.upstream_failures.labels(backend.model, backend.id, exc.reason).inc()
-            try:
-                await response.write(STREAM_ERROR_EVENT)
-            except ConnectionError:
-                client_gone = True
+            if not client_gone:
+                live.failed()
+                self.metrics.upstream_failures.labels(backend.model, backend.id, exc.reason).inc()
+                try:
+                    await response.write(STREAM_ERROR_EVENT)
+                except ConnectionError:
+                    client_gone = True
         except ConnectionError:
-            # The client went away; closing the upstream connection stops the generation.
             failed = client_gone = True
         finally:
             live.stats.outstanding -= 1

@@ -2,8 +2,9 @@
 
 Run from hxp's venv wherever PostgreSQL is reachable (the router's venv holds the router
 only): the connection comes from the router's settings and secrets files (``--settings``,
-``--secrets``; by default ``/etc/hxp-router/``), or from ``--dsn`` / ``HXP_KEYS_DSN``. ``create`` prints the new key once; only its SHA-256 is stored. A revoked
-key stops working within the router's ``auth_cache_ttl_s`` (30 s by default).
+``--secrets``; by default ``/etc/hxp-router/``), or from ``--dsn`` / ``HXP_KEYS_DSN``.
+``create`` prints the new key once; only its SHA-256 is stored. A revoked key stops working
+within the router's ``auth_cache_ttl_s`` (30 s by default).
 """
 
 from __future__ import annotations

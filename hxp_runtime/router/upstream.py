@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 from urllib.parse import urlsplit
 
@@ -56,6 +57,21 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return await self._conn.read_piece()
 
+    def relay(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
+        """Hand every further piece to ``sink`` from the protocol callback, as it arrives.
+
+        No task switch per piece: a stream's pieces go from the backend's socket to the
+        client's within one callback. The future resolves at the end of the body, or fails
+        with the UpstreamError that ended it.
+        """
+        return self._conn.relay(sink)
+
+    def pause(self) -> None:
+        self._conn.pause_reading()
+
+    def resume(self) -> None:
+        self._conn.resume_reading()
+
     async def read_all(self) -> bytes:
         pieces = []
         while piece := await self.read():
@@ -91,6 +107,9 @@ class Connection(asyncio.Protocol):
         self._done = False
         self._error: UpstreamError | None = None
         self._reader: asyncio.Future[None] | None = None
+        # Relaying: every piece goes to the sink at once (see UpstreamResponse.relay).
+        self._sink: Callable[[bytes], None] | None = None
+        self._relayed: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -144,6 +163,8 @@ class Connection(asyncio.Protocol):
         self._done = False
         self._error = None
         self._response = None
+        self._sink = None
+        self._relayed = None
         waiter = self.pool.loop.create_future()
         self._waiter = waiter
         self._timer = self.pool.loop.call_at(deadline, self.expire)
@@ -258,11 +279,13 @@ class Connection(asyncio.Protocol):
         if self._buffered:
             self._body.append(data)
             return
+        if self._sink is not None:
+            self._sink(data)
+            return
         self._pieces.append(data)
         self._queued += len(data)
-        if self._queued > STREAM_HIGH_WATER and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pause_reading()
+        if self._queued > STREAM_HIGH_WATER:
+            self.pause_reading()
         self._wake_reader()
 
     def _complete(self) -> None:
@@ -270,6 +293,9 @@ class Connection(asyncio.Protocol):
         self._done = True
         if not self._buffered:
             self._wake_reader()
+            relayed, self._relayed = self._relayed, None
+            if relayed is not None and not relayed.done():
+                relayed.set_result(None)
             return
         self._cancel_timer()
         response = self._response
@@ -299,6 +325,9 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         self._wake_reader()
+        relayed, self._relayed = self._relayed, None
+        if relayed is not None and not relayed.done():
+            relayed.set_exception(error)
 
     # ------------------------------------------------------------------ streaming reads
 
@@ -318,17 +347,41 @@ class Connection(asyncio.Protocol):
         data = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
         self._pieces.clear()
         self._queued = 0
-        if self._paused and self.transport:
+        self.resume_reading()
+        return data
+
+    def relay(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
+        relayed = self.pool.loop.create_future()
+        while self._pieces:
+            sink(self._pieces.popleft())
+        self._queued = 0
+        self.resume_reading()
+        if self._error is not None:
+            relayed.set_exception(self._error)
+        elif self._done:
+            relayed.set_result(None)
+        else:
+            self._sink = sink
+            self._relayed = relayed
+        return relayed
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return data
 
     def finish_stream(self) -> None:
         self._cancel_timer()
         if self._done and self._error is None and not self._pieces:
             self.pool.release(self)
         else:
-            self._state = _IDLE
+            # Closed before its end (the client left): wake whoever still waits on it.
+            self._fail(UpstreamError("closed", "the stream was closed before its end"))
             self.abort()
 
 

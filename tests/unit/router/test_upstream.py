@@ -181,3 +181,32 @@ def test_only_plain_http_urls() -> None:
 
     with pytest.raises(ValueError, match="http://host:port"):
         asyncio.run(make())
+
+
+async def test_relay_hands_pieces_to_the_sink_as_they_arrive() -> None:
+    pieces = [CHUNKED_HEAD, b"b\r\ndata: one\n\n\r\n", b"b\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
+    async with server(pieces, ok(b"{}")) as (url, _, connections):
+        pool = UpstreamPool(url)
+        response = await pool.post(b"/p", b"{}", deadline(), buffered=False)
+        first = await response.read()
+        seen: list[bytes] = []
+        await response.relay(seen.append)
+        response.close()
+        assert first + b"".join(seen) == b"data: one\n\ndata: two\n\n"
+        assert len(seen) == 1  # the second piece came later, on its own
+        await pool.post(b"/p", b"{}", deadline(), buffered=True)
+        assert connections == [1]  # a relayed stream read to its end gives the connection back
+        pool.close()
+
+
+async def test_closing_a_relayed_stream_early_ends_the_relay() -> None:
+    pieces = [CHUNKED_HEAD, b"b\r\ndata: one\n\n\r\n", b"b\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
+    async with server(pieces) as (url, _, _connections):
+        pool = UpstreamPool(url)
+        response = await pool.post(b"/p", b"{}", deadline(), buffered=False)
+        await response.read()
+        relayed = response.relay(lambda piece: response.close())
+        with pytest.raises(UpstreamError) as error:
+            await relayed
+        assert error.value.reason == "closed"
+        pool.close()
