@@ -13,6 +13,10 @@ server helper, and by hand::
 
     python -m hxp_runtime.vllm_ready --url http://127.0.0.1:11400 --model mixtral --timeout 600
 
+With ``--pid`` (the unit passes ``$MAINPID``) it stops waiting as soon as that process has
+exited: systemd keeps an ExecStartPost running after the main process died, so without it a
+crashed server would hold the start for the whole timeout.
+
 The API key, when the server requires one, is read from ``VLLM_API_KEY`` (the variable vLLM
 itself reads), never from the command line. Standard library only: the ``vllm`` role copies
 this file next to the model host's venv.
@@ -127,6 +131,16 @@ def wait_ready(
         time.sleep(interval)
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hxp_runtime.vllm_ready",
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=["generate", "embed"], default="generate")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between tries")
+    parser.add_argument("--pid", type=int, help="give up once this process (the server) exits")
     args = parser.parse_args(argv)
     try:
         waited = wait_ready(
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             api_key=os.environ.get("VLLM_API_KEY") or None,
             timeout=args.timeout,
             interval=args.interval,
+            alive=(lambda: process_alive(args.pid)) if args.pid else (lambda: True),
         )
     except NotReady as problem:
         print(f"{args.model}: {problem}", file=sys.stderr)

@@ -51,6 +51,8 @@ from hxp_runtime.vllm_ready import NotReady, Task, wait_ready
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = vllm_python_path()
 MODELS_DIR = REPO / DEFAULT_MODELS_DIR
+# The tiny models `hxp lab model` generates (hxp_runtime.tinymodel.TINY_MODEL_NAMES).
+LAB_MODELS = ("mixtral", "hermes", "openchat", "phi3")
 EMBEDDINGS_MODEL = "all-minilm-l6-v2"
 READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0

@@ -1,0 +1,1 @@
+../../../hxp_runtime/gpu_exporter.py

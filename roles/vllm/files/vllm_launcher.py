@@ -1,0 +1,1 @@
+../../../hxp_runtime/vllm_launcher.py
