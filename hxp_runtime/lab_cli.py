@@ -50,12 +50,12 @@ def _err(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _exit_on_lab_error(hint: str = "") -> Iterator[None]:
-    """Turn a LabError into its message (plus ``hint``) and exit status 1."""
+def _exit_on_lab_error() -> Iterator[None]:
+    """Turn a LabError into its message and exit status 1."""
     try:
         yield
     except LabError as exc:
-        _err(f"{exc}\n{hint}" if hint else str(exc))
+        _err(str(exc))
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -110,10 +110,14 @@ def up(
     """Boot every host of the config (idempotent) and write an Ansible inventory for them."""
     lab = _open(file)
     started = time.monotonic()
-    with _exit_on_lab_error(
-        f"the lab may be half up: `hxp lab down {file}` removes what was created"
-    ):
+    fresh = not lab.spec.state_dir.exists()
+    try:
         spec = lab.up(auto_network=auto_network)
+    except LabError as exc:
+        half_up = fresh and lab.spec.state_dir.exists()  # this `up` created something
+        hint = f"\nthe lab is half up: `hxp lab down {file}` removes what was created"
+        _err(f"{exc}{hint if half_up else ''}")
+        raise typer.Exit(EXIT_FAILED) from None
     if as_json:
         print(json.dumps(_summary(spec), indent=2))
         return
