@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hxp_runtime.bundle_cli import bundle_app
@@ -53,7 +54,7 @@ def load_or_exit(file: Path, *, as_json: bool = False) -> HxpConfig:
     except ConfigError as exc:
         if as_json:
             _fail(as_json, file, [_problem_json(file, p) for p in exc.errors], EXIT_INVALID)
-        err.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]invalid:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
 
 
@@ -71,7 +72,9 @@ def _fail(as_json: bool, file: Path, problems: list[Any], code: int) -> None:
         print(json.dumps({"file": str(file), "valid": False, "problems": problems}, indent=2))
     else:
         for problem in problems:
-            err.print(f"[bold red]error:[/] {problem}", highlight=False, soft_wrap=True)
+            err.print(
+                f"[bold red]error:[/] {escape(str(problem))}", highlight=False, soft_wrap=True
+            )
     raise typer.Exit(code)
 
 

@@ -101,6 +101,8 @@ def test_validate_ok_and_json(tmp_path: Path) -> None:
         (BASE.replace('"env:HXP_REDIS_PASSWORD"', "pa55"), "plaintext secret"),
         ("", "must be a YAML mapping"),
         ("\x00\x01", "YAML error"),
+        # rich markup must not swallow the brackets of a pattern
+        (BASE.replace("name: unit", "name: Unit_Name"), "'^[a-z0-9][a-z0-9.-]*$'"),
     ],
 )
 def test_bad_input_exits_1_without_traceback(tmp_path: Path, text: str, expected: str) -> None:
