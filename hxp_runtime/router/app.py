@@ -374,6 +374,19 @@ class Gateway:
             "draining": self.draining,
             "semantic": self._embedder is not None,
             "backends": up,
+            # What this worker's routing sees, for whoever wonders where requests go.
+            "load": {
+                i: {
+                    "outstanding": b.stats.outstanding,
+                    "running": b.stats.running,
+                    "waiting": b.stats.waiting,
+                    "kv_cache_usage": b.stats.kv_usage,
+                    "latency_ms": b.stats.latency_ms,
+                    "error_rate": round(b.stats.error_rate, 4),
+                    "breaker": b.breaker.state.name.lower(),
+                }
+                for i, b in backends.items()
+            },
         }
         return web.json_response(body, status=200 if ready else 503)
 

@@ -50,7 +50,8 @@ log = logging.getLogger("hxp_runtime.router")
 
 # Settings a running worker cannot switch to: they need a restart.
 RESTART_FIELDS = ("listen_host", "port", "workers", "database", "redis")
-EARLY_EXIT_S = 5.0  # a worker dying this soon after its start is a start-up failure
+EARLY_EXIT_S = 5.0  # a worker exiting with an error this soon after its start could not start
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0  # more worker deaths than this in the window: give up
 EXIT_INVALID = 1
 
 
@@ -159,6 +160,7 @@ class Supervisor:
         self.stopping = False
         self.reload_requested = False
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
+        self.restarts: list[float] = []
         runtime_dir = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory=
         self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=runtime_dir or None)
         self.env = {**os.environ, MULTIPROC_ENV: self.metrics_dir}
@@ -206,11 +208,18 @@ class Supervisor:
                     continue
                 del self.workers[pid]
                 self._forget(pid)
-                if time.monotonic() - started < EARLY_EXIT_S:
-                    log.error("worker %d failed at start-up (exit %s); stopping", pid, status)
+                now = time.monotonic()
+                # A worker that reports a start-up failure itself (exit 1: port taken, database
+                # unreachable) would fail again; so would one that keeps dying.
+                self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+                if (status > 0 and now - started < EARLY_EXIT_S) or len(
+                    self.restarts
+                ) >= MAX_RESTARTS:
+                    log.error("worker %d failed (exit %s); stopping the router", pid, status)
                     self.stopping, code = True, EXIT_INVALID
                     break
                 log.error("worker %d died (exit %s); starting another", pid, status)
+                self.restarts.append(now)
                 self.spawn()
             time.sleep(0.2)
         self.stop_workers()
@@ -241,9 +250,11 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Under systemd the journal stamps every line; elsewhere (a terminal, a test) we do.
+    stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(levelname)s %(name)s[%(process)d]: %(message)s",
+        format=stamp + "%(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
     try:

@@ -15,8 +15,11 @@ The failover test kills phi3, so it runs last.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -384,6 +387,35 @@ def test_sighup_reloads_without_dropping_connections(router: RouterProcess) -> N
     streaming.close()
 
 
+def worker_pids(router: RouterProcess) -> set[int]:
+    assert router.process is not None
+    parent = str(router.process.pid)
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == parent:
+                pids.add(int(stat.parent.name))
+    return pids
+
+
+def test_a_dead_worker_is_replaced(router: RouterProcess) -> None:
+    workers = worker_pids(router)
+    assert len(workers) == 2
+    os.kill(min(workers), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = worker_pids(router)
+        if len(now) == 2 and min(workers) not in now:
+            break
+        time.sleep(0.2)
+    assert len(now) == 2 and min(workers) not in now
+    router.wait_ready()
+    body = {"model": "coder", "prompt": "again", "max_tokens": 1}
+    assert {call("POST", router.url + "/v1/completions", body, ADMIN_KEY)[0] for _ in range(4)} == {
+        200
+    }
+
+
 def test_failover_when_a_backend_is_killed_under_load(
     router: RouterProcess, servers: dict[str, VllmServer]
 ) -> None:
@@ -403,13 +435,14 @@ def test_failover_when_a_backend_is_killed_under_load(
         worker.start()
     time.sleep(2)
     served_before = {backend for _, backend in results}
+    before = call("GET", router.url + "/ready")[2].decode()
     servers["phi3"].stop()  # the "chat" replica on phi3 dies with requests in flight
     killed_at = len(results)
     time.sleep(4)
     stop.set()
     for worker in workers:
         worker.join(60)
-    assert served_before == {"chat", "chat-2"}  # both replicas took load before
+    assert served_before == {"chat", "chat-2"}, before  # both replicas took load before
     assert results and all(status == 200 for status, _ in results), results
     assert {backend for _, backend in results[killed_at + 8 :]} == {"chat-2"}
 
@@ -428,8 +461,9 @@ def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_p
     )
     drained.start()
     connection = http.client.HTTPConnection("127.0.0.1", drained.settings["port"], timeout=60)
-    # 16 choices of 240 tokens: a stream that lasts about 1.5 s on the tiny model.
-    body = {"model": "coder", "messages": HELLO, "max_tokens": 240, "n": 16, "stream": True}
+    # 64 choices of 240 tokens: the server runs 16 sequences at a time, so the stream lasts
+    # several seconds even on a quiet machine.
+    body = {"model": "coder", "messages": HELLO, "max_tokens": 240, "n": 64, "stream": True}
     body["ignore_eos"] = True
     connection.request(
         "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
@@ -443,9 +477,10 @@ def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_p
     rest = response.read()
     connection.close()
     assert (first + rest).endswith(b"data: [DONE]\n\n")
-    assert (first + rest).count(b'"finish_reason":"length"') == 16  # every choice finished
+    assert (first + rest).count(b'"finish_reason":"length"') == 64  # every choice finished
     assert drained.stop(signalled=True) == 0, drained.log_tail()
-    assert "stopped after a 0.0 s drain" not in drained.log_tail()
+    drain = re.search(r"stopped after a ([0-9.]+) s drain", drained.log_tail())
+    assert drain is not None and float(drain.group(1)) > 0.2  # it waited for the stream
 
 
 def test_deadline_504_upstream_502_and_open_breaker_503(
@@ -470,7 +505,8 @@ def test_deadline_504_upstream_502_and_open_breaker_503(
     )
     strict.start()
     try:
-        slow = {"model": "coder", "prompt": "long", "max_tokens": 240, "ignore_eos": True}
+        # 64 choices of 240 tokens, 16 at a time: seconds of work, far beyond the 0.3 s deadline.
+        slow = {"model": "coder", "prompt": "long", "max_tokens": 240, "n": 64, "ignore_eos": True}
         status, _, body = call("POST", strict.url + "/v1/completions", slow)
         assert status == 504, body
         ghost = {"model": "ghost", "prompt": "x", "max_tokens": 1}
