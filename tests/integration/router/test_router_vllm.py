@@ -433,7 +433,10 @@ def test_failover_when_a_backend_is_killed_under_load(
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
         worker.start()
-    time.sleep(2)
+    # Both replicas must be taking load before one dies; on a busy machine that takes longer.
+    deadline = time.monotonic() + 30
+    while {backend for _, backend in results} != {"chat", "chat-2"} and time.monotonic() < deadline:
+        time.sleep(0.2)
     served_before = {backend for _, backend in results}
     before = call("GET", router.url + "/ready")[2].decode()
     servers["phi3"].stop()  # the "chat" replica on phi3 dies with requests in flight
