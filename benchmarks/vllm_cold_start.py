@@ -27,7 +27,6 @@ from tests.vllm_servers import (
     ServerSpec,
     VllmServer,
     embeddings_spec,
-    free_port,
 )
 
 
@@ -61,13 +60,8 @@ def main() -> int:
             spec = embeddings_spec() if model == EMBEDDINGS_MODEL else ServerSpec(model)
             times = []
             for round_ in range(1, args.rounds + 1):
-                server = VllmServer(
-                    spec=spec,
-                    port=free_port(),
-                    models_dir=MODELS_DIR,
-                    python=VLLM_PYTHON,
-                    log_path=Path(logs) / f"{model}-{round_}.log",
-                )
+                log = Path(logs) / f"{model}-{round_}.log"
+                server = VllmServer.on_free_port(spec, MODELS_DIR, VLLM_PYTHON, log)
                 started = time.monotonic()
                 server.start()
                 try:

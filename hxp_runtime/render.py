@@ -38,7 +38,8 @@ def common_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_deployment_name": cfg.name,
         "hxp_schema_version": cfg.version,
         "hxp_hosts": {h.name: str(h.address) for h in cfg.hosts},
-        "hxp_bundle_path": str(cfg.base_dir / cfg.bundle.path) if cfg.bundle else None,
+        # Absolute: ansible-runner does not run from where hxp.yml was given.
+        "hxp_bundle_path": str((cfg.base_dir / cfg.bundle.path).resolve()) if cfg.bundle else None,
     }
 
 

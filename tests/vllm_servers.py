@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -115,6 +116,13 @@ class VllmServer:
     log_path: Path
     host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def on_free_port(
+        cls, spec: ServerSpec, models_dir: Path, python: Path, log_path: Path
+    ) -> VllmServer:
+        """A server for ``spec`` on its port, or on a free loopback port when it names none."""
+        return cls(spec, spec.port or free_port(), models_dir, python, log_path)
 
     @property
     def base_url(self) -> str:
@@ -245,15 +253,9 @@ def running_servers(
     python: Path = VLLM_PYTHON,
     log_dir: Path | None = None,
 ) -> Iterator[list[VllmServer]]:
-    logs = log_dir or REPO / ".cache" / "vllm-logs"
+    logs = log_dir or Path(tempfile.mkdtemp(prefix="vllm-logs-"))
     servers = [
-        VllmServer(
-            spec=spec,
-            port=spec.port or free_port(),
-            models_dir=models_dir,
-            python=python,
-            log_path=logs / f"{spec.name}-{os.getpid()}-{index}.log",
-        )
+        VllmServer.on_free_port(spec, models_dir, python, logs / f"{spec.name}-{index}.log")
         for index, spec in enumerate(specs)
     ]
     start_all(servers)
@@ -291,12 +293,8 @@ def vllm_servers(
 
     def factory(*specs: ServerSpec) -> list[VllmServer]:
         new = [
-            VllmServer(
-                spec=spec,
-                port=spec.port or free_port(),
-                models_dir=tiny_models,
-                python=vllm_python,
-                log_path=log_dir / f"{spec.name}-{len(started) + index}.log",
+            VllmServer.on_free_port(
+                spec, tiny_models, vllm_python, log_dir / f"{spec.name}-{len(started) + index}.log"
             )
             for index, spec in enumerate(specs)
             if spec not in started

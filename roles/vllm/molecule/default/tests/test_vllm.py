@@ -131,6 +131,16 @@ def test_cpu_mode_comes_from_the_config(host):
     assert "--gpu-memory-utilization" not in unit
 
 
+def test_models_come_from_the_bundle_or_the_controller(host):
+    for instance in GENERATORS:
+        unit = host.file(f"/etc/systemd/system/{instance['unit']}.service").content_string
+        assert f"serve /var/cache/hxp/bundle/models/{instance['model_artifact']} " in unit
+        assert f"bundle artifact {instance['model_artifact']}, sha256 " in unit
+    (embedder,) = EMBEDDERS
+    assert embedder["model_path"] == "/var/lib/hxp/models/minilm"
+    assert host.file("/var/lib/hxp/models/minilm/model.safetensors").is_file
+
+
 def test_later_servers_start_after_earlier_ones(host):
     last = max(INSTANCES, key=lambda i: i["start_order"])
     after = host.check_output(f"systemctl show {last['unit']} -p After")
