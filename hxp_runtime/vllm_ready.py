@@ -36,6 +36,11 @@ from typing import Any, Literal
 
 Task = Literal["generate", "embed"]
 PROBE_PROMPT = "Hello"
+# The one request that shows a server can do its job: (path, body, key the answer must hold).
+PROBES: dict[str, tuple[str, dict[str, Any], str]] = {
+    "generate": ("/v1/completions", {"prompt": PROBE_PROMPT, "max_tokens": 1}, "choices"),
+    "embed": ("/v1/embeddings", {"input": PROBE_PROMPT}, "data"),
+}
 
 
 class NotReady(Exception):
@@ -82,24 +87,12 @@ def check_ready(
     names = [entry.get("id") for entry in (models or {}).get("data", [])]
     if served_name not in names:
         raise NotReady(f"{base}/v1/models lists {names}, not {served_name!r}")
-    if task == "embed":
-        answer = request_json(
-            f"{base}/v1/embeddings",
-            body={"model": served_name, "input": PROBE_PROMPT},
-            api_key=api_key,
-            timeout=timeout,
-        )
-        if not (answer or {}).get("data"):
-            raise NotReady(f"{base}/v1/embeddings returned no embedding")
-    else:
-        answer = request_json(
-            f"{base}/v1/completions",
-            body={"model": served_name, "prompt": PROBE_PROMPT, "max_tokens": 1},
-            api_key=api_key,
-            timeout=timeout,
-        )
-        if not (answer or {}).get("choices"):
-            raise NotReady(f"{base}/v1/completions returned no choice")
+    path, body, key = PROBES[task]
+    answer = request_json(
+        f"{base}{path}", body={"model": served_name, **body}, api_key=api_key, timeout=timeout
+    )
+    if not (answer or {}).get(key):
+        raise NotReady(f"{base}{path} returned no {key}")
 
 
 def wait_ready(
