@@ -899,6 +899,14 @@ def _port_open(address: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def _ignore_vanished(
+    function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]
+) -> None:
+    """rmtree error handler: a file another cleanup removed first is gone, which is the goal."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1249,7 +1257,7 @@ class Lab:
             self._registry_file().unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.registry.rmdir()
-        shutil.rmtree(self.spec.state_dir)
+        shutil.rmtree(self.spec.state_dir, onerror=_ignore_vanished)
         for created in reversed(state.created_dirs):  # only if empty: others may use them now
             with contextlib.suppress(OSError):
                 Path(created).rmdir()

@@ -271,3 +271,11 @@ def test_host_lookup_names_the_known_hosts(tmp_path: Path) -> None:
     assert spec.host("db-1").name == "db-1"
     with pytest.raises(lab.LabError, match="no host 'nope'; its hosts: llm-1, db-1"):
         spec.host("nope")
+
+
+def test_removing_state_tolerates_files_another_cleanup_removed_first() -> None:
+    gone = FileNotFoundError(2, "No such file or directory", "x")
+    lab._ignore_vanished(os.unlink, "x", (FileNotFoundError, gone, None))
+    denied = PermissionError(13, "Permission denied", "x")
+    with pytest.raises(PermissionError):
+        lab._ignore_vanished(os.unlink, "x", (PermissionError, denied, None))
