@@ -1,0 +1,87 @@
+"""The serving path of the deployed stack, end to end: a client on this controller talks to the
+hxp router on the LLM host with the official openai client; the router routes to real vLLM
+servers (tiny models on CPU) and accounts usage in PostgreSQL on the database host."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+import testinfra
+
+from hxp_runtime.config import HostGroup, HxpConfig
+from tests.stack.conftest import host_in, secret
+
+Hosts = dict[str, testinfra.host.Host]
+
+
+@pytest.fixture(scope="module")
+def client(cfg: HxpConfig, hosts: Hosts) -> openai.OpenAI:
+    llm = host_in(cfg, hosts, HostGroup.LLM)
+    address = cfg.host(llm.backend.get_hostname()).address
+    key = secret(cfg.router.api_keys[0].secret.value)
+    return openai.OpenAI(base_url=f"http://{address}:{cfg.router.port}/v1", api_key=key, timeout=60)
+
+
+def test_every_model_unit_is_active(cfg: HxpConfig, hosts: Hosts) -> None:
+    llm = host_in(cfg, hosts, HostGroup.LLM)
+    for model in cfg.models:
+        assert llm.service(model.unit_name).is_running, model.unit_name
+        assert llm.service(model.unit_name).is_enabled, model.unit_name
+    assert llm.service("hxp-router").is_running
+
+
+def test_router_lists_every_model_and_alias(cfg: HxpConfig, client: openai.OpenAI) -> None:
+    listed = {m.id for m in client.models.list()}
+    assert set(cfg.routing_index()) <= listed
+
+
+@pytest.mark.parametrize("name", ["mixtral", "hermes-2", "openchat", "phi-3-mini"])
+def test_chat_completion_through_the_router(client: openai.OpenAI, name: str) -> None:
+    reply = client.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "hello"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+    assert reply.usage is not None and reply.usage.completion_tokens >= 1
+
+
+def test_streaming_through_the_router(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "Write a Python function to sort a list."}],
+        max_tokens=8,
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(chunks) >= 2
+
+
+def test_embeddings_through_the_router(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="minilm", input=["a sentence to embed"])
+    assert len(result.data[0].embedding) == 384
+
+
+def test_wrong_key_is_rejected(cfg: HxpConfig, client: openai.OpenAI) -> None:
+    intruder = client.with_options(api_key="not-a-key-of-this-deployment", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        intruder.models.list()
+
+
+def test_usage_is_accounted_in_postgresql(
+    cfg: HxpConfig, hosts: Hosts, client: openai.OpenAI
+) -> None:
+    assert cfg.database is not None
+    db = host_in(cfg, hosts, HostGroup.DATABASE)
+    count = (
+        f"runuser -u postgres -- psql -p {cfg.database.port} -d {cfg.database.name} -Atc "
+        "'select coalesce(sum(requests), 0) from hxp_usage'"
+    )
+    before = int(db.check_output(count))
+    client.chat.completions.create(
+        model="phi3", messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
+    deadline = time.monotonic() + 60
+    while int(db.check_output(count)) <= before:
+        assert time.monotonic() < deadline, "the router wrote no usage row within 60 s"
+        time.sleep(1)
