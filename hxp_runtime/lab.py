@@ -972,6 +972,7 @@ class Lab:
     def up(self, *, auto_network: bool = False) -> LabSpec:
         """Bring every host up (idempotent); return the spec as running (final addresses)."""
         rootfs = self.image.ensure(self.log)
+        self._remove_stale_namesake()
         with _locked(self.image.lock):
             state = self._claim(auto_network)
         state.base_rootfs = str(rootfs)
@@ -1041,6 +1042,19 @@ class Lab:
         # Claim the network now, still under the lock, so a concurrent `up` sees it taken.
         self._ensure_bridge(state)
         return state
+
+    def _remove_stale_namesake(self) -> None:
+        """Remove a lab of this name from another directory when none of its hosts runs any
+        more (its processes ended with whatever started them), so this one can take the name.
+        A namesake with a running host is left alone: `_claim` refuses with its reason."""
+        owner = self._registry_owner()
+        if owner is None or owner == self.spec.state_dir or load_state(owner) is None:
+            return
+        other = Lab.recorded(owner, self.image, self.log)
+        if any(other._supervisor_pid(h) is not None for h in other.spec.hosts):
+            return
+        self.log(f"lab {self.spec.name!r} of {owner} has no running host left: removing it")
+        other.down()
 
     def _registry_owner(self) -> Path | None:
         try:
