@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from hxp_runtime.config import HostGroup, HxpConfig, SecretRef, resolve_host
+from hxp_runtime.config import HostGroup, HxpConfig, SecretRef, resolve_host, service_endpoints
 from hxp_runtime.planner import Instance, Plan
 
 HEADER = "# Rendered by `hxp render` from {source}. Do not edit: edit hxp.yml and render again.\n"
@@ -237,6 +237,11 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
         "hxp_host_gpus": [g.model_dump(mode="json") for g in spec.gpus],
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
         "hxp_vllm_instances": [vllm_instance_vars(cfg, i) for i in instances],
+        # Every port an hxp service listens on here: role common reserves them, so that no
+        # outgoing connection or port-0 bind takes one of them as its ephemeral port first.
+        "hxp_host_listen_ports": sorted(
+            {port for where, port, _, _ in service_endpoints(cfg) if where == host}
+        ),
     }
 
 

@@ -79,5 +79,7 @@ def test_sysctl_llm_settings_on_llm_hosts_only(host, in_container):
     assert host.sysctl("net.core.somaxconn") == 65535
     assert host.sysctl("net.ipv4.tcp_max_syn_backlog") == 8192
     assert host.sysctl("net.ipv4.ip_local_port_range") == "10240\t65000"
+    # The services' ports lie inside that range: reserved, so no ephemeral port can take one.
+    assert host.sysctl("net.ipv4.ip_local_reserved_ports") == "8000,11400-11401"
     if not in_container:  # vm.* is the kernel's, read-only in a container
         assert host.sysctl("vm.max_map_count") == 1048576
