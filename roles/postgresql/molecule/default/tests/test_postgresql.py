@@ -4,7 +4,6 @@ the exporter, hardened units, and a pg_dump backup restored into a fresh databas
 
 import os
 import shlex
-from pathlib import Path
 
 import pytest
 import testinfra
@@ -29,14 +28,8 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def address(host):
-    return host.ansible.get_variables()["ansible_host"]
-
-
-@pytest.fixture(scope="module")
-def password():
-    secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
-    return (secrets / "postgres-router-password").read_text().rstrip()
+def password(scenario_secret):
+    return scenario_secret("postgres-router-password")
 
 
 def psql_tcp(on, address, sql, *, secret=None, user=ROUTER, database=DATABASE):
@@ -214,18 +207,5 @@ def test_backup_restores_into_a_fresh_database_with_the_same_rows(host):
 @pytest.mark.parametrize(
     "unit", [UNIT, "prometheus-postgres-exporter", "hxp-postgresql-backup.service"]
 )
-def test_units_are_hardened(host, unit):
-    properties = dict(
-        line.split("=", 1)
-        for line in host.check_output(
-            "systemctl show %s -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
-            "-p CapabilityBoundingSet -p User",
-            unit,
-        ).splitlines()
-    )
-    assert properties["NoNewPrivileges"] == "yes"
-    assert properties["ProtectSystem"] == "strict"
-    assert properties["ProtectHome"] == "yes"
-    assert properties["PrivateTmp"] == "yes"
-    assert properties["CapabilityBoundingSet"] == ""
-    assert properties["User"] in {"postgres", "prometheus"}
+def test_units_are_hardened(assert_hardened, unit):
+    assert assert_hardened(unit, "User")["User"] in {"postgres", "prometheus"}

@@ -1,9 +1,7 @@
 """Role redis on a lab host: Redis bound to one address, password required, a cache's memory
 settings, the exporter, hardened units, no secret in a world-readable file or in the journal."""
 
-import os
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -12,14 +10,8 @@ EXPORTER_PORT = 9121
 
 
 @pytest.fixture(scope="module")
-def address(host):
-    return host.ansible.get_variables()["ansible_host"]
-
-
-@pytest.fixture(scope="module")
-def password():
-    secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
-    return (secrets / "redis-password").read_text().rstrip()
+def password(scenario_secret):
+    return scenario_secret("redis-password")
 
 
 def redis_cli(host, address, *args, secret=None):
@@ -95,20 +87,8 @@ def test_the_password_is_never_logged(host, password):
 
 
 @pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
-def test_units_are_hardened(host, unit):
-    properties = dict(
-        line.split("=", 1)
-        for line in host.check_output(
-            "systemctl show %s -p NoNewPrivileges -p ProtectSystem -p ProtectHome -p PrivateTmp "
-            "-p CapabilityBoundingSet",
-            unit,
-        ).splitlines()
-    )
-    assert properties["NoNewPrivileges"] == "yes"
-    assert properties["ProtectSystem"] == "strict"
-    assert properties["ProtectHome"] == "yes"
-    assert properties["PrivateTmp"] == "yes"
-    assert properties["CapabilityBoundingSet"] == ""
+def test_units_are_hardened(assert_hardened, unit):
+    assert_hardened(unit)
 
 
 def test_redis_writes_only_its_own_directories(host):

@@ -1,0 +1,62 @@
+"""Fixtures shared by the roles' Testinfra verifiers.
+
+pytest reads this file for every test below roles/ (the repository's pyproject.toml makes the
+repository its rootdir), so each role's molecule/*/tests asks for these fixtures by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# What every hxp unit and drop-in sets, as `systemctl show` prints it.
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "CapabilityBoundingSet": "",
+}
+
+
+@pytest.fixture(scope="module")
+def address(host: Any) -> str:
+    """The lab address of the host under test."""
+    return str(host.ansible.get_variables()["ansible_host"])
+
+
+@pytest.fixture(scope="session")
+def scenario_secret() -> Callable[[str], str]:
+    """Reads a secret the scenario's prepare step wrote under its ephemeral directory."""
+    secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
+    return lambda name: (secrets / name).read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def unit_properties(host: Any) -> Callable[..., dict[str, str]]:
+    """unit_properties(unit, *names): the named properties of a unit, from `systemctl show`."""
+
+    def read(unit: str, *names: str) -> dict[str, str]:
+        output = host.check_output(f"systemctl show {unit} " + " ".join(f"-p {n}" for n in names))
+        return dict(line.split("=", 1) for line in output.splitlines())
+
+    return read
+
+
+@pytest.fixture(scope="module")
+def assert_hardened(
+    unit_properties: Callable[..., dict[str, str]],
+) -> Callable[..., dict[str, str]]:
+    """assert_hardened(unit, *more): checks HARDENING, returns it with the properties in more."""
+
+    def check(unit: str, *more: str) -> dict[str, str]:
+        properties = unit_properties(unit, *HARDENING, *more)
+        for name, expected in HARDENING.items():
+            assert properties[name] == expected, f"{unit}: {name}={properties[name]!r}"
+        return properties
+
+    return check
