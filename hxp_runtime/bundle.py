@@ -407,6 +407,8 @@ def build_bundle(spec_file: Path, out: Path, log: Log = lambda _line: None) -> M
     failed build leaves nothing behind.
     """
     spec = load_spec(spec_file)
+    # Relative to where hxp was called: pip runs from the spec's directory.
+    out = out.absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError([f"{out}: exists and is not an empty directory; give a new directory"])
     out.parent.mkdir(parents=True, exist_ok=True)

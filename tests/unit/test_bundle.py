@@ -226,6 +226,23 @@ def test_archive_with_unpublished_checksum_fails_and_leaves_nothing(
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_build_out_is_relative_to_the_working_directory(
+    sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    result = runner.invoke(app, ["bundle", "build", str(sources / "bundle.yml"), "--out", "b"])
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "here" / "b")
+    wheels = next(a for a in manifest.artifacts if a.name == "tinypkg")
+    # pip runs from the spec's directory: its wheels still land in the bundle, nothing there.
+    assert {w.name for w in (tmp_path / "here" / "b" / wheels.path).glob("*.whl")} == {
+        "tinypkg-1.0-py3-none-any.whl",
+        "tinydep-2.5-py3-none-any.whl",
+    }
+    assert not list(sources.glob(".b.*"))
+
+
 def test_build_refuses_a_non_empty_directory(sources: Path, bundle: Path) -> None:
     result = runner.invoke(
         app, ["bundle", "build", str(sources / "bundle.yml"), "--out", str(bundle)]
