@@ -301,6 +301,10 @@ def _collect_wheels(spec: WheelSpec, pip: PipOptions, base: Path, dest: Path) ->
         match = _WHEEL_NAME.match(wheel.name)
         if match:
             versions[_normalise(match["name"])] = match["version"]
+    if not versions:
+        raise BundleError(
+            [f"artifact {spec.name!r}: pip wrote no wheel to {dest}; check its requirements"]
+        )
     return spec.version or versions.get(_normalise(spec.name), "")
 
 
