@@ -6,8 +6,13 @@ repository its rootdir), so each role's molecule/*/tests asks for these fixtures
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +65,46 @@ def assert_hardened(
         return properties
 
     return check
+
+
+@dataclass(frozen=True)
+class PlayRun:
+    """One ansible-playbook run: its exit status and plain-text output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def recap(self, host: str) -> dict[str, int]:
+        """The PLAY RECAP counters of host: ok, changed, failed, ..."""
+        line = next((ln for ln in self.stdout.splitlines() if ln.startswith(f"{host} ")), None)
+        assert line, f"no recap for {host} in:\n{self.stdout[-3000:]}"
+        return {name: int(count) for name, count in re.findall(r"(\w+)=(\d+)", line)}
+
+
+@pytest.fixture
+def converge(request: pytest.FixtureRequest) -> Callable[[dict[str, Any]], PlayRun]:
+    """converge(extra_vars): the scenario's converge playbook once more, on its lab hosts."""
+    scenario = request.path.parents[1]
+
+    def run(extra_vars: dict[str, Any]) -> PlayRun:
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("ansible-playbook")),
+                *("-i", os.environ["MOLECULE_INVENTORY_FILE"]),
+                *("-e", json.dumps(extra_vars)),
+                str(scenario / "converge.yml"),
+            ],
+            capture_output=True,
+            text=True,
+            env={
+                **os.environ,
+                "ANSIBLE_ROLES_PATH": str(scenario.parents[2]),
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_FORCE_COLOR": "0",
+            },
+            check=False,
+        )
+        return PlayRun(done.returncode, done.stdout, done.stderr)
+
+    return run

@@ -3,15 +3,13 @@ bundle's layout, byte for byte (sha256 of every file as in the manifest)."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 BUNDLE = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "bundle"
 HOST_DIR = "/var/cache/hxp/bundle"
-SCENARIO = Path(__file__).resolve().parents[1]
+HOST = "hx-llm-server-01"
 
 
 @pytest.fixture(scope="module")
@@ -43,40 +41,16 @@ def test_model_directory_arrives_intact(host, manifest):
     assert host.file(f"{root}/tokenizer").mode == 0o755
 
 
-def converge():
-    """The scenario's converge playbook once more (what a second deploy runs)."""
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(SCENARIO.parents[2]),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    return subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            *("-i", os.environ["MOLECULE_INVENTORY_FILE"]),
-            *("-e", json.dumps({"hxp_bundle_path": str(BUNDLE)})),
-            str(SCENARIO / "converge.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-
-
-def test_a_damaged_or_missing_file_is_sent_again(host, manifest):
+def test_a_damaged_or_missing_file_is_sent_again(host, manifest, converge):
     model = manifest["tiny-model"]
     root = f"{HOST_DIR}/{model['path']}"
     damaged, missing = f"{root}/config.json", f"{root}/tokenizer/vocab.txt"
     host.run_expect([0], f"echo tampered >> {damaged} && rm {missing}")
-    run = converge()
+    run = converge({"hxp_bundle_path": str(BUNDLE)})
     assert run.returncode == 0, run.stdout[-3000:]
-    recap = next(line for line in run.stdout.splitlines() if line.startswith("hx-llm-server-01"))
-    assert "changed=0" not in recap
+    assert run.recap(HOST)["changed"] > 0
     for entry in model["files"]:
         assert host.file(f"{root}/{entry['path']}").sha256sum == entry["sha256"]
     # Whole again: the next run sends nothing.
-    again = converge()
-    recap = next(line for line in again.stdout.splitlines() if line.startswith("hx-llm-server-01"))
-    assert again.returncode == 0 and "changed=0" in recap, again.stdout[-3000:]
+    again = converge({"hxp_bundle_path": str(BUNDLE)})
+    assert (again.returncode, again.recap(HOST)["changed"]) == (0, 0), again.stdout[-3000:]

@@ -22,8 +22,6 @@ import yaml
 HOST = "hx-vectordb-server-01"
 HTTP_PORT = 6333
 GRPC_PORT = 6334
-SCENARIO = Path(__file__).resolve().parents[1]
-ROLES = SCENARIO.parents[2]
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 BINARY = "/opt/qdrant/current/qdrant"
 NO_BINARY = (
@@ -176,48 +174,27 @@ FRESH = {
 }
 
 
-def converge_with(bundle):
+def converge_with(converge, bundle):
     """The scenario's converge playbook with another bundle, on paths the role never used."""
-    extra = {**FRESH, "hxp_bundle_path": str(bundle), "hxp_qdrant_require_binary": True}
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROLES),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    return subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ansible-playbook")),
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            "-e",
-            json.dumps(extra),
-            str(SCENARIO / "converge.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    return converge({**FRESH, "hxp_bundle_path": str(bundle), "hxp_qdrant_require_binary": True})
 
 
 def assert_host_unchanged(host, run):
-    recap = next(line for line in run.stdout.splitlines() if line.startswith(HOST))
-    assert "changed=0" in recap
-    assert "failed=1" in recap
+    recap = run.recap(HOST)
+    assert (recap["changed"], recap["failed"]) == (0, 1)
     for path in FRESH.values():
         if path.startswith("/"):
             assert not host.file(path).exists, path
     assert not host.user("qdrant-rejected").exists
 
 
-def test_one_changed_byte_stops_the_play_before_the_host_changes(host, tmp_path):
+def test_one_changed_byte_stops_the_play_before_the_host_changes(host, tmp_path, converge):
     bundle = build_bundle(tmp_path, with_qdrant=True)
     archive = bundle / "archives" / "qdrant-x86_64-unknown-linux-gnu.tar.gz"
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0x01
     archive.write_bytes(bytes(data))
-    run = converge_with(bundle)
+    run = converge_with(converge, bundle)
     assert run.returncode == 2, run.stdout
     output = " ".join((run.stdout + run.stderr).split())
     assert "artifact 'qdrant' (archive 0.0.0)" in output
@@ -225,8 +202,8 @@ def test_one_changed_byte_stops_the_play_before_the_host_changes(host, tmp_path)
     assert_host_unchanged(host, run)
 
 
-def test_a_missing_archive_stops_the_play_before_the_host_changes(host, tmp_path):
-    run = converge_with(build_bundle(tmp_path, with_qdrant=False))
+def test_a_missing_archive_stops_the_play_before_the_host_changes(host, tmp_path, converge):
+    run = converge_with(converge, build_bundle(tmp_path, with_qdrant=False))
     assert run.returncode == 2, run.stdout
     output = " ".join((run.stdout + run.stderr).split())
     assert "has no artifact 'qdrant' (it holds: other)" in output
