@@ -450,12 +450,15 @@ def test_failover_when_a_backend_is_killed_under_load(
     assert {backend for _, backend in results[killed_at + 8 :]} == {"chat-2"}
 
 
+CHOICES = 160
+
+
 def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_path: Path) -> None:
     drained = RouterProcess(
         {
             "port": free_port(),
             "workers": 1,
-            "drain_timeout_s": 30,
+            "drain_timeout_s": 90,
             "require_api_key": False,
             "backends": [backend("coder", "mixtral", servers["mixtral"].base_url)],
         },
@@ -463,10 +466,11 @@ def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_p
         tmp_path,
     )
     drained.start()
-    connection = http.client.HTTPConnection("127.0.0.1", drained.settings["port"], timeout=60)
-    # 64 choices of 240 tokens: the server runs 16 sequences at a time, so the stream lasts
-    # several seconds even on a quiet machine.
-    body = {"model": "coder", "messages": HELLO, "max_tokens": 240, "n": 64, "stream": True}
+    connection = http.client.HTTPConnection("127.0.0.1", drained.settings["port"], timeout=120)
+    # 160 choices of 240 tokens, 16 sequences at a time: 38,400 tokens, about 5 s on a quiet
+    # machine (64 choices took 2 s, which a quiet machine finished before the drain began). The
+    # drain may take up to 90 s, for a machine slowed by other work.
+    body = {"model": "coder", "messages": HELLO, "max_tokens": 240, "n": CHOICES, "stream": True}
     body["ignore_eos"] = True
     connection.request(
         "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
@@ -480,7 +484,7 @@ def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_p
     rest = response.read()
     connection.close()
     assert (first + rest).endswith(b"data: [DONE]\n\n")
-    assert (first + rest).count(b'"finish_reason":"length"') == 64  # every choice finished
+    assert (first + rest).count(b'"finish_reason":"length"') == CHOICES  # every choice finished
     assert drained.stop(signalled=True) == 0, drained.log_tail()
     drain = re.search(r"stopped after a ([0-9.]+) s drain", drained.log_tail())
     assert drain is not None and float(drain.group(1)) > 0.2  # it waited for the stream
