@@ -71,6 +71,10 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
 CHUNKED_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 )
+# Two server-sent events, and the chunked answer that carries them one chunk each, in pieces
+# written one after the other.
+TWO_EVENTS = b"data: one\n\ndata: two\n\n"
+TWO_EVENTS_WIRE = [CHUNKED_HEAD, b"b\r\ndata: one\n\n\r\n", b"b\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
 
 
 def deadline(seconds: float = 5.0) -> float:
@@ -96,7 +100,7 @@ async def test_content_length_response_and_keep_alive_reuse() -> None:
 
 
 async def test_chunked_body_split_anywhere_is_reassembled() -> None:
-    body = b"data: one\n\ndata: two\n\n"
+    body = TWO_EVENTS
     wire = CHUNKED_HEAD + b"b\r\ndata: one\n\n\r\nb\r\ndata: two\n\n\r\n0\r\n\r\n"
     pieces = [wire[i : i + 7] for i in range(0, len(wire), 7)]
     async with server(pieces, ok(b"{}")) as (url, _, connections):
@@ -109,8 +113,7 @@ async def test_chunked_body_split_anywhere_is_reassembled() -> None:
 
 
 async def test_streaming_reads_pieces_as_they_arrive() -> None:
-    pieces = [CHUNKED_HEAD, b"b\r\ndata: one\n\n\r\n", b"b\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
-    async with server(pieces) as (url, _, _connections):
+    async with server(TWO_EVENTS_WIRE) as (url, _, _connections):
         pool = UpstreamPool(url)
         response = await pool.post(b"/v1/chat/completions", b"{}", deadline(), buffered=False)
         assert response.status == 200
@@ -118,7 +121,7 @@ async def test_streaming_reads_pieces_as_they_arrive() -> None:
         while piece := await response.read():
             received.append(piece)
         response.close()
-        assert b"".join(received) == b"data: one\n\ndata: two\n\n"
+        assert b"".join(received) == TWO_EVENTS
         assert len(received) == 2  # delivered as they came, not at the end
         pool.close()
 
@@ -184,15 +187,14 @@ def test_only_plain_http_urls() -> None:
 
 
 async def test_relay_hands_pieces_to_the_sink_as_they_arrive() -> None:
-    pieces = [CHUNKED_HEAD, b"b\r\ndata: one\n\n\r\n", b"b\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
-    async with server(pieces, ok(b"{}")) as (url, _, connections):
+    async with server(TWO_EVENTS_WIRE, ok(b"{}")) as (url, _, connections):
         pool = UpstreamPool(url)
         response = await pool.post(b"/p", b"{}", deadline(), buffered=False)
         first = await response.read()
         seen: list[bytes] = []
         await response.relay(seen.append)
         response.close()
-        assert first + b"".join(seen) == b"data: one\n\ndata: two\n\n"
+        assert first + b"".join(seen) == TWO_EVENTS
         assert len(seen) == 1  # the second piece came later, on its own
         await pool.post(b"/p", b"{}", deadline(), buffered=True)
         assert connections == [1]  # a relayed stream read to its end gives the connection back
@@ -200,8 +202,7 @@ async def test_relay_hands_pieces_to_the_sink_as_they_arrive() -> None:
 
 
 async def test_closing_a_relayed_stream_early_ends_the_relay() -> None:
-    pieces = [CHUNKED_HEAD, b"b\r\ndata: one\n\n\r\n", b"b\r\ndata: two\n\n\r\n", b"0\r\n\r\n"]
-    async with server(pieces) as (url, _, _connections):
+    async with server(TWO_EVENTS_WIRE) as (url, _, _connections):
         pool = UpstreamPool(url)
         response = await pool.post(b"/p", b"{}", deadline(), buffered=False)
         await response.read()
