@@ -33,6 +33,13 @@ class Miss:
 MISS = Miss()
 
 
+def _digest(authorization: str | None) -> str | None:
+    """SHA-256 (hex) of the bearer token of an Authorization header, None without one."""
+    if not authorization or not authorization.startswith(BEARER):
+        return None
+    return hashlib.sha256(authorization[len(BEARER) :].strip().encode()).hexdigest()
+
+
 class KeyStore:
     def __init__(
         self,
@@ -58,9 +65,10 @@ class KeyStore:
 
         The hot path: a static key or a fresh cache entry costs one SHA-256 and a dict hit.
         """
-        if not authorization or not authorization.startswith(BEARER):
-            return None
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        digest = _digest(authorization)
+        return None if digest is None else self._known(digest)
+
+    def _known(self, digest: str) -> ApiKey | Miss | None:
         key = self._static.get(digest)
         if key is not None:
             return key
@@ -70,11 +78,13 @@ class KeyStore:
         return None if self._lookup is None else MISS
 
     async def authenticate(self, authorization: str | None) -> ApiKey | None:
-        known = self.cached(authorization)
+        digest = _digest(authorization)
+        if digest is None:
+            return None
+        known = self._known(digest)
         if not isinstance(known, Miss):
             return known
-        assert authorization is not None and self._lookup is not None
-        digest = hashlib.sha256(authorization[7:].strip().encode()).hexdigest()
+        assert self._lookup is not None  # MISS only when there is a lookup
         entry = self._cache.get(digest)
         now = self._clock()
         try:

@@ -1,0 +1,41 @@
+"""KeyStore: static keys, cached lookups with a TTL, negative answers, and MISS for I/O."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hxp_runtime.router.auth import MISS, KeyStore
+from hxp_runtime.router.store import ApiKey
+
+
+def sha(token: bytes) -> str:
+    return hashlib.sha256(token).hexdigest()
+
+
+async def test_static_cached_and_looked_up_keys() -> None:
+    asked: list[str] = []
+    stored, static = ApiKey("from-db"), ApiKey("static")
+
+    async def lookup(digest: str) -> ApiKey | None:
+        asked.append(digest)
+        return stored if digest == sha(b"from-db") else None
+
+    now = [0.0]
+    keys = KeyStore({sha(b"static"): static}, lookup, ttl_s=10, clock=lambda: now[0])
+    assert keys.cached("Bearer static") is static
+    assert keys.cached(None) is None and keys.cached("Basic static") is None
+    # Unknown without I/O: the caller must look it up.
+    assert keys.cached("Bearer from-db") is MISS
+    assert await keys.authenticate("Bearer from-db") is stored
+    assert keys.cached("Bearer from-db") is stored and asked == [sha(b"from-db")]
+    # A refusal is cached too, and both expire with the TTL.
+    assert await keys.authenticate("Bearer wrong") is None
+    assert keys.cached("Bearer wrong") is None and len(asked) == 2
+    now[0] = 11.0
+    assert keys.cached("Bearer from-db") is MISS
+
+
+async def test_without_a_database_an_unknown_key_is_refused() -> None:
+    keys = KeyStore({}, None, ttl_s=10)
+    assert keys.cached("Bearer anything") is None
+    assert await keys.authenticate("Bearer anything") is None
