@@ -141,21 +141,18 @@ class RateLimiter:
 
     def __init__(self, store: BucketStore) -> None:
         self.store = store
-        self._leases: dict[str, _Lease] = {}
-        self._by_key: dict[str, tuple[_Lease, _Lease]] = {}  # key -> (requests, tokens)
+        # API key -> its (requests, tokens) leases; the shared buckets are "r:KEY" and "t:KEY".
+        self._leases: dict[str, tuple[_Lease, _Lease]] = {}
 
-    def _lease(self, key: str) -> _Lease:
-        lease = self._leases.get(key)
-        if lease is None:
-            lease = self._leases[key] = _Lease()
-            if key.startswith(("r:", "t:")):
-                name = key[2:]
-                self._by_key[name] = (self._lease("r:" + name), self._lease("t:" + name))
-        return lease
+    def _pair(self, key: str) -> tuple[_Lease, _Lease]:
+        leases = self._leases.get(key)
+        if leases is None:
+            leases = self._leases[key] = (_Lease(), _Lease())
+        return leases
 
     def admit_leased(self, key: str) -> bool:
         """Admit from this worker's leases (no I/O); False when a lease must be refilled."""
-        leases = self._by_key.get(key)
+        leases = self._leases.get(key)
         if leases is None:
             return False
         requests, tokens = leases
@@ -180,8 +177,7 @@ class RateLimiter:
     async def _refill(
         self, key: str, requests_per_minute: int, tokens_per_minute: int
     ) -> float | None:
-        requests = self._lease("r:" + key)
-        tokens = self._lease("t:" + key)
+        requests, tokens = self._pair(key)
         tokens.per_minute = tokens_per_minute
         if tokens.available <= 0:
             granted, retry = await self.store.take(
@@ -210,17 +206,17 @@ class RateLimiter:
 
     def charge_tokens(self, key: str, count: int) -> None:
         """Charge a finished request's tokens (may leave the lease in debt)."""
-        leases = self._by_key.get(key)
-        (leases[1] if leases is not None else self._lease("t:" + key)).available -= count
+        self._pair(key)[1].available -= count
 
     async def flush_debts(self) -> None:
         """Pay every token debt to the shared buckets (run periodically)."""
-        for name, lease in list(self._leases.items()):
+        # Only token leases run into debt: a request is charged only once one was granted.
+        for key, (_, lease) in list(self._leases.items()):
             if lease.available < 0 and lease.per_minute:
                 limit = lease.per_minute
                 debt, lease.available = -lease.available, 0.0
                 try:
-                    await self.store.take(name, limit, limit / SECONDS_PER_MINUTE, 0, debt)
+                    await self.store.take("t:" + key, limit, limit / SECONDS_PER_MINUTE, 0, debt)
                 except (redis.exceptions.RedisError, OSError) as exc:
                     lease.available -= debt
                     log.warning("rate limit store unavailable (%s)", exc)
