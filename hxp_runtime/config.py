@@ -170,8 +170,20 @@ MANAGED_ENGINE_FLAGS = frozenset(
         "--quantization",
         "--kv-cache-dtype",
         "--api-key",
+        "--hf-overrides",
     }
 )
+
+
+class RopeScaling(Strict):
+    """Opt-in context extension (passed to vLLM as --hf-overrides): lets max_model_len exceed
+    the model's max_position_embeddings, up to factor x original_max_position_embeddings."""
+
+    rope_type: Literal["yarn", "dynamic", "linear", "longrope", "llama3"] = "yarn"
+    factor: Annotated[float, Field(gt=1, le=64)]
+    original_max_position_embeddings: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="defaults to the model's max_position_embeddings"
+    )
 
 
 class Engine(Strict):
@@ -183,6 +195,7 @@ class Engine(Strict):
     max_num_seqs: Annotated[int, Field(ge=1)] = 16
     kv_cache_dtype: KvCacheDtype = "auto"
     enable_prefix_caching: bool = True
+    rope_scaling: RopeScaling | None = None
     extra_args: list[str] = Field(default_factory=list)
 
     @field_validator("extra_args")
@@ -545,14 +558,24 @@ def _is_union_tag(part: str | int) -> bool:
     )
 
 
-def load_config(file: Path, *, check_fit: bool = True) -> HxpConfig:
+def load_config(
+    file: Path,
+    *,
+    text: bytes | None = None,
+    check_fit: bool = True,
+    check_secrets: bool = False,
+) -> HxpConfig:
     """Load and fully validate ``file``; raise ConfigError listing every problem.
 
+    ``text`` is the file's content when it does not come from ``file`` (stdin); ``file`` then only
+    names it in messages, and relative paths start from the working directory.
     ``check_fit`` runs the GPU planner as the last rule (a model that does not fit its GPUs is a
     configuration error). It reads model config.json files named by ``source.local_path``.
+    ``check_secrets`` also requires every env: and file: secret reference to resolve on this
+    machine (render and deploy need the values; validate does not).
     """
     try:
-        data, lines = load_yaml(file)
+        data, lines = load_yaml(file, text=text)
     except YamlSourceError as exc:
         raise ConfigError(file, [Problem((), exc.message, exc.line)]) from None
     if not isinstance(data, dict):

@@ -195,6 +195,11 @@ def vllm_instance_vars(cfg: HxpConfig, inst: Instance) -> Vars:
         "quantization": engine.quantization,
         "kv_cache_dtype": engine.kv_cache_dtype,
         "enable_prefix_caching": engine.enable_prefix_caching,
+        "rope_scaling": (
+            engine.rope_scaling.model_dump(mode="json", exclude_none=True)
+            if engine.rope_scaling
+            else None
+        ),
         "extra_args": engine.extra_args,
         "memory_limit_gb": model.memory_limit_gb,
         "cpu_cores": model.cpu_cores,

@@ -82,10 +82,11 @@ def _index_lines(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> N
             _index_lines(item, (*path, index), lines)
 
 
-def load_yaml(file: Path) -> tuple[Any, LineMap]:
-    """Parse ``file`` and return its data with a line map; raise YamlSourceError on failure."""
+def load_yaml(file: Path, *, text: bytes | None = None) -> tuple[Any, LineMap]:
+    """Parse ``file`` (or ``text``, its content, e.g. from stdin) and return its data with a
+    line map; raise YamlSourceError on failure."""
     try:
-        text = file.read_text(encoding="utf-8")
+        content = text.decode("utf-8") if text is not None else file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise YamlSourceError("file not found; check the path") from None
     except IsADirectoryError:
@@ -93,8 +94,8 @@ def load_yaml(file: Path) -> tuple[Any, LineMap]:
     except (OSError, UnicodeDecodeError) as exc:
         raise YamlSourceError(f"cannot read: {exc}") from None
     try:
-        node = yaml.compose(text, Loader=_UniqueKeyLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+        node = yaml.compose(content, Loader=_UniqueKeyLoader)
+        data = yaml.load(content, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
