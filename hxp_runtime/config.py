@@ -8,15 +8,19 @@ tensor parallelism, GPU fit). All problems are collected and raised together as 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import re
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,6 +38,35 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
 SqlName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+
+
+def _one_line(value: str) -> str:
+    # Such values end up in systemd units and environment files, which are line oriented: a
+    # newline there would start a directive of the attacker's choosing.
+    if _CONTROL_CHARS.search(value):
+        raise ValueError(
+            "control characters (newline, tab, NUL...) are not allowed here: the value is "
+            "written into unit and configuration files; remove them"
+        )
+    return value
+
+
+def _host_path(value: str) -> str:
+    if not _HOST_PATH_RE.match(value) or "/../" in f"{value}/":
+        raise ValueError(
+            "must be an absolute path on the host made of letters, digits and . _ - / @ + "
+            "(no spaces, quotes or '..'), e.g. /srv/models/phi-3-mini"
+        )
+    return value
+
+
+# Any string that reaches a host's files: one line, bounded.
+Text = Annotated[str, Field(max_length=1024), AfterValidator(_one_line)]
+HostPath = Annotated[str, Field(max_length=4096), AfterValidator(_host_path)]
+UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 
 
 class Strict(BaseModel):
@@ -53,12 +86,17 @@ REFERENCE_HINT = (
     "give a secret reference instead of the value: env:VARIABLE, file:/absolute/path "
     "or vault:ansible_variable"
 )
-_SECRET_RE = re.compile(r"^(env|file|vault):(.+)$")
+_SECRET_RE = re.compile(r"^(env|file|vault):(.+)\Z", re.DOTALL)
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SecretRef(Strict):
-    """Where a secret lives. hxp.yml never holds a secret value itself."""
+    """Where a secret lives. hxp.yml never holds a secret value itself.
+
+    Written as ``scheme:value`` or as a mapping ``{scheme: ..., value: ...}``; both forms go
+    through the same checks, and no message ever repeats what was given (it may be a value
+    pasted in by mistake).
+    """
 
     scheme: SecretScheme
     value: str
@@ -74,24 +112,51 @@ class SecretRef(Strict):
         if not match:
             raise ValueError(f"plaintext secret is not allowed; {REFERENCE_HINT}")
         scheme, value = match.groups()
-        if scheme == "env" and not _ENV_RE.match(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        if scheme == "file" and not value.startswith("/"):
-            raise ValueError(f"secret file {value!r} must be an absolute path")
-        if scheme == "vault" and not _ENV_RE.match(value):
-            raise ValueError(f"{value!r} is not an Ansible variable name")
         return {"scheme": scheme, "value": value}
+
+    @model_validator(mode="after")
+    def _check_value(self) -> SecretRef:
+        if self.scheme is SecretScheme.ENV and not _ENV_RE.match(self.value):
+            raise ValueError(
+                "after env: comes an environment variable name (letters, digits, _; "
+                f"not starting with a digit); {REFERENCE_HINT}"
+            )
+        if self.scheme is SecretScheme.FILE and (
+            not self.value.startswith("/") or "\x00" in self.value
+        ):
+            raise ValueError("after file: comes an absolute path (starting with /)")
+        if self.scheme is SecretScheme.VAULT and not _ENV_RE.match(self.value):
+            raise ValueError(
+                "after vault: comes an Ansible variable name (letters, digits, _; "
+                "not starting with a digit)"
+            )
+        return self
 
     def __str__(self) -> str:
         return f"{self.scheme.value}:{self.value}"
 
-    def ansible_expression(self) -> str:
-        """The Jinja expression Ansible evaluates on the controller to obtain the value."""
+    def unresolvable(self) -> str | None:
+        """Why this reference cannot be resolved on this machine now, or None.
+
+        vault: references are resolved by Ansible from the vault files of the run and are not
+        checked here.
+        """
         if self.scheme is SecretScheme.ENV:
-            return f"{{{{ lookup('ansible.builtin.env', '{self.value}') }}}}"
-        if self.scheme is SecretScheme.FILE:
-            return f"{{{{ lookup('ansible.builtin.file', '{self.value}') }}}}"
-        return f"{{{{ {self.value} }}}}"
+            if not os.environ.get(self.value):
+                return (
+                    f"the environment variable {self.value} is not set (or empty) on this "
+                    "machine; export it before rendering or deploying, or change the reference"
+                )
+        elif self.scheme is SecretScheme.FILE:
+            path = Path(self.value)
+            if not path.is_file():
+                return (
+                    f"the secret file {self.value!r} does not exist; create it (mode 0600) "
+                    "or change the reference"
+                )
+            if not os.access(path, os.R_OK):
+                return f"the secret file {self.value!r} is not readable by this user"
+        return None
 
 
 # --------------------------------------------------------------------------- hosts
@@ -107,18 +172,37 @@ class HostGroup(StrEnum):
 
 class Gpu(Strict):
     index: Annotated[int, Field(ge=0)]
-    name: str = "NVIDIA GPU"
+    name: Text = "NVIDIA GPU"
     memory_gb: PositiveFloat = Field(description="GPU memory in GiB, as nvidia-smi reports it")
 
 
 class Host(Strict):
     name: Name
-    address: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ssh_user: str = "root"
+    address: ipaddress.IPv4Address
+    ssh_user: UserName = "root"
     ssh_port: Port = 22
     groups: list[HostGroup] = Field(min_length=1)
     accelerator: Literal["nvidia", "cpu"] = "nvidia"
     gpus: list[Gpu] = Field(default_factory=list)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _ipv4_only(cls, value: Any) -> Any:
+        # IPv6 is refused rather than half supported: the lab, the firewall-free flows and the
+        # URLs hxp writes (http://ADDRESS:PORT) are built and tested on IPv4 only.
+        if isinstance(value, str):
+            try:
+                address = ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    "not an IP address; give the host's IPv4 address, e.g. 192.0.2.10"
+                ) from None
+            if address.version == 6:
+                raise ValueError(
+                    "IPv6 host addresses are not supported; give the host's IPv4 address "
+                    "(hxp's roles, URLs and lab are built and tested on IPv4)"
+                )
+        return value
 
     def gpu_by_index(self) -> dict[int, Gpu]:
         return {gpu.index: gpu for gpu in self.gpus}
@@ -128,12 +212,12 @@ class Host(Strict):
 
 
 class ModelSource(Strict):
-    path: str | None = Field(None, description="model directory on the LLM host")
-    artifact: str | None = Field(None, description="name of a model directory in the bundle")
+    path: HostPath | None = Field(None, description="model directory on the LLM host")
+    artifact: Text | None = Field(None, description="name of a model directory in the bundle")
     local_path: Path | None = Field(
         None, description="the same model's directory on the controller, read to size it"
     )
-    hf_id: str | None = Field(None, description="where the weights come from; informational")
+    hf_id: Text | None = Field(None, description="where the weights come from; informational")
 
     @model_validator(mode="after")
     def _one_location(self) -> ModelSource:
@@ -196,7 +280,7 @@ class Engine(Strict):
     kv_cache_dtype: KvCacheDtype = "auto"
     enable_prefix_caching: bool = True
     rope_scaling: RopeScaling | None = None
-    extra_args: list[str] = Field(default_factory=list)
+    extra_args: list[Text] = Field(default_factory=list)
 
     @field_validator("extra_args")
     @classmethod
@@ -219,8 +303,8 @@ class Model(Strict):
     name: Name
     preset: str | None = None
     task: Literal["generate", "embed"] = "generate"
-    served_name: str | None = None
-    aliases: list[str] = Field(default_factory=list)
+    served_name: Text | None = None
+    aliases: list[Text] = Field(default_factory=list)
     host: str | None = Field(None, description="defaults to the only host in group llm")
     source: ModelSource = Field(default_factory=ModelSource)
     port: Port
@@ -229,7 +313,7 @@ class Model(Strict):
     architecture: Architecture | None = None
     memory_limit_gb: PositiveFloat
     cpu_cores: Annotated[int, Field(ge=1)]
-    categories: list[str] = Field(default_factory=list)
+    categories: list[Text] = Field(default_factory=list)
     slo: Slo
 
     @model_validator(mode="before")
@@ -270,7 +354,14 @@ class Category(Strict):
     examples: list[str] = Field(
         default_factory=list, description="prompts whose embeddings form the prototype"
     )
-    keywords: list[str] = Field(default_factory=list)
+    keywords: list[Text] = Field(default_factory=list)
+
+    @field_validator("keywords")
+    @classmethod
+    def _no_blank_keyword(cls, keywords: list[str]) -> list[str]:
+        if any(not k.strip() for k in keywords):
+            raise ValueError("a blank keyword matches every prompt; remove it")
+        return keywords
 
 
 class ApiKeyRef(Strict):
@@ -308,7 +399,7 @@ class Retries(Strict):
 
 
 class Semantic(Strict):
-    embedding_model: str | None = Field(None, description="a model with task: embed")
+    embedding_model: Text | None = Field(None, description="a model with task: embed")
     temperature: PositiveFloat = 0.1
 
 
@@ -322,9 +413,9 @@ class RouterPolicy(Strict):
     strategies: list[Strategy] = Field(
         default_factory=lambda: [Strategy.EXPLICIT, Strategy.LEAST_OUTSTANDING], min_length=1
     )
-    default_model: str | None = None
-    categories: dict[str, Category] = Field(default_factory=dict)
-    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    default_model: Text | None = None
+    categories: dict[Text, Category] = Field(default_factory=dict)
+    fallbacks: dict[Text, list[Text]] = Field(default_factory=dict)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     cache: ResponseCache = Field(default_factory=ResponseCache)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
@@ -354,7 +445,7 @@ class Database(Strict):
     router_user: SqlName = "hxp_router"
     router_password: SecretRef
     exporter_port: Port = 9187
-    backup_dir: str = "/var/backups/hxp/postgresql"
+    backup_dir: HostPath = "/var/backups/hxp/postgresql"
 
 
 class Distance(StrEnum):
@@ -377,7 +468,7 @@ class VectorDb(Strict):
     prefer_grpc: bool = True
     api_key: SecretRef
     collections: list[Collection] = Field(default_factory=list)
-    snapshot_dir: str = "/var/backups/hxp/qdrant"
+    snapshot_dir: HostPath = "/var/backups/hxp/qdrant"
 
 
 class Cache(Strict):
@@ -464,21 +555,22 @@ class HxpConfig(Strict):
         return index
 
     def secret_refs(self) -> list[SecretRef]:
-        return list(_walk_secret_refs(self))
+        return [ref for _, ref in walk_secret_refs(self)]
 
 
-def _walk_secret_refs(node: Any) -> Iterator[SecretRef]:
+def walk_secret_refs(node: Any, path: PathKey = ()) -> Iterator[tuple[PathKey, SecretRef]]:
+    """Every secret reference under ``node`` with the path of its field."""
     if isinstance(node, SecretRef):
-        yield node
+        yield path, node
     elif isinstance(node, BaseModel):
         for name in type(node).model_fields:
-            yield from _walk_secret_refs(getattr(node, name))
+            yield from walk_secret_refs(getattr(node, name), (*path, name))
     elif isinstance(node, list | tuple):
-        for item in node:
-            yield from _walk_secret_refs(item)
+        for i, item in enumerate(node):
+            yield from walk_secret_refs(item, (*path, i))
     elif isinstance(node, dict):
-        for item in node.values():
-            yield from _walk_secret_refs(item)
+        for key, item in node.items():
+            yield from walk_secret_refs(item, (*path, key))
 
 
 # --------------------------------------------------------------------------- errors
@@ -520,7 +612,12 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
-def _pydantic_problems(exc: ValidationError, lines: LineMap) -> list[Problem]:
+def _pydantic_problems(
+    exc: ValidationError, lines: LineMap, root: type[BaseModel] | None = None
+) -> list[Problem]:
+    """pydantic's errors of validating a document against ``root`` (default: HxpConfig), one
+    problem per field, with its line."""
+    root = root or HxpConfig
     by_path: dict[PathKey, list[str]] = {}
     inputs: dict[PathKey, Any] = {}
     for err in exc.errors(include_url=False):
@@ -528,24 +625,78 @@ def _pydantic_problems(exc: ValidationError, lines: LineMap) -> list[Problem]:
         kind = err["type"]
         msg = err["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}; remove it or check its spelling"
+            msg = _unknown_key_message(root, loc)
         elif kind == "missing":
             msg = "required field is missing; add it"
         by_path.setdefault(loc, []).append(msg)
         inputs[loc] = err.get("input")
     problems = []
     for loc, messages in by_path.items():
-        # A union (e.g. gpus: auto | count | ids) fails once per member: say it once.
+        # A union (e.g. gpus: auto | count | ids) fails once per member: say it once. What was
+        # given is repeated only where it cannot be a secret pasted in by mistake.
+        given = "it" if _schema_type_at(root, loc) is SecretRef else repr(inputs[loc])
         message = (
             messages[0]
             if len(messages) == 1
-            else (
-                f"{inputs[loc]!r} is not valid: "
-                + "; or ".join(m[0].lower() + m[1:] for m in messages)
-            )
+            else f"{given} is not valid: " + "; or ".join(m[0].lower() + m[1:] for m in messages)
         )
         problems.append(Problem(loc, message, lines.line_of(loc)))
     return problems
+
+
+def _unknown_key_message(root: type[BaseModel], loc: PathKey) -> str:
+    key = str(loc[-1])
+    owner = _schema_type_at(root, loc[:-1])
+    allowed = (
+        sorted(owner.model_fields)
+        if isinstance(owner, type) and issubclass(owner, BaseModel)
+        else []
+    )
+    hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    text = f"unknown key {key!r}; "
+    text += f"did you mean {hint[0]!r}?" if hint else "remove it or check its spelling"
+    if allowed:
+        text += f" (allowed here: {', '.join(allowed)})"
+    return text
+
+
+def _schema_type_at(root: type[BaseModel], path: PathKey) -> Any:
+    """The schema type (a model class, or a list/dict type) of the field at ``path``."""
+    node: Any = root
+    for part in path:
+        node = _unwrap(node)
+        origin = get_origin(node)
+        if isinstance(node, type) and issubclass(node, BaseModel) and isinstance(part, str):
+            field = node.model_fields.get(part)
+            if field is None:
+                return None
+            node = field.annotation
+        elif origin is list and isinstance(part, int):
+            node = get_args(node)[0]
+        elif origin is dict:
+            node = get_args(node)[1]
+        else:
+            return None
+    return _unwrap(node)
+
+
+def _unwrap(node: Any) -> Any:
+    """Strip Annotated[...] and pick the structured member of an Optional or union."""
+    while True:
+        origin = get_origin(node)
+        if origin is Annotated:
+            node = get_args(node)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(node) if a is not type(None)]
+            structured = [
+                a
+                for a in members
+                if get_origin(a) in (list, dict)
+                or (isinstance(a, type) and issubclass(a, BaseModel))
+            ]
+            node = (structured or members)[0]
+        else:
+            return node
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -558,6 +709,96 @@ def _is_union_tag(part: str | int) -> bool:
     )
 
 
+# Top-level lists whose entries are validated one by one when some of them are invalid.
+_ENTRY_LISTS = ("hosts", "models")
+# Required top-level fields and a stand-in that lets the other rules run when they are invalid.
+_STAND_INS: dict[str, Any] = {"name": "invalid-name"}
+
+
+@dataclass
+class _Salvage:
+    """The valid part of a document whose schema validation failed, and how its list positions
+    map back to the file's."""
+
+    positions: dict[str, list[int]]
+    dropped: Dropped
+
+    def original(self, path: PathKey) -> PathKey:
+        if len(path) >= 2 and path[0] in self.positions and isinstance(path[1], int):
+            return (path[0], self.positions[str(path[0])][path[1]], *path[2:])
+        return path
+
+
+def _entry_names(entry: Any) -> set[str]:
+    if not isinstance(entry, dict):
+        return set()
+    names = [entry.get("name"), entry.get("served_name")]
+    aliases = entry.get("aliases")
+    if isinstance(aliases, list):
+        names.extend(aliases)
+    return {n for n in names if isinstance(n, str)}
+
+
+def _entry_groups(entry: Any) -> set[HostGroup]:
+    """The groups a host entry names, or every group when they cannot be read."""
+    wanted = entry.get("groups") if isinstance(entry, dict) else None
+    known = {g.value for g in HostGroup}
+    if isinstance(wanted, list) and all(isinstance(g, str) and g in known for g in wanted):
+        return {HostGroup(g) for g in wanted}
+    return set(HostGroup)
+
+
+def _salvage(data: dict[str, Any], problems: list[Problem]) -> tuple[HxpConfig, _Salvage] | None:
+    """Leave out what failed validation, so the cross-field rules and the planner can check the
+    rest; None when too little is left to check (hosts unusable)."""
+    doc = dict(data)
+    bad_entries: dict[str, set[int]] = {key: set() for key in _ENTRY_LISTS}
+    for problem in problems:
+        path = problem.path
+        if not path:
+            return None
+        top = str(path[0])
+        if top in _ENTRY_LISTS and len(path) >= 2 and isinstance(path[1], int):
+            bad_entries[top].add(path[1])
+        elif len(path) >= 2 and isinstance(doc.get(top), dict) and top not in _ENTRY_LISTS:
+            section = dict(doc[top])
+            section.pop(path[1], None)  # back to the field's default
+            doc[top] = section
+        elif top in _STAND_INS:
+            doc[top] = _STAND_INS[top]
+        else:
+            doc.pop(top, None)
+    names: set[str] = set()
+    positions: dict[str, list[int]] = {}
+    for key in _ENTRY_LISTS:
+        entries = doc.get(key)
+        if not isinstance(entries, list):
+            continue
+        positions[key] = [i for i in range(len(entries)) if i not in bad_entries[key]]
+        for i in bad_entries[key]:
+            names |= _entry_names(entries[i])
+        doc[key] = [entries[i] for i in positions[key]]
+    groups: set[HostGroup] = set()
+    hosts = data.get("hosts")
+    for i in bad_entries["hosts"]:
+        groups |= _entry_groups(hosts[i] if isinstance(hosts, list) else None)
+    dropped = Dropped(frozenset(names), frozenset(groups))
+    for _ in range(3):
+        try:
+            return HxpConfig.model_validate(doc), _Salvage(positions, dropped)
+        except ValidationError as exc:
+            # What still fails only fails because of what was left out: leave out its whole
+            # section too, quietly (an entry list or the hosts cannot be left out).
+            tops = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            if tops & {"hosts", "name"} or not tops:
+                return None
+            for top in tops:
+                if top in _ENTRY_LISTS:
+                    return None
+                doc.pop(top, None)
+    return None
+
+
 def load_config(
     file: Path,
     *,
@@ -567,6 +808,9 @@ def load_config(
 ) -> HxpConfig:
     """Load and fully validate ``file``; raise ConfigError listing every problem.
 
+    Every stage runs on what the stages before it found valid, so one pass reports the schema's,
+    the cross-field rules' and the planner's problems together, without follow-on problems of
+    entries that are already reported.
     ``text`` is the file's content when it does not come from ``file`` (stdin); ``file`` then only
     names it in messages, and relative paths start from the working directory.
     ``check_fit`` runs the GPU planner as the last rule (a model that does not fit its GPUs is a
@@ -584,24 +828,74 @@ def load_config(
         )
     # Top-level "x-" keys hold YAML anchors for reuse (as in Compose files); hxp ignores them.
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    problems: list[Problem] = []
     try:
         cfg = HxpConfig.model_validate(data)
+        salvage = _Salvage({}, Dropped())
     except ValidationError as exc:
-        raise ConfigError(file, _pydantic_problems(exc, lines)) from None
-    cfg._source_file = file
-    problems = list(cross_field_problems(cfg))
-    if not problems and check_fit:
-        from hxp_runtime.planner import PlanError, plan_deployment  # noqa: PLC0415 - cycle
-
-        try:
-            plan_deployment(cfg)
-        except PlanError as exc:
-            problems.extend(Problem(p.path, p.message) for p in exc.problems)
+        problems = _pydantic_problems(exc, lines)
+        salvaged = _salvage(data, problems)
+        if salvaged is None:
+            raise ConfigError(file, _with_lines(problems, lines)) from None
+        cfg, salvage = salvaged
+    cfg._source_file = file if text is None else None
+    later = list(cross_field_problems(cfg, salvage.dropped))
+    if check_secrets:
+        later.extend(_secret_problems(cfg))
+    if check_fit:
+        later.extend(_plan_problems(cfg, later, salvage.dropped))
+    problems.extend(Problem(salvage.original(p.path), p.message) for p in later)
     if problems:
-        raise ConfigError(
-            file, [Problem(p.path, p.message, lines.line_of(p.path)) for p in problems]
-        )
+        raise ConfigError(file, _with_lines(problems, lines))
     return cfg
+
+
+def _with_lines(problems: list[Problem], lines: LineMap) -> list[Problem]:
+    return [Problem(p.path, p.message, lines.line_of(p.path)) for p in problems]
+
+
+def _secret_problems(cfg: HxpConfig) -> Iterator[Problem]:
+    for path, ref in walk_secret_refs(cfg):
+        reason = ref.unresolvable()
+        if reason:
+            yield Problem(path, f"secret reference {ref}: {reason}")
+
+
+def _plan_problems(cfg: HxpConfig, found: list[Problem], dropped: Dropped) -> list[Problem]:
+    """The planner's problems for the models no earlier rule found fault with."""
+    from hxp_runtime.planner import PlanError, plan_deployment  # noqa: PLC0415 - cycle
+
+    faulty_hosts = {
+        cfg.hosts[p.path[1]].name
+        for p in found
+        if p.path[:1] == ("hosts",) and len(p.path) > 1 and isinstance(p.path[1], int)
+    }
+    known_hosts = {h.name for h in cfg.hosts}
+    plannable: list[int] = []
+    for i, model in enumerate(cfg.models):
+        host = resolve_host(cfg, model.host, HostGroup.LLM)
+        if (
+            host in known_hosts
+            and host not in faulty_hosts
+            and not (model.host is None and HostGroup.LLM in dropped.groups)
+            and not any(p.path[:2] == ("models", i) for p in found)
+        ):
+            plannable.append(i)
+    subset = cfg.model_copy(update={"models": [cfg.models[i] for i in plannable]})
+    subset._source_file = cfg._source_file
+    try:
+        plan_deployment(subset)
+    except PlanError as exc:
+        return [
+            Problem(
+                ("models", plannable[p.path[1]], *p.path[2:])
+                if len(p.path) > 1 and isinstance(p.path[1], int)
+                else p.path,
+                p.message,
+            )
+            for p in exc.problems
+        ]
+    return []
 
 
 # --------------------------------------------------------------------------- cross-field rules
@@ -629,9 +923,13 @@ def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | 
 
 
 def _host_rule(
-    cfg: HxpConfig, wanted: str | None, group: HostGroup, path: PathKey, what: str
+    cfg: HxpConfig, wanted: str | None, group: HostGroup, path: PathKey, what: str, dropped: Dropped
 ) -> Iterator[Problem]:
     names = {h.name: h for h in cfg.hosts}
+    if (wanted is None and group in dropped.groups) or (
+        wanted in dropped.names and wanted not in names
+    ):
+        return
     if wanted is None:
         members = cfg.hosts_in(group)
         if len(members) != 1:
@@ -704,8 +1002,19 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
                 )
 
 
-def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
+@dataclass(frozen=True)
+class Dropped:
+    """What was left out of a config because it failed validation (its problems are reported
+    already): the rules skip what would only repeat them."""
+
+    names: frozenset[str] = frozenset()  # hosts, models, served names and aliases
+    # Groups a left-out host may have been in: who is in them is not known.
+    groups: frozenset[HostGroup] = frozenset()
+
+
+def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterator[Problem]:
     """Every rule that spans more than one field; yields all problems, never stops early."""
+    dropped_names = dropped.names
     yield from _duplicates(
         [(h.name, ("hosts", i, "name")) for i, h in enumerate(cfg.hosts)], "host name"
     )
@@ -751,9 +1060,9 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
     # Hosts and groups.
     for i, model in enumerate(cfg.models):
         yield from _host_rule(
-            cfg, model.host, HostGroup.LLM, ("models", i), f"model {model.name!r}"
+            cfg, model.host, HostGroup.LLM, ("models", i), f"model {model.name!r}", dropped
         )
-    yield from _host_rule(cfg, cfg.router.host, HostGroup.LLM, ("router",), "the router")
+    yield from _host_rule(cfg, cfg.router.host, HostGroup.LLM, ("router",), "the router", dropped)
     sections: list[tuple[str, Database | VectorDb | Cache | Metrics | None, HostGroup]] = [
         ("database", cfg.database, HostGroup.DATABASE),
         ("vector_db", cfg.vector_db, HostGroup.VECTOR),
@@ -762,7 +1071,7 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
     ]
     for key, section, group in sections:
         if section is not None:
-            yield from _host_rule(cfg, section.host, group, (key,), key)
+            yield from _host_rule(cfg, section.host, group, (key,), key, dropped)
 
     # host:port clashes.
     taken: dict[tuple[str, int], str] = {}
@@ -777,29 +1086,56 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
             )
         taken.setdefault((on_host, port), label)
 
-    # References to models.
+    # References to models. A name defined by an entry that failed validation is unknown here
+    # but not missing: its entry's own problem is already reported.
     index = cfg.routing_index()
     known = ", ".join(sorted(index)) or "(no models defined)"
+
+    def unknown(name: str) -> bool:
+        return name not in index and name not in dropped_names
+
     for name, chain in cfg.router.fallbacks.items():
-        if name not in index:
+        if unknown(name):
             yield Problem(
                 ("router", "fallbacks", name),
                 f"fallback for unknown model {name!r}; known: {known}",
             )
         for j, target in enumerate(chain):
-            if target not in index:
+            if unknown(target):
                 yield Problem(
                     ("router", "fallbacks", name, j),
                     f"fallback to unknown model {target!r}; known: {known}",
                 )
+            elif target not in index:
+                continue
             elif index.get(name) is index[target]:
                 yield Problem(("router", "fallbacks", name, j), f"{target!r} falls back to itself")
-    if cfg.router.default_model is not None and cfg.router.default_model not in index:
+            elif name in index and index[name].task != index[target].task:
+                yield Problem(
+                    ("router", "fallbacks", name, j),
+                    f"{target!r} (task: {index[target].task}) cannot answer the requests "
+                    f"{name!r} (task: {index[name].task}) gets; fall back to a model with "
+                    f"task: {index[name].task}",
+                )
+    default = cfg.router.default_model
+    if default is not None and unknown(default):
+        yield Problem(("router", "default_model"), f"unknown model {default!r}; known: {known}")
+    elif default in index and index[default].task != "generate":
         yield Problem(
             ("router", "default_model"),
-            f"unknown model {cfg.router.default_model!r}; known: {known}",
+            f"{default!r} is an embeddings model (task: embed) and cannot answer chat or "
+            "completion requests; choose a model with task: generate",
         )
+    served: set[str] = set()
     for i, model in enumerate(cfg.models):
+        if model.task == "embed" and model.categories:
+            yield Problem(
+                ("models", i, "categories"),
+                f"{model.name!r} is an embeddings model (task: embed) and cannot serve a "
+                "routing category; remove its categories",
+            )
+            continue
+        served.update(model.categories)
         for j, category in enumerate(model.categories):
             if cfg.router.categories and category not in cfg.router.categories:
                 yield Problem(
@@ -807,8 +1143,27 @@ def cross_field_problems(cfg: HxpConfig) -> Iterator[Problem]:
                     f"category {category!r} is not defined under router.categories; "
                     f"defined: {', '.join(sorted(cfg.router.categories))}",
                 )
+    for name, spec in cfg.router.categories.items():
+        # Only hxp.yml can say `keywords: []`; the router's own settings file lists every field.
+        if "keywords" in spec.model_fields_set and not spec.keywords:
+            yield Problem(
+                ("router", "categories", name, "keywords"),
+                "an empty keyword list matches no prompt; add keywords or remove the key",
+            )
+    if not dropped_names:
+        for category in cfg.router.categories:
+            if category not in served:
+                yield Problem(
+                    ("router", "categories", category),
+                    f"no model serves category {category!r}; add it to the categories of a "
+                    "model with task: generate, or remove it",
+                )
     semantic = cfg.router.semantic.embedding_model
-    if semantic is not None and (semantic not in index or index[semantic].task != "embed"):
+    if (
+        semantic is not None
+        and not (semantic in dropped_names and semantic not in index)
+        and (semantic not in index or index[semantic].task != "embed")
+    ):
         yield Problem(
             ("router", "semantic", "embedding_model"),
             f"{semantic!r} is not a model with task: embed; define one or fix the name",

@@ -56,6 +56,14 @@ class Progress:
             self.counts.setdefault(host, Counter())[status] += 1
             if status in {"failed", "unreachable"}:
                 message = result.get("msg") or result.get("stderr") or "see the event log"
+                # A loop fails as a whole ("One or more items failed"): say which and why.
+                item_messages = [
+                    str(item["msg"])
+                    for item in result.get("results") or []
+                    if isinstance(item, dict) and item.get("failed") and item.get("msg")
+                ]
+                if item_messages:
+                    message = "; ".join(item_messages)
                 line = f"{host}: {data.get('task', '')}: {message}"
                 self.failures.append(line)
                 self.console.print(f"    [red]{status}[/] {line}", highlight=False)

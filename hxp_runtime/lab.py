@@ -255,7 +255,7 @@ def load_lab(file: Path) -> LabSpec:
         doc = LabFile.model_validate(data)
     except ValidationError as exc:
         # The schema's own translation: field paths without union noise, one line per field.
-        raise ConfigError(file, _pydantic_problems(exc, lines)) from None
+        raise ConfigError(file, _pydantic_problems(exc, lines, LabFile)) from None
     problems = lab_problems(doc)
     if problems:
         raise ConfigError(file, [replace(p, line=lines.line_of(p.path)) for p in problems])

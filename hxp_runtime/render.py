@@ -6,27 +6,88 @@ The playbooks' only input is what this module writes:
     OUT/group_vars/all/hxp.yml       deployment-wide variables, one block per role
     OUT/host_vars/HOST/hxp.yml       per-host variables (the vLLM instances of the plan)
 
-Secrets are written as lookups that Ansible evaluates at run time (env, file, vault), never as
-values. Nothing here re-states a schema rule: the config has been validated before rendering.
+Nothing from hxp.yml becomes code. Ansible evaluates every string of an inventory as a Jinja
+template; the strings hxp.yml supplies are data, so each one that could start a template is
+written with the ``!unsafe`` tag, which Ansible never evaluates. Secrets are written as
+references, never as values: ``hxp_secret_refs`` maps each secret field of hxp.yml to its
+reference (data), and the role variable holds one fixed expression that hands that reference to
+the ``hxp_secret`` lookup plugin (plugins/lookup), which resolves it on the controller at run
+time. Nothing here re-states a schema rule: the config has been validated before rendering.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hxp_runtime.config import HostGroup, HxpConfig, SecretRef, resolve_host, service_endpoints
+from hxp_runtime.config import (
+    HostGroup,
+    HxpConfig,
+    SecretRef,
+    format_path,
+    resolve_host,
+    service_endpoints,
+    walk_secret_refs,
+)
 from hxp_runtime.planner import Instance, Plan
 
 HEADER = "# Rendered by `hxp render` from {source}. Do not edit: edit hxp.yml and render again.\n"
 Vars = dict[str, Any]
 
 
-def _secret(ref: SecretRef | None) -> str | None:
-    return ref.ansible_expression() if ref is not None else None
+# Field paths of hxp.yml's schema (identifiers, dots, indices): safe inside the expression.
+_SECRET_KEY = re.compile(r"^[A-Za-z0-9_.\[\]]+$")
+
+
+class Expression(str):
+    """A Jinja expression hxp writes itself, from constants only; the one kind of string in the
+    inventory Ansible may evaluate."""
+
+
+class _InventoryDumper(yaml.SafeDumper):
+    """Writes hxp.yml's strings so that Ansible reads them as data, never as templates."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    # Every Jinja delimiter ({{, {%, {#) starts with "{": a string without one is no template.
+    if "{" in value:
+        return dumper.represent_scalar("!unsafe", value, style='"')
+    return dumper.represent_str(value)
+
+
+def _represent_expression(dumper: yaml.SafeDumper, value: Expression) -> yaml.Node:
+    return dumper.represent_str(str(value))
+
+
+_InventoryDumper.add_representer(str, _represent_str)
+_InventoryDumper.add_representer(Expression, _represent_expression)
+
+
+def dump_inventory_yaml(data: Vars) -> str:
+    return yaml.dump(
+        data, Dumper=_InventoryDumper, sort_keys=False, default_flow_style=False, width=100
+    )
+
+
+def secret_refs(cfg: HxpConfig) -> dict[str, Vars]:
+    """``hxp_secret_refs``: each secret field of hxp.yml (its path) -> its reference, as data."""
+    return {
+        format_path(path): {"scheme": ref.scheme.value, "value": ref.value}
+        for path, ref in walk_secret_refs(cfg)
+    }
+
+
+def _secret(cfg: HxpConfig, ref: SecretRef | None) -> Expression | None:
+    if ref is None:
+        return None
+    key = next(format_path(path) for path, known in walk_secret_refs(cfg) if known is ref)
+    if not _SECRET_KEY.match(key):
+        raise ValueError(f"unexpected secret field path {key!r}")
+    return Expression(f"{{{{ lookup('hxp_secret', hxp_secret_refs['{key}']) }}}}")
 
 
 def _address(cfg: HxpConfig, host: str | None) -> str | None:
@@ -38,6 +99,7 @@ def common_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_deployment_name": cfg.name,
         "hxp_schema_version": cfg.version,
         "hxp_hosts": {h.name: str(h.address) for h in cfg.hosts},
+        "hxp_secret_refs": secret_refs(cfg),
         # Absolute: ansible-runner does not run from where hxp.yml was given.
         "hxp_bundle_path": str((cfg.base_dir / cfg.bundle.path).resolve()) if cfg.bundle else None,
     }
@@ -54,7 +116,7 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         # Each router worker process opens its own pool.
         "hxp_postgresql_client_pools": cfg.router.workers,
         "hxp_postgresql_router_user": db.router_user,
-        "hxp_postgresql_router_password": _secret(db.router_password),
+        "hxp_postgresql_router_password": _secret(cfg, db.router_password),
         "hxp_postgresql_exporter_port": db.exporter_port,
         "hxp_postgresql_backup_dir": db.backup_dir,
         "hxp_postgresql_listen_address": _address(
@@ -72,7 +134,7 @@ def redis_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     return {
         "hxp_redis_port": cache.port,
         "hxp_redis_bind_address": _address(cfg, resolve_host(cfg, cache.host, HostGroup.CACHE)),
-        "hxp_redis_password": _secret(cache.password),
+        "hxp_redis_password": _secret(cfg, cache.password),
         "hxp_redis_maxmemory_mb": cache.maxmemory_mb,
         "hxp_redis_maxmemory_policy": cache.maxmemory_policy,
         "hxp_redis_persistence": cache.persistence,
@@ -88,7 +150,7 @@ def qdrant_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_qdrant_http_port": vec.http_port,
         "hxp_qdrant_grpc_port": vec.grpc_port,
         "hxp_qdrant_bind_address": _address(cfg, resolve_host(cfg, vec.host, HostGroup.VECTOR)),
-        "hxp_qdrant_api_key": _secret(vec.api_key),
+        "hxp_qdrant_api_key": _secret(cfg, vec.api_key),
         "hxp_qdrant_collections": [c.model_dump(mode="json") for c in vec.collections],
         "hxp_qdrant_snapshot_dir": vec.snapshot_dir,
         # Qdrant is installed only from the bundle's release archive. A lab (hxp.yml with a
@@ -141,17 +203,17 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_router_api_keys": [
             {
                 "name": key.name,
-                "secret": _secret(key.secret),
+                "secret": _secret(cfg, key.secret),
                 "requests_per_minute": key.requests_per_minute,
                 "tokens_per_minute": key.tokens_per_minute,
             }
             for key in router.api_keys
         ],
-        "hxp_router_upstream_api_key": _secret(router.upstream_api_key),
+        "hxp_router_upstream_api_key": _secret(cfg, router.upstream_api_key),
         "hxp_router_database_password": _secret(
-            cfg.database.router_password if cfg.database else None
+            cfg, cfg.database.router_password if cfg.database else None
         ),
-        "hxp_router_redis_password": _secret(cfg.cache.password if cfg.cache else None),
+        "hxp_router_redis_password": _secret(cfg, cfg.cache.password if cfg.cache else None),
     }
 
 
@@ -165,7 +227,7 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_metrics_grafana_port": m.grafana_port,
         "hxp_metrics_scrape_interval_s": m.scrape_interval_s,
         "hxp_metrics_retention_days": m.retention_days,
-        "hxp_metrics_grafana_admin_password": _secret(m.grafana_admin_password),
+        "hxp_metrics_grafana_admin_password": _secret(cfg, m.grafana_admin_password),
         "hxp_metrics_node_exporter_port": m.node_exporter_port,
         "hxp_metrics_gpu_exporter_port": m.gpu_exporter_port,
     }
@@ -266,6 +328,5 @@ def render_inventory(cfg: HxpConfig, plan: Plan, out: Path, source: Path) -> lis
             old.unlink()
     for path, data in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
-        path.write_text(header + "---\n" + text, encoding="utf-8")
+        path.write_text(header + "---\n" + dump_inventory_yaml(data), encoding="utf-8")
     return list(files)

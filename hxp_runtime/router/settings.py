@@ -162,7 +162,7 @@ def _load(file: Path, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise SettingsError(file, _pydantic_problems(exc, lines)) from None
+        raise SettingsError(file, _pydantic_problems(exc, lines, model)) from None
 
 
 def load_settings(file: Path) -> RouterSettings:

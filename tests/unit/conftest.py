@@ -27,9 +27,12 @@ models:
     engine: {dtype: float16, max_model_len: 4096, max_num_seqs: 8}
   - name: minilm
     preset: all-minilm-l6-v2
+  - {name: small, port: 11410, memory_limit_gb: 4, cpu_cores: 2, slo: {latency_ms: 500,
+     throughput_rps: 10}, architecture: {params_b: 0.5, num_layers: 4, num_attention_heads: 8,
+     num_kv_heads: 8, head_dim: 64}}
 router:
   fallbacks:
-    phi3: [minilm]
+    phi3: [small]
 database:
   router_password: "env:HXP_DB_PASSWORD"
 cache:

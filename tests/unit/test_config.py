@@ -83,7 +83,8 @@ def test_entry_values_override_the_preset(load_text: Callable[[str], HxpConfig])
 def test_secret_references_parse() -> None:
     assert SecretRef.model_validate("env:HXP_X").scheme is SecretScheme.ENV
     ref = SecretRef.model_validate("file:/etc/hxp/key")
-    assert ref.ansible_expression() == "{{ lookup('ansible.builtin.file', '/etc/hxp/key') }}"
+    assert (ref.scheme, ref.value) == (SecretScheme.FILE, "/etc/hxp/key")
+    assert SecretRef.model_validate({"scheme": "file", "value": "/etc/hxp/key"}) == ref
     assert str(SecretRef.model_validate("vault:vault_key")) == "vault:vault_key"
 
 
@@ -174,11 +175,11 @@ def test_service_whose_group_has_no_host(problems_of: Problems) -> None:
 
 
 def test_fallback_to_unknown_model(problems_of: Problems) -> None:
-    text = BASE.replace("phi3: [minilm]", "phi3: [minilm, gpt-5]")
+    text = BASE.replace("phi3: [small]", "phi3: [small, gpt-5]")
     p = only(problems_of(text))
     assert p.field == "router.fallbacks.phi3[1]"
     assert "fallback to unknown model 'gpt-5'" in p.message
-    assert p.line == line_of(text, "phi3: [minilm, gpt-5]")
+    assert p.line == line_of(text, "phi3: [small, gpt-5]")
 
 
 def test_default_model_unknown(problems_of: Problems) -> None:
@@ -267,7 +268,7 @@ def test_semantic_strategy_needs_an_embeddings_model(problems_of: Problems) -> N
 
 
 def test_every_problem_is_reported_at_once(problems_of: Problems) -> None:
-    text = BASE.replace("phi3: [minilm]", "phi3: [nope]").replace(
+    text = BASE.replace("phi3: [small]", "phi3: [nope]").replace(
         "router:\n", "router:\n  port: 11404\n"
     )
     fields = sorted(p.field for p in problems_of(text))
@@ -308,7 +309,7 @@ def test_document_that_is_not_a_mapping(problems_of: Problems) -> None:
 
 
 def test_error_text_names_file_line_and_field(write_config: Callable[[str], Path]) -> None:
-    text = BASE.replace("phi3: [minilm]", "phi3: [nope]")
+    text = BASE.replace("phi3: [small]", "phi3: [nope]")
     path = write_config(text)
     with pytest.raises(ConfigError) as caught:
         load_config(path)

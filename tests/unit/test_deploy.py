@@ -25,6 +25,7 @@ def test_validation_play_passes_on_a_rendered_inventory(
 ) -> None:
     secret = "value-of-an-env-secret"
     monkeypatch.setenv("HXP_DB_PASSWORD", secret)
+    monkeypatch.setenv("HXP_REDIS_PASSWORD", secret + "-redis")
     source = tmp_path / "hxp.yml"
     source.write_text(BASE)
     cfg = load_config(source)
@@ -39,7 +40,8 @@ def test_validation_play_passes_on_a_rendered_inventory(
     )
     assert rc == 0, buffer.getvalue()
     assert set(progress.counts) == {"llm-1", "db-1"}
-    assert progress.counts["llm-1"]["ok"] == 2
+    # The assertions, and the secrets resolved once, on the controller.
+    assert progress.counts["llm-1"]["ok"] == 3
     assert progress.counts["db-1"]["skipped"] == 1
     assert (tmp_path / "runner").stat().st_mode & 0o077 == 0
     for artifact in (tmp_path / "runner").rglob("*"):
@@ -61,3 +63,25 @@ def test_validation_play_refuses_a_foreign_inventory(tmp_path: Path) -> None:
     assert rc != 0
     assert progress.counts["somehost"]["failed"] == 1
     assert "was not rendered by `hxp render`" in progress.failures[0]
+
+
+def test_validation_play_stops_at_a_secret_that_does_not_resolve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HXP_DB_PASSWORD", "value-of-an-env-secret")
+    source = tmp_path / "hxp.yml"
+    source.write_text(BASE)
+    cfg = load_config(source)
+    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", source)
+    monkeypatch.delenv("HXP_REDIS_PASSWORD", raising=False)
+    buffer = io.StringIO()
+    rc, progress = run_playbook(
+        tmp_path / "inv/hosts.yml",
+        playbook="validate.yml",
+        state_dir=tmp_path / "runner",
+        extra_vars=LOCAL,
+        console=Console(file=buffer, width=200),
+    )
+    assert rc != 0
+    assert "secret reference env:HXP_REDIS_PASSWORD" in progress.failures[0]
+    assert "not set" in progress.failures[0]

@@ -85,7 +85,7 @@ def test_without_a_lab_section_the_defaults_apply(tmp_path: Path) -> None:
         ("10.99.5.1", ":9: hosts[0].address:", "is the bridge's own address"),
         ("10.99.5.255", ":9: hosts[0].address:", "not a host address"),
         ("10.99.5.0", ":9: hosts[0].address:", "not a host address"),
-        ("fd00::1", ":9: hosts[0].address:", "not in the lab subnet"),
+        ("fd00::1", ":9: hosts[0].address:", "IPv6 host addresses are not supported"),
     ],
 )
 def test_bad_addresses_name_the_line(

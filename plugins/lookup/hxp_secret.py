@@ -1,0 +1,87 @@
+"""Ansible lookup plugin: resolve secret references that `hxp render` wrote as data.
+
+The rendered inventory holds, per secret field of hxp.yml, a reference in ``hxp_secret_refs``
+(``{scheme: env|file|vault, value: ...}``) and a role variable with one fixed expression:
+``{{ lookup('hxp_secret', hxp_secret_refs['database.router_password']) }}``. The reference is
+an argument, never part of the expression, so no string from hxp.yml is ever evaluated.
+
+An unresolvable reference fails the run on the controller, naming the field and the reference,
+before the value could reach a host as an empty secret. Messages never contain a secret value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.errors import AnsibleError
+from ansible.plugins.lookup import LookupBase
+
+DOCUMENTATION = """
+name: hxp_secret
+short_description: Resolve a secret reference rendered by hxp render
+description:
+  - Takes references as data (mappings with C(scheme) and C(value)) and returns the secrets.
+  - C(env) reads the controller's environment, C(file) reads a file on the controller (trailing
+    whitespace stripped, as ansible.builtin.file does), C(vault) returns an Ansible variable,
+    typically defined in an ansible-vault encrypted vars file.
+  - A missing, empty or unreadable secret is an error naming the reference.
+options:
+  _terms:
+    description: Secret references, as hxp render writes them in hxp_secret_refs.
+    required: true
+"""
+
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class LookupModule(LookupBase):
+    def run(
+        self, terms: list[Any], variables: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> list[str]:
+        return [self._resolve(ref, variables or {}) for ref in terms]
+
+    def _resolve(self, ref: Any, variables: Mapping[str, Any]) -> str:
+        if not (
+            isinstance(ref, Mapping)
+            and set(ref) == {"scheme", "value"}
+            and ref["scheme"] in ("env", "file", "vault")
+            and isinstance(ref["value"], str)
+        ):
+            raise AnsibleError(
+                "hxp_secret takes a secret reference as hxp render writes it "
+                "({scheme: env|file|vault, value: ...}); render the inventory again"
+            )
+        scheme, value = ref["scheme"], ref["value"]
+        where = f"secret reference {scheme}:{value}"
+        if scheme == "env":
+            secret = os.environ.get(value, "")
+            if not secret:
+                raise AnsibleError(
+                    f"{where}: the environment variable is not set (or empty) on the "
+                    "controller; export it and run again"
+                )
+            return secret
+        if scheme == "file":
+            try:
+                with open(value, encoding="utf-8") as handle:
+                    secret = handle.read().rstrip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise AnsibleError(
+                    f"{where}: cannot read the file on the controller: {reason}"
+                ) from None
+            if not secret:
+                raise AnsibleError(f"{where}: the file is empty; put the secret in it")
+            return secret
+        if not _VARIABLE_NAME.match(value) or value not in variables:
+            raise AnsibleError(
+                f"{where}: the variable is not defined; pass the vault file that defines it "
+                "(for example -e @vault.yml --ask-vault-pass)"
+            )
+        secret = self._templar.template(variables[value])
+        if not isinstance(secret, str) or not secret:
+            raise AnsibleError(f"{where}: the variable is empty or not a string")
+        return secret
