@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from hxp_runtime.config import load_config
-from hxp_runtime.deploy import run_playbook
+from hxp_runtime.deploy import Progress, run_playbook
 from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import render_inventory
 from tests.unit.conftest import BASE
@@ -20,25 +20,34 @@ LOCAL = {
 }
 
 
+def _render_base(tmp_path: Path) -> Path:
+    source = tmp_path / "hxp.yml"
+    source.write_text(BASE)
+    cfg = load_config(source)
+    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", source)
+    return tmp_path / "inv/hosts.yml"
+
+
+def _validation_play(inventory: Path, tmp_path: Path) -> tuple[int, Progress, str]:
+    buffer = io.StringIO()
+    rc, progress = run_playbook(
+        inventory,
+        playbook="validate.yml",
+        state_dir=tmp_path / "runner",
+        extra_vars=LOCAL,
+        console=Console(file=buffer, width=200),
+    )
+    return rc, progress, buffer.getvalue()
+
+
 def test_validation_play_passes_on_a_rendered_inventory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "value-of-an-env-secret"
     monkeypatch.setenv("HXP_DB_PASSWORD", secret)
     monkeypatch.setenv("HXP_REDIS_PASSWORD", secret + "-redis")
-    source = tmp_path / "hxp.yml"
-    source.write_text(BASE)
-    cfg = load_config(source)
-    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", source)
-    buffer = io.StringIO()
-    rc, progress = run_playbook(
-        tmp_path / "inv/hosts.yml",
-        playbook="validate.yml",
-        state_dir=tmp_path / "runner",
-        extra_vars=LOCAL,
-        console=Console(file=buffer, width=200),
-    )
-    assert rc == 0, buffer.getvalue()
+    rc, progress, output = _validation_play(_render_base(tmp_path), tmp_path)
+    assert rc == 0, output
     assert set(progress.counts) == {"llm-1", "db-1"}
     # The assertions, and the secrets resolved once, on the controller.
     assert progress.counts["llm-1"]["ok"] == 3
@@ -52,14 +61,7 @@ def test_validation_play_passes_on_a_rendered_inventory(
 def test_validation_play_refuses_a_foreign_inventory(tmp_path: Path) -> None:
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all:\n  hosts:\n    somehost: {}\n")
-    buffer = io.StringIO()
-    rc, progress = run_playbook(
-        inventory,
-        playbook="validate.yml",
-        state_dir=tmp_path / "runner",
-        extra_vars=LOCAL,
-        console=Console(file=buffer, width=200),
-    )
+    rc, progress, _ = _validation_play(inventory, tmp_path)
     assert rc != 0
     assert progress.counts["somehost"]["failed"] == 1
     assert "was not rendered by `hxp render`" in progress.failures[0]
@@ -69,19 +71,10 @@ def test_validation_play_stops_at_a_secret_that_does_not_resolve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HXP_DB_PASSWORD", "value-of-an-env-secret")
-    source = tmp_path / "hxp.yml"
-    source.write_text(BASE)
-    cfg = load_config(source)
-    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", source)
-    monkeypatch.delenv("HXP_REDIS_PASSWORD", raising=False)
-    buffer = io.StringIO()
-    rc, progress = run_playbook(
-        tmp_path / "inv/hosts.yml",
-        playbook="validate.yml",
-        state_dir=tmp_path / "runner",
-        extra_vars=LOCAL,
-        console=Console(file=buffer, width=200),
-    )
+    monkeypatch.setenv("HXP_REDIS_PASSWORD", "value-of-another-secret")
+    inventory = _render_base(tmp_path)
+    monkeypatch.delenv("HXP_REDIS_PASSWORD")
+    rc, progress, _ = _validation_play(inventory, tmp_path)
     assert rc != 0
     assert "secret reference env:HXP_REDIS_PASSWORD" in progress.failures[0]
     assert "not set" in progress.failures[0]
