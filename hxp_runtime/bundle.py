@@ -521,8 +521,6 @@ class Verification:
         """What roles read: every checked artifact with its absolute path on the controller."""
         return {
             "bundle": str(self.bundle),
-            "valid": self.ok,
-            "problems": self.problems,
             "artifacts": {
                 a.name: {
                     **a.model_dump(mode="json", exclude_none=True),

@@ -5,7 +5,6 @@ Exit codes as for the rest of `hxp`: 0 success, 1 the spec or the bundle is not 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -13,10 +12,8 @@ import typer
 from rich.console import Console
 
 from hxp_runtime.bundle import BundleError, build_bundle, verify_bundle
+from hxp_runtime.cli_output import EXIT_FAILED, EXIT_USAGE, JSON_FLAG, CliProblem, Kind, Report
 from hxp_runtime.config import ConfigError
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 bundle_app = typer.Typer(
     help="Air-gapped artifact bundle: wheels, release archives, model directories, Debian "
@@ -71,21 +68,19 @@ def verify(
         list[str] | None,
         typer.Option("--optional", help="check this artifact if the bundle holds it (repeatable)"),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print machine-readable JSON")] = False,
+    as_json: Annotated[bool, typer.Option(JSON_FLAG, help="print machine-readable JSON")] = False,
 ) -> None:
     """Check every file of the bundle (or of the named artifacts) against its sha256 and size."""
+    report = Report("bundle verify", as_json, str(bundle))
     result = verify_bundle(bundle, artifacts or [], optional or [])
-    if as_json:
-        print(json.dumps(result.to_json(), indent=2))
-    elif result.ok:
-        total = sum(a.size for a in result.artifacts) / MIB
-        out.print(
-            f"[green]verified[/] {result.bundle}: {len(result.artifacts)} artifacts, "
-            f"{total:.1f} MiB, every sha256 and size as in the manifest",
-            highlight=False,
-        )
-    else:
-        for problem in result.problems:
-            _err(problem)
     if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
+        report.fail([CliProblem(Kind.BUNDLE, p, "(bundle)") for p in result.problems], EXIT_FAILED)
+    if as_json:
+        report.succeed(result.to_json())
+        return
+    total = sum(a.size for a in result.artifacts) / MIB
+    out.print(
+        f"[green]verified[/] {result.bundle}: {len(result.artifacts)} artifacts, "
+        f"{total:.1f} MiB, every sha256 and size as in the manifest",
+        highlight=False,
+    )

@@ -1,22 +1,36 @@
 """The `hxp` command line.
 
 Exit codes: 0 success, 1 the configuration (or what it describes) is invalid, 2 usage error
-(unknown option, missing argument, a file that does not exist).
+(unknown option, missing argument, a FILE that does not exist or is a directory). With --json
+every command prints one envelope of the shape hxp.cli/1 on stdout, failures and usage errors
+included (hxp_runtime.cli_output). FILE ``-`` reads hxp.yml from stdin.
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
+from typer import rich_utils
 
 from hxp_runtime.bundle_cli import bundle_app
+from hxp_runtime.cli_output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    JSON_FLAG,
+    CliProblem,
+    Kind,
+    Report,
+    envelope,
+    print_json,
+)
 from hxp_runtime.config import ConfigError, HxpConfig, load_config
 from hxp_runtime.lab_cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
@@ -24,8 +38,10 @@ from hxp_runtime.planner import Plan, plan_deployment
 from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
 
-EXIT_INVALID = 1
-EXIT_USAGE = 2
+STDIN = Path("-")
+STDIN_NAME = Path("<stdin>")
+# A pipe has no width: tables are as wide as their rows, so grep and awk see every name whole.
+PIPE_WIDTH = 10_000
 
 app = typer.Typer(
     name="hxp",
@@ -41,53 +57,72 @@ app.add_typer(keys_app, name="keys")
 out = Console()
 err = Console(stderr=True)
 
-ConfigFile = Annotated[Path, typer.Argument(help="the deployment file (hxp.yml)")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+ConfigFile = Annotated[Path, typer.Argument(help="the deployment file (hxp.yml); - reads stdin")]
+JsonFlag = Annotated[bool, typer.Option(JSON_FLAG, help="print machine-readable JSON")]
 
 
-def load_or_exit(file: Path, *, as_json: bool = False) -> HxpConfig:
-    """Load ``file``; on failure print every problem and exit (2: missing file, 1: invalid)."""
-    if not file.exists():
-        _fail(as_json, file, [f"{file}: file not found; check the path"], EXIT_USAGE)
+def print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"hxp {version('hxp')}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=print_version, is_eager=True, help="print hxp's version"
+        ),
+    ] = False,
+) -> None:
+    """Options of `hxp` itself; the commands carry their own."""
+
+
+def config_name(file: Path) -> Path:
+    """How the config is named in messages, in the JSON envelope and in rendered files."""
+    return STDIN_NAME if file == STDIN else file
+
+
+def report_for(command: str, file: Path, as_json: bool) -> Report:
+    return Report(command, as_json, str(config_name(file)))
+
+
+def load_or_exit(report: Report, file: Path, *, check_secrets: bool = False) -> HxpConfig:
+    """Load ``file`` (``-``: stdin); on failure report every problem and exit (2: FILE missing
+    or a directory, 1: invalid). ``check_secrets``: every env:/file: secret must resolve here."""
+    text = None
+    if file == STDIN:
+        text = sys.stdin.buffer.read()
+    elif file.is_dir():
+        problem = "is a directory; give the hxp.yml file inside it"
+        report.fail([CliProblem(Kind.USAGE, problem, "file", str(file))], EXIT_USAGE)
+    elif not file.exists():
+        problem = "file not found; check the path"
+        report.fail([CliProblem(Kind.USAGE, problem, "file", str(file))], EXIT_USAGE)
     try:
-        return load_config(file)
+        return load_config(config_name(file), text=text, check_secrets=check_secrets)
     except ConfigError as exc:
-        if as_json:
-            _fail(as_json, file, [_problem_json(file, p) for p in exc.errors], EXIT_INVALID)
-        err.print(f"[bold red]invalid:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INVALID) from None
-
-
-def _problem_json(file: Path, problem: Any) -> dict[str, Any]:
-    return {
-        "file": str(file),
-        "line": problem.line,
-        "field": problem.field,
-        "message": problem.message,
-    }
-
-
-def _fail(as_json: bool, file: Path, problems: list[Any], code: int) -> None:
-    if as_json:
-        print(json.dumps({"file": str(file), "valid": False, "problems": problems}, indent=2))
-    else:
-        for problem in problems:
-            err.print(
-                f"[bold red]error:[/] {escape(str(problem))}", highlight=False, soft_wrap=True
-            )
-    raise typer.Exit(code)
+        report.invalid(exc)
 
 
 @app.command()
 def validate(file: ConfigFile, as_json: JsonFlag = False) -> None:
     """Check hxp.yml: types, cross-references, ports, secrets and GPU fit."""
-    cfg = load_or_exit(file, as_json=as_json)
+    report = report_for("validate", file, as_json)
+    cfg = load_or_exit(report, file)
     if as_json:
-        print(json.dumps({"file": str(file), "valid": True, "problems": []}, indent=2))
+        report.succeed(
+            {
+                "name": cfg.name,
+                "hosts": [h.name for h in cfg.hosts],
+                "models": [m.name for m in cfg.models],
+            }
+        )
         return
     out.print(
-        f"[green]valid:[/] {file}: deployment {cfg.name!r}, {len(cfg.hosts)} hosts, "
-        f"{len(cfg.models)} models",
+        f"[green]valid:[/] {escape(str(config_name(file)))}: deployment {cfg.name!r}, "
+        f"{len(cfg.hosts)} hosts, {len(cfg.models)} models",
         highlight=False,
     )
 
@@ -127,28 +162,44 @@ def plan_json(plan: Plan) -> dict[str, Any]:
     }
 
 
+def table_console() -> Console:
+    """stdout for tables: a terminal's width, or no limit when stdout is a pipe or a file."""
+    return out if out.is_terminal else Console(width=PIPE_WIDTH)
+
+
+def plan_table(title: str, columns: dict[str, JustifyMethod]) -> Table:
+    """A table whose cells fold in a narrow terminal instead of ending in an ellipsis."""
+    table = Table(title=title, header_style="bold")
+    for column, justify in columns.items():
+        table.add_column(column, justify=justify, overflow="fold")
+    return table
+
+
 @app.command()
 def plan(file: ConfigFile, as_json: JsonFlag = False) -> None:
     """Show where each model runs: GPUs, tensor parallelism, memory, start order."""
-    cfg = load_or_exit(file, as_json=as_json)
+    report = report_for("plan", file, as_json)
+    cfg = load_or_exit(report, file)
     result = plan_deployment(cfg)
     if as_json:
-        print(json.dumps(plan_json(result), indent=2))
+        report.succeed(plan_json(result))
         return
-    table = Table(title=f"GPU plan for {cfg.name}", header_style="bold")
-    for column in (
-        "model",
-        "host",
-        "GPUs",
-        "TP",
-        "weights GB",
-        "KV GB",
-        "need/GPU GB",
-        "gpu_mem_util",
-        "headroom GB",
-        "start",
-    ):
-        table.add_column(column, justify="left" if column in {"model", "host", "GPUs"} else "right")
+    console = table_console()
+    table = plan_table(
+        f"GPU plan for {cfg.name}",
+        {
+            "model": "left",
+            "host": "left",
+            "GPUs": "left",
+            "TP": "right",
+            "weights GiB": "right",
+            "KV GiB": "right",
+            "need/GPU GiB": "right",
+            "gpu_mem_util": "right",
+            "headroom GiB": "right",
+            "start": "right",
+        },
+    )
     for i in result.instances:
         table.add_row(
             i.model,
@@ -162,11 +213,14 @@ def plan(file: ConfigFile, as_json: JsonFlag = False) -> None:
             f"{i.headroom_gib:.1f}" if i.headroom_gib is not None else "-",
             str(i.start_order),
         )
-    out.print(table)
+    console.print(table)
     if result.gpus:
-        gpus = Table(title="GPUs", header_style="bold")
-        for column in ("host", "GPU", "memory GB", "planned GB", "util sum", "models"):
-            gpus.add_column(column)
+        gpus = plan_table(
+            "GPUs",
+            dict.fromkeys(
+                ("host", "GPU", "memory GiB", "planned GiB", "util sum", "models"), "left"
+            ),
+        )
         for g in result.gpus:
             gpus.add_row(
                 g.host,
@@ -176,23 +230,24 @@ def plan(file: ConfigFile, as_json: JsonFlag = False) -> None:
                 f"{g.utilization_sum:.3f}",
                 ", ".join(g.tenants),
             )
-        out.print(gpus)
-    out.print(
-        "sizes in GiB; KV = worst case (max_model_len x max_num_seqs); "
+        console.print(gpus)
+    console.print(
+        "sizes in GiB (2^30 bytes); KV = worst case (max_model_len x max_num_seqs); "
         "headroom = room vLLM gets beyond the planned need"
     )
 
 
-def write_inventory_or_exit(cfg: HxpConfig, out_dir: Path, source: Path) -> list[Path]:
+def write_inventory_or_exit(
+    report: Report, cfg: HxpConfig, out_dir: Path, source: Path
+) -> list[Path]:
     try:
         return render_inventory(cfg, plan_deployment(cfg), out_dir, source)
     except OSError as exc:
-        err.print(
-            f"[bold red]error:[/] cannot write the inventory into {out_dir}: {exc.strerror} "
-            f"({exc.filename}); choose a writable directory with --out",
-            highlight=False,
+        problem = (
+            f"cannot write the inventory into {out_dir}: {exc.strerror} ({exc.filename}); "
+            "choose a writable directory with --out"
         )
-        raise typer.Exit(EXIT_INVALID) from None
+        report.fail([CliProblem(Kind.IO, problem, "--out")], EXIT_FAILED)
 
 
 @app.command()
@@ -202,12 +257,29 @@ def render(
     as_json: JsonFlag = False,
 ) -> None:
     """Write the Ansible inventory (hosts, group_vars, host_vars) the playbooks run on."""
-    cfg = load_or_exit(file, as_json=as_json)
-    written = write_inventory_or_exit(cfg, out_dir, file)
+    report = report_for("render", file, as_json)
+    cfg = load_or_exit(report, file, check_secrets=True)
+    written = write_inventory_or_exit(report, cfg, out_dir, config_name(file))
     if as_json:
-        print(json.dumps({"inventory": str(out_dir), "files": [str(p) for p in written]}, indent=2))
+        report.succeed({"inventory": str(out_dir), "files": [str(p) for p in written]})
         return
     out.print(f"[green]rendered[/] {len(written)} files into {out_dir}", highlight=False)
+
+
+def lab_inventory(report: Report, file: Path) -> Path:
+    """The inventory `hxp lab up` wrote for the lab of ``file`` (it may not exist yet)."""
+    from hxp_runtime.lab import load_lab  # noqa: PLC0415 - only configs with a lab need it
+
+    if file == STDIN:
+        problem = (
+            "a config with a lab: section cannot come from stdin: its lab's state lives next "
+            "to the file; give the file's path"
+        )
+        report.fail([CliProblem(Kind.USAGE, problem, "file", str(STDIN_NAME))], EXIT_USAGE)
+    try:
+        return load_lab(file).inventory_file
+    except ConfigError as exc:
+        report.invalid(exc)
 
 
 @app.command()
@@ -229,33 +301,32 @@ def deploy(
         bool,
         typer.Option(help="fail if any task changed something (an idempotence check)"),
     ] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Render the inventory and run the playbooks (ansible-runner) against it.
 
     For a config with a `lab:` section whose lab is up, the lab's inventory (SSH key, proxy)
-    is merged in automatically.
+    is merged in automatically. With --json the progress goes to stderr.
     """
     from hxp_runtime.deploy import run_playbook  # noqa: PLC0415 - ansible-runner loads slowly
-    from hxp_runtime.lab import load_lab  # noqa: PLC0415
 
-    cfg = load_or_exit(file)
+    report = report_for("deploy", file, as_json)
+    log = err if as_json else out  # stdout holds only the envelope
+    cfg = load_or_exit(report, file, check_secrets=True)
+    lab = None if cfg.lab is None else lab_inventory(report, file)
     state = Path(".hxp") / cfg.name
     inventory = inventory_dir or state / "inventory"
-    write_inventory_or_exit(cfg, inventory, file)
-    out.print(f"inventory rendered into {inventory}", highlight=False)
+    write_inventory_or_exit(report, cfg, inventory, config_name(file))
+    log.print(f"inventory rendered into {inventory}", highlight=False)
     inventories = [inventory / "hosts.yml", *(extra_inventory or [])]
-    if cfg.lab is not None:
-        lab_inventory = load_lab(file).inventory_file
-        if lab_inventory.is_file():
-            out.print(f"merging the lab's inventory {lab_inventory}", highlight=False)
-            inventories.append(lab_inventory)
+    if lab is not None and lab.is_file():
+        log.print(f"merging the lab's inventory {lab}", highlight=False)
+        inventories.append(lab)
     missing = [p for p in inventories if not p.is_file()]
     if missing:
-        _fail(
-            False,
-            file,
-            [f"{p}: inventory not found; check --inventory" for p in missing],
-            EXIT_USAGE,
+        problem = "inventory not found; check --inventory"
+        report.fail(
+            [CliProblem(Kind.USAGE, problem, "--inventory", str(p)) for p in missing], EXIT_USAGE
         )
     rc, progress = run_playbook(
         inventories,
@@ -264,26 +335,84 @@ def deploy(
         check=check,
         limit=limit,
         tags=tags,
-        console=out,
+        console=log,
     )
     if rc:
-        err.print(f"[bold red]deploy failed[/] ({len(progress.failures)} failed tasks)")
-        raise typer.Exit(EXIT_INVALID)
+        # A playbook can fail before any task (a syntax error): the runner's log says why.
+        failures = progress.failures or [f"ansible-playbook exited with {rc}; see {state}/runner"]
+        report.fail(
+            [CliProblem(Kind.DEPLOY, line, "(playbook)") for line in failures],
+            EXIT_FAILED,
+            human=f"[bold red]deploy failed[/] ({len(progress.failures)} failed tasks)",
+        )
     changed = sum(counts["changed"] for counts in progress.counts.values())
     if expect_no_changes and changed:
-        err.print(f"[bold red]not idempotent:[/] {changed} tasks changed something:")
-        for line in progress.changes:
-            err.print(f"  {line}", highlight=False)
-        raise typer.Exit(EXIT_INVALID)
+        listing = "".join(f"\n  {escape(line)}" for line in progress.changes)
+        report.fail(
+            [
+                CliProblem(Kind.DEPLOY, f"{line}: changed something", "(playbook)")
+                for line in progress.changes
+            ],
+            EXIT_FAILED,
+            human=f"[bold red]not idempotent:[/] {changed} tasks changed something:{listing}",
+        )
+    if as_json:
+        report.succeed(
+            {
+                "inventory": str(inventory),
+                "inventories": [str(p) for p in inventories],
+                "playbook": playbook,
+                "check": check,
+                "changed": changed,
+                "hosts": {host: dict(counts) for host, counts in progress.counts.items()},
+            }
+        )
+        return
     out.print("[green]deploy finished[/]")
 
 
-def main() -> None:
+# typer vendors click privately (typer._click): its errors are caught as the public
+# typer.TyperException and read through click's documented attributes (ctx, param, option_name).
+
+
+def usage_problem(exc: typer.TyperException) -> CliProblem:
+    """click's complaint about the command line, with the parameter it is about."""
+    option = getattr(exc, "option_name", None)  # an unknown option
+    param = getattr(exc, "param", None)  # a missing or bad argument or option: --out, file
+    field = option or (param.opts[0] if param is not None else "(command line)")
+    return CliProblem(Kind.USAGE, exc.format_message(), str(field))
+
+
+def command_path(ctx: Any) -> str | None:
+    """``bundle verify`` for the context of `hxp bundle verify`; None for `hxp` itself."""
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(names) or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `hxp`; a usage error exits 2, as the envelope when --json is on the command line.
+
+    click reports usage errors before a command runs, so no command can: click runs with
+    ``standalone_mode=False`` and its errors are turned into output here.
+    """
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+        code = app(args=args, standalone_mode=False)
+    except typer.TyperException as exc:
+        if JSON_FLAG in args:
+            command = command_path(getattr(exc, "ctx", None))
+            print_json(envelope(command, None, exc.exit_code, None, [usage_problem(exc)]))
+        else:
+            rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
+        return exc.exit_code
+    except typer.Abort:
+        rich_utils.rich_abort_error()
+        return EXIT_FAILED
+    return code if isinstance(code, int) else EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,18 +6,17 @@ Exit codes as for the rest of `hxp`: 0 success, 1 the config or the lab is not u
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from hxp_runtime.cli_output import EXIT_FAILED, EXIT_USAGE, JSON_FLAG, CliProblem, Kind, Report
 from hxp_runtime.config import ConfigError
 from hxp_runtime.lab import (
     RUN_ENV,
@@ -31,9 +30,6 @@ from hxp_runtime.lab import (
     remove_run,
 )
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
 lab_app = typer.Typer(
     help="Local lab: one systemd-nspawn host (systemd, sshd) per host of hxp.yml, on a bridge.",
     no_args_is_help=True,
@@ -42,40 +38,39 @@ out = Console()
 err = Console(stderr=True)
 
 ConfigFile = Annotated[Path, typer.Argument(help="the deployment file (hxp.yml) of the lab")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+JsonFlag = Annotated[bool, typer.Option(JSON_FLAG, help="print machine-readable JSON")]
 
 
-def _err(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+def _lab_failed(report: Report, message: str) -> NoReturn:
+    report.fail([CliProblem(Kind.LAB, message, "(lab)")], EXIT_FAILED)
 
 
 @contextlib.contextmanager
-def _exit_on_lab_error() -> Iterator[None]:
+def _exit_on_lab_error(report: Report) -> Iterator[None]:
     """Turn a LabError into its message and exit status 1."""
     try:
         yield
     except LabError as exc:
-        _err(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
+        _lab_failed(report, str(exc))
 
 
-def _require_root() -> None:
+def _require_root(report: Report) -> None:
     if os.geteuid() != 0:
-        _err("the lab needs root (bridges, mounts, cgroups, systemd-nspawn); run it as root")
-        raise typer.Exit(EXIT_FAILED)
+        _lab_failed(
+            report, "the lab needs root (bridges, mounts, cgroups, systemd-nspawn); run it as root"
+        )
 
 
-def _open(file: Path) -> Lab:
+def _open(report: Report, file: Path) -> Lab:
     """The lab of ``file``, or exit with every problem (file, line, field, what to do)."""
-    _require_root()
+    _require_root(report)
     if not file.is_file():
-        _err(f"{file}: file not found; check the path")
-        raise typer.Exit(EXIT_USAGE)
+        problem = "file not found; check the path"
+        report.fail([CliProblem(Kind.USAGE, problem, "file", str(file))], EXIT_USAGE)
     try:
         spec = load_lab(file)
     except ConfigError as exc:
-        err.print(f"[bold red]invalid:[/] {escape(exc.render())}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED) from None
+        report.invalid(exc)
     return Lab(spec, BaseImage.default(), log=lambda line: err.print(line, highlight=False))
 
 
@@ -108,7 +103,8 @@ def up(
     as_json: JsonFlag = False,
 ) -> None:
     """Boot every host of the config (idempotent) and write an Ansible inventory for them."""
-    lab = _open(file)
+    report = Report("lab up", as_json, str(file))
+    lab = _open(report, file)
     started = time.monotonic()
     fresh = not lab.spec.state_dir.exists()
     try:
@@ -116,10 +112,9 @@ def up(
     except LabError as exc:
         half_up = fresh and lab.spec.state_dir.exists()  # this `up` created something
         hint = f"\nthe lab is half up: `hxp lab down {file}` removes what was created"
-        _err(f"{exc}{hint if half_up else ''}")
-        raise typer.Exit(EXIT_FAILED) from None
+        _lab_failed(report, f"{exc}{hint if half_up else ''}")
     if as_json:
-        print(json.dumps(_summary(spec), indent=2))
+        report.succeed(_summary(spec))
         return
     out.print(
         f"[green]lab {spec.name} up[/] in {time.monotonic() - started:.1f}s: "
@@ -132,8 +127,9 @@ def up(
 @lab_app.command()
 def down(file: ConfigFile) -> None:
     """Stop the hosts and remove everything `up` created (processes, mounts, bridge, cgroups)."""
-    lab = _open(file)
-    with _exit_on_lab_error():
+    report = Report("lab down", False, str(file))
+    lab = _open(report, file)
+    with _exit_on_lab_error(report):
         removed = lab.down()
     message = "removed" if removed else "was not up"
     out.print(f"lab {lab.spec.name} {message}", highlight=False)
@@ -142,8 +138,9 @@ def down(file: ConfigFile) -> None:
 @lab_app.command()
 def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
     """Show each host: address, whether it runs, and its systemd state."""
-    lab = _open(file)
-    with _exit_on_lab_error():
+    report = Report("lab status", as_json, str(file))
+    lab = _open(report, file)
+    with _exit_on_lab_error(report):
         hosts = lab.status()
     if as_json:
         summary: dict[str, object] = {"name": lab.spec.name}
@@ -151,7 +148,7 @@ def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
             summary = _summary(lab.spec)
         summary["up"] = hosts is not None
         summary["hosts"] = [h.as_json() for h in hosts or []]
-        print(json.dumps(summary, indent=2))
+        report.succeed(summary)
         return
     if hosts is None:
         out.print(f"lab {lab.spec.name} is down", highlight=False)
@@ -173,8 +170,9 @@ def ssh(
     ] = None,
 ) -> None:
     """Open a root shell (or run COMMAND) on a lab host."""
-    lab = _open(file)
-    with _exit_on_lab_error():
+    report = Report("lab ssh", False, str(file))
+    lab = _open(report, file)
+    with _exit_on_lab_error(report):
         if lab.status() is None:
             raise LabError(f"lab {lab.spec.name} is down; start it with `hxp lab up {file}`")
         target = lab.spec.host(host)
@@ -189,7 +187,7 @@ def list_labs(as_json: JsonFlag = False) -> None:
     labs = registered_labs()
     if as_json:
         rows = [{"name": r.name, "state_dir": str(r.state_dir), "run": r.run} for r in labs]
-        print(json.dumps(rows, indent=2))
+        Report("lab list", as_json).succeed({"labs": rows})
         return
     if not labs:
         out.print("no lab is up on this machine")
@@ -209,11 +207,12 @@ def cleanup(
     ],
 ) -> None:
     """Remove every lab a run created (scripts/test calls this in its exit trap)."""
-    _require_root()
+    report = Report("lab cleanup", False)
+    _require_root(report)
     if not run:
-        _err("--run must not be empty (it would match every lab made outside a test run)")
-        raise typer.Exit(EXIT_USAGE)
-    with _exit_on_lab_error():
+        problem = "--run must not be empty (it would match every lab made outside a test run)"
+        report.fail([CliProblem(Kind.USAGE, problem, "--run")], EXIT_USAGE)
+    with _exit_on_lab_error(report):
         removed = remove_run(run, BaseImage.default())
     for name in removed:
         out.print(f"lab {name} removed", highlight=False)
@@ -222,9 +221,10 @@ def cleanup(
 @lab_app.command()
 def image() -> None:
     """Build (debootstrap) or extract the cached base rootfs the lab hosts start from."""
-    _require_root()
+    report = Report("lab image", False)
+    _require_root(report)
     started = time.monotonic()
-    with _exit_on_lab_error():
+    with _exit_on_lab_error(report):
         base = BaseImage.default()
         rootfs = base.ensure(lambda line: err.print(line, highlight=False))
     out.print(

@@ -10,7 +10,6 @@ within the router's ``auth_cache_ttl_s`` (30 s by default).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -20,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hxp_runtime.cli_output import EXIT_FAILED, JSON_FLAG, CliProblem, Kind, Report
 from hxp_runtime.router import store
 from hxp_runtime.router.settings import (
     DEFAULT_SECRETS,
@@ -29,7 +29,6 @@ from hxp_runtime.router.settings import (
     load_settings,
 )
 
-EXIT_FAILED = 1
 T = TypeVar("T")
 
 keys_app = typer.Typer(
@@ -37,7 +36,6 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 out = Console()
-err = Console(stderr=True)
 
 SettingsOption = Annotated[
     Path, typer.Option("--settings", help="the router's settings file (database location)")
@@ -53,33 +51,35 @@ DsnOption = Annotated[
         help="postgresql://user:password@host:port/db instead of the router's files",
     ),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+JsonFlag = Annotated[bool, typer.Option(JSON_FLAG, help="print machine-readable JSON")]
 PerMinute = Annotated[int | None, typer.Option(min=1)]
 
 
-def _fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_FAILED)
+def _fail(report: Report, message: str) -> NoReturn:
+    report.fail([CliProblem(Kind.DATABASE, message, "(database)")], EXIT_FAILED)
 
 
-def _connect_kwargs(settings_file: Path, secrets_file: Path, dsn: str | None) -> dict[str, Any]:
+def _connect_kwargs(
+    report: Report, settings_file: Path, secrets_file: Path, dsn: str | None
+) -> dict[str, Any]:
     if dsn:
         return {"dsn": dsn, "timeout": 5}
     try:
         settings = load_settings(settings_file)
         secrets = load_secrets(secrets_file if secrets_file.exists() else None)
     except SettingsError as exc:
-        _fail(exc.render())
+        report.invalid(exc)
     db = settings.database
     if db is None:
-        _fail(f"{settings_file} has no database section; keys need PostgreSQL (or give --dsn)")
+        problem = "no database section; keys need PostgreSQL (or give --dsn)"
+        report.fail([CliProblem(Kind.CONFIG, problem, "database", str(settings_file))], EXIT_FAILED)
     password = secrets.database_password
     return store.connect_kwargs(
         db.host, db.port, db.name, db.user, password.get_secret_value() if password else None
     )
 
 
-def _run(kwargs: dict[str, Any], work: Callable[[Any], Awaitable[T]]) -> T:
+def _run(report: Report, kwargs: dict[str, Any], work: Callable[[Any], Awaitable[T]]) -> T:
     async def session() -> T:
         conn = await asyncpg.connect(**kwargs)
         try:
@@ -92,9 +92,9 @@ def _run(kwargs: dict[str, Any], work: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(session())
     except store.KeyOperationError as exc:
-        _fail(str(exc))
+        _fail(report, str(exc))
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        _fail(f"cannot use PostgreSQL at {where}: {exc}")
+        _fail(report, f"cannot use PostgreSQL at {where}: {exc}")
 
 
 @keys_app.command()
@@ -108,8 +108,10 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key; it is printed once and cannot be shown again."""
-    kwargs = _connect_kwargs(settings, secrets, dsn)
+    report = Report("keys create", as_json)
+    kwargs = _connect_kwargs(report, settings, secrets, dsn)
     key = _run(
+        report,
         kwargs,
         lambda conn: store.create_key(
             conn,
@@ -119,7 +121,7 @@ def create(
         ),
     )
     if as_json:
-        print(json.dumps({"name": name, "key": key, "prefix": key[:8]}))
+        report.succeed({"name": name, "key": key, "prefix": key[:8]})
         return
     out.print(f"created key [bold]{name}[/]; store it now, it is not shown again:")
     print(key)
@@ -134,8 +136,11 @@ def list_(
     as_json: JsonFlag = False,
 ) -> None:
     """List keys (name, prefix, limits, dates); never the keys themselves."""
-    kwargs = _connect_kwargs(settings, secrets, dsn)
-    records = _run(kwargs, lambda conn: store.list_keys(conn, include_revoked=include_revoked))
+    report = Report("keys list", as_json)
+    kwargs = _connect_kwargs(report, settings, secrets, dsn)
+    records = _run(
+        report, kwargs, lambda conn: store.list_keys(conn, include_revoked=include_revoked)
+    )
     if as_json:
         rows = [
             {
@@ -149,7 +154,7 @@ def list_(
             }
             for r in records
         ]
-        print(json.dumps(rows, indent=2))
+        report.succeed({"keys": rows})
         return
     table = Table(title="API keys", header_style="bold")
     for column in ("name", "prefix", "source", "req/min", "tokens/min", "created", "revoked"):
@@ -175,7 +180,8 @@ def revoke(
     dsn: DsnOption = None,
 ) -> None:
     """Revoke the active key with this name."""
-    kwargs = _connect_kwargs(settings, secrets, dsn)
-    if not _run(kwargs, lambda conn: store.revoke_key(conn, name)):
-        _fail(f"no active key named {name!r}; `hxp keys list` shows the keys")
+    report = Report("keys revoke", False)
+    kwargs = _connect_kwargs(report, settings, secrets, dsn)
+    if not _run(report, kwargs, lambda conn: store.revoke_key(conn, name)):
+        _fail(report, f"no active key named {name!r}; `hxp keys list` shows the keys")
     out.print(f"revoked key [bold]{name}[/]", highlight=False)

@@ -158,7 +158,7 @@ def two_labs(tmp_path: Path) -> Iterator[tuple[RunningLab, RunningLab]]:
         for proc, (_stdout, stderr) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, stderr
         labs = tuple(
-            RunningLab(c, json.loads(out)["name"], json.loads(out))
+            RunningLab(c, json.loads(out)["result"]["name"], json.loads(out)["result"])
             for c, (out, _) in zip(configs, outputs, strict=True)
         )
         yield labs[0], labs[1]
@@ -254,7 +254,7 @@ def test_up_use_reboot_down(two_labs: tuple[RunningLab, RunningLab]) -> None:
     else:
         pytest.fail("host db did not come back after a reboot")
 
-    status = json.loads(hxp("lab", "status", "--json", str(a.config)).stdout)
+    status = json.loads(hxp("lab", "status", "--json", str(a.config)).stdout)["result"]
     assert [(h["name"], h["running"]) for h in status["hosts"]] == [("web", True), ("db", True)]
 
     # down is idempotent: the second one finds nothing to remove.

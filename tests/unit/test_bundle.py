@@ -184,8 +184,8 @@ def test_verify_json_gives_roles_the_controller_paths(bundle: Path) -> None:
     result = runner.invoke(app, ["bundle", "verify", str(bundle), "-a", "server", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["valid"] is True
-    server = data["artifacts"]["server"]
+    assert data["ok"] is True
+    server = data["result"]["artifacts"]["server"]
     assert server["source"] == str(bundle / "archives" / "server-1.2.3.tar.gz")
     assert server["sha256"] == sha256_file(bundle / "archives" / "server-1.2.3.tar.gz")
 

@@ -13,18 +13,26 @@ import pytest
 import yaml
 
 from tests.unit.conftest import BASE
+from tests.unit.test_cli_contract import BASE_SECRETS, lab_config_with_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 HXP = [sys.executable, "-m", "hxp_runtime.cli"]
 
 
-def hxp(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def hxp(
+    *args: str | Path,
+    env: dict[str, str] | None = None,
+    stdin: str = "",
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*HXP, *map(str, args)],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        input=stdin,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200", **BASE_SECRETS, **(env or {})},
     )
 
 
@@ -42,9 +50,14 @@ def ansible_inventory(inventory: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("sample", ["sample", "lab"])
 def test_rendered_inventory_is_read_by_ansible_inventory(sample: str, tmp_path: Path) -> None:
-    done = hxp("render", REPO / "inventory" / sample / "hxp.yml", "--out", tmp_path)
+    inventory = tmp_path / "inventory"
+    if sample == "sample":  # its secrets are vault: variables, resolved by Ansible
+        done = hxp("render", REPO / "inventory/sample/hxp.yml", "--out", inventory)
+    else:  # its secrets are files `hxp lab up` writes: here, files of this test
+        config = lab_config_with_secrets(tmp_path)
+        done = hxp("render", "-", "--out", inventory, stdin=config, cwd=REPO / "inventory/lab")
     assert done.returncode == 0, done.stderr
-    listing = ansible_inventory(tmp_path)
+    listing = ansible_inventory(inventory)
     groups = {g for g in listing if g not in {"_meta", "all", "ungrouped"}}
     assert {"llm", "database", "vector", "metrics", "cache"} <= groups
     hostvars = listing["_meta"]["hostvars"]  # type: ignore[index]
@@ -72,8 +85,12 @@ def test_render_writes_secret_lookups_never_values(tmp_path: Path) -> None:
     rendered = "".join(p.read_text() for p in (tmp_path / "inv").rglob("*.yml"))
     assert secret not in rendered
     group_all = yaml.safe_load((tmp_path / "inv/group_vars/all/hxp.yml").read_text())
-    expected = "{{ lookup('ansible.builtin.env', 'HXP_DB_PASSWORD') }}"
+    expected = "{{ lookup('hxp_secret', hxp_secret_refs['database.router_password']) }}"
     assert group_all["hxp_postgresql_router_password"] == expected
+    assert group_all["hxp_secret_refs"]["database.router_password"] == {
+        "scheme": "env",
+        "value": "HXP_DB_PASSWORD",
+    }
 
 
 def test_render_removes_host_vars_of_hosts_that_left(tmp_path: Path) -> None:
@@ -94,7 +111,9 @@ def test_validate_ok_and_json(tmp_path: Path) -> None:
     cfg.write_text(BASE)
     done = hxp("validate", cfg, "--json")
     assert done.returncode == 0
-    assert json.loads(done.stdout) == {"file": str(cfg), "valid": True, "problems": []}
+    report = json.loads(done.stdout)
+    assert (report["ok"], report["file"], report["problems"]) == (True, str(cfg), [])
+    assert report["result"]["name"] == "unit"
 
 
 @pytest.mark.parametrize(
@@ -123,14 +142,14 @@ def test_bad_input_exits_1_without_traceback(tmp_path: Path, text: str, expected
 
 def test_bad_input_json_lists_problems(tmp_path: Path) -> None:
     cfg = tmp_path / "hxp.yml"
-    cfg.write_text(BASE.replace("phi3: [minilm]", "phi3: [nope]"))
+    cfg.write_text(BASE.replace("phi3: [small]", "phi3: [nope]"))
     done = hxp("validate", cfg, "--json")
     assert done.returncode == 1
     report = json.loads(done.stdout)
-    assert report["valid"] is False
+    assert report["ok"] is False
     [problem] = report["problems"]
     assert problem["field"] == "router.fallbacks.phi3[0]"
-    assert problem["line"] == BASE.splitlines().index("    phi3: [minilm]") + 1
+    assert problem["line"] == BASE.splitlines().index("    phi3: [small]") + 1
 
 
 def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
@@ -149,9 +168,9 @@ def test_plan_prints_the_table_and_json() -> None:
     sample = REPO / "inventory/sample/hxp.yml"
     done = hxp("plan", sample)
     assert done.returncode == 0, done.stderr
-    for column in ("model", "GPUs", "TP", "weights GB", "KV GB", "headroom GB"):
+    for column in ("model", "GPUs", "TP", "weights GiB", "KV GiB", "headroom GiB"):
         assert column in done.stdout
-    report = json.loads(hxp("plan", sample, "--json").stdout)
+    report = json.loads(hxp("plan", sample, "--json").stdout)["result"]
     mixtral = next(i for i in report["instances"] if i["model"] == "mixtral")
     assert (mixtral["gpu_ids"], mixtral["tensor_parallel_size"]) == ([0, 1], 2)
     for gpu in report["gpus"]:

@@ -161,7 +161,7 @@ def hxp_keys(dataplane: Dataplane, *args: str) -> subprocess.CompletedProcess[st
 def new_key(dataplane: Dataplane, name: str, *limits: str) -> str:
     done = hxp_keys(dataplane, "create", name, *limits, "--json")
     assert done.returncode == 0, done.stderr
-    return str(json.loads(done.stdout)["key"])
+    return str(json.loads(done.stdout)["result"]["key"])
 
 
 def client(router: RouterProcess, key: str = ADMIN_KEY) -> openai.OpenAI:
@@ -238,7 +238,7 @@ def test_auth_failures_are_rejected(router: RouterProcess, dataplane: Dataplane)
     key = new_key(dataplane, "team-a")
     assert client(router, key).chat.completions.create(model="chat", messages=HELLO, max_tokens=2)  # type: ignore[arg-type]
     listed = hxp_keys(dataplane, "list", "--json")
-    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    rows = {row["name"]: row for row in json.loads(listed.stdout)["result"]["keys"]}
     assert rows["team-a"]["prefix"] == key[:8] and rows["admin"]["source"] == "config"
     assert key not in listed.stdout
     assert hxp_keys(dataplane, "revoke", "team-a").returncode == 0
