@@ -37,6 +37,7 @@ from hxp_runtime.labmodels import model as lab_model
 from hxp_runtime.planner import Plan, plan_deployment
 from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
+from hxp_runtime.yamlsource import MAX_BYTES
 
 STDIN = Path("-")
 STDIN_NAME = Path("<stdin>")
@@ -93,7 +94,8 @@ def load_or_exit(report: Report, file: Path, *, check_secrets: bool = False) -> 
     or a directory, 1: invalid). ``check_secrets``: every env:/file: secret must resolve here."""
     text = None
     if file == STDIN:
-        text = sys.stdin.buffer.read()
+        # One byte over the loader's limit is enough for it to refuse the input.
+        text = sys.stdin.buffer.read(MAX_BYTES + 1)
     elif file.is_dir():
         problem = "is a directory; give the hxp.yml file inside it"
         report.fail([CliProblem(Kind.USAGE, problem, "file", str(file))], EXIT_USAGE)
