@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# BERT's learned position table: a longer max_model_len than the schema's default would not
+# start, so the preset sets this one too.
+MINILM_CONTEXT = 512
+
 # Architecture numbers: parameters (billions), decoder layers, attention heads, KV heads,
 # head size, and the context the model was trained for.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -89,13 +93,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cpu_cores": 1,
         "categories": [],
         "slo": {"latency_ms": 100, "throughput_rps": 200},
+        "engine": {"max_model_len": MINILM_CONTEXT},
         "architecture": {
             "params_b": 0.0227,
             "num_layers": 6,
             "num_attention_heads": 12,
             "num_kv_heads": 12,
             "head_dim": 32,
-            "max_position_embeddings": 512,
+            "max_position_embeddings": MINILM_CONTEXT,
         },
     },
 }

@@ -110,6 +110,11 @@ def shape_from_directory(directory: Path) -> ModelShape:
         hidden = int(cfg["hidden_size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelInfoError(f"{config_file}: missing or bad {exc}") from None
+    context = cfg.get("max_position_embeddings")
+    if context is not None and (not isinstance(context, int) or context < 1):
+        raise ModelInfoError(
+            f"{config_file}: max_position_embeddings {context!r} is not a positive integer"
+        )
     tensors = sorted(directory.glob("*.safetensors"))
     index_file = directory / "model.safetensors.index.json"
     torch_dtype = cfg.get("torch_dtype") or cfg.get("dtype")
@@ -130,7 +135,7 @@ def shape_from_directory(directory: Path) -> ModelShape:
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
         head_dim=int(cfg.get("head_dim") or hidden // heads),
         torch_dtype=torch_dtype if isinstance(torch_dtype, str) else None,
-        max_position_embeddings=cfg.get("max_position_embeddings"),
+        max_position_embeddings=context,
         origin=origin,
     )
 

@@ -14,13 +14,25 @@ instance then gets gpu_memory_utilization = its need / GPU memory plus its share
 room, so that the instances on one GPU add up to at most max_gpu_utilization: vLLM may claim
 that fraction, and co-located instances can never oversubscribe a GPU.
 
+Rules it reports besides fit, each at the field to change: the tensor-parallel size, explicit or
+implied by ``gpus`` (a count or a list), divides the attention heads; an explicit
+gpu_memory_utilization covers the model's need; max_model_len stays within the model's context
+(max_position_embeddings, or what engine.rope_scaling extends it to).
+
+A model that does not fit gets suggestions: single changes to its entry (quantization, more
+GPUs, a shorter context, fewer sequences). Each is kept only after planning its host again with
+the change applied: the model then places and no model that placed before stops placing, so a
+suggestion is exact, not an estimate that ignores the GPUs' other tenants.
+
 Everything here is a pure function of its arguments; file reading lives in modelinfo.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from hxp_runtime.config import HostGroup, HxpConfig, Model, PathKey, resolve_host
@@ -33,18 +45,46 @@ KV_DTYPE_BYTES = {"fp8": 1.0, "fp8_e4m3": 1.0, "fp8_e5m2": 1.0}
 # What `dtype: auto` resolves to when config.json does not say (vLLM's own default for fp32
 # checkpoints on GPU is half precision).
 AUTO_DTYPE_BYTES = 2.0
+# Tried in this order: fp8 keeps the checkpoint; awq needs an AWQ checkpoint of the model.
+SUGGESTED_QUANTIZATIONS = ("fp8", "awq")
+# GPU counts of a host of the model's own, tried when its host has too few GPUs for it.
+OWN_HOST_GPU_COUNTS = (1, 2, 4, 8, 16)
+
+# A change to one model entry of hxp.yml: a field ("gpus", "engine.quantization") -> new value.
+Change = Mapping[str, int | str]
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A change that makes a model fit, found by planning its host again with it applied."""
+
+    text: str
+    change: Change
 
 
 @dataclass(frozen=True)
 class PlanProblem:
     path: PathKey
     message: str
+    suggestions: tuple[Suggestion, ...] = ()
 
 
 class PlanError(Exception):
     def __init__(self, problems: list[PlanProblem]) -> None:
         self.problems = problems
         super().__init__("; ".join(p.message for p in problems))
+
+
+def apply_change(model: Model, change: Change) -> Model:
+    """``model`` as hxp.yml would give it with ``change`` written into its entry."""
+    data = model.model_dump()
+    for key, value in change.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return Model.model_validate(data)
 
 
 # --------------------------------------------------------------------------- sizing
@@ -121,9 +161,15 @@ class GpuState:
     index: int
     name: str
     memory_gib: float
-    usable_gib: float
+    max_utilization: float
     tenants: list[str] = field(default_factory=list)
     needs: list[float] = field(default_factory=list)
+    # Each tenant's gpu_memory_utilization from hxp.yml; None where the planner sets it.
+    explicit: list[float | None] = field(default_factory=list)
+
+    @property
+    def usable_gib(self) -> float:
+        return self.memory_gib * self.max_utilization
 
     @property
     def used_gib(self) -> float:
@@ -132,6 +178,36 @@ class GpuState:
     @property
     def free_gib(self) -> float:
         return self.usable_gib - self.used_gib
+
+    def fraction(self, need: float) -> float:
+        """``need`` as a gpu_memory_utilization of this GPU: rounded up, so vLLM gets it all."""
+        return _ceil(need / self.memory_gib)
+
+    def has_room(self, need: float) -> bool:
+        # In rounded-up fractions rather than GiB: otherwise tenants that fit to the byte could
+        # be given utilizations adding up to just over max_utilization. (It implies the GiB fit.)
+        rounded = sum(self.fraction(n) for n in (*self.needs, need))
+        return rounded <= self.max_utilization + 1e-9
+
+    def add(self, model: str, need: float, explicit: float | None) -> None:
+        self.tenants.append(model)
+        self.needs.append(need)
+        self.explicit.append(explicit)
+
+    @property
+    def spare(self) -> float:
+        """What max_utilization leaves after each tenant's explicit gpu_memory_utilization or,
+        where the planner sets it, its need rounded up: the planner's tenants share it."""
+        taken = sum(
+            self.fraction(need) if explicit is None else explicit
+            for need, explicit in zip(self.needs, self.explicit, strict=True)
+        )
+        return max(self.max_utilization - taken, 0.0)
+
+    @property
+    def shared_gib(self) -> float:
+        """The needs of the tenants whose gpu_memory_utilization the planner sets."""
+        return sum(n for n, e in zip(self.needs, self.explicit, strict=True) if e is None)
 
 
 @dataclass(frozen=True)
@@ -183,7 +259,7 @@ def valid_tp_sizes(heads: int, gpu_count: int) -> list[int]:
 def _choose_gpus(
     gpus: list[GpuState], count: int, need: float, placement: str
 ) -> list[GpuState] | None:
-    fitting = [g for g in gpus if g.free_gib >= need]
+    fitting = [g for g in gpus if g.has_room(need)]
     if len(fitting) < count:
         return None
     # best-fit packs onto the fullest GPUs that still fit; spread takes the emptiest.
@@ -198,49 +274,117 @@ class _Demand:
     shape: ModelShape
     estimate: MemoryEstimate
 
+    @property
+    def path(self) -> PathKey:
+        return ("models", self.position)
 
-def _suggestions(demand: _Demand, gpus: list[GpuState], overhead: float, tp: int) -> list[str]:
-    """What would make a model fit: quantization, more GPUs, a shorter context."""
-    model, shape = demand.model, demand.shape
-    usable = max(g.usable_gib for g in gpus)
-    out: list[str] = []
-    if model.engine.quantization is None:
-        for quant in ("fp8", "awq"):
-            need = _estimate_for(model, shape, overhead, quantization=quant).per_gpu_gib(tp)
-            if need <= usable:
-                out.append(f"quantization: {quant} (needs {need:.1f} GiB per GPU)")
-                break
-    for more in valid_tp_sizes(shape.num_attention_heads, len(gpus)):
-        if more > tp and demand.estimate.per_gpu_gib(more) <= usable:
-            out.append(
-                f"gpus: {more} with tensor_parallel_size: {more} "
-                f"(needs {demand.estimate.per_gpu_gib(more):.1f} GiB per GPU)"
-            )
-            break
-    else:
-        smallest = next(
-            (
-                n
-                for n in (2, 4, 8, 16)
-                if shape.num_attention_heads % n == 0 and demand.estimate.per_gpu_gib(n) <= usable
-            ),
-            None,
+
+@dataclass(frozen=True)
+class _Unfit:
+    """A model that found no GPUs, and the tensor-parallel size its problem reports."""
+
+    demand: _Demand
+    tensor_parallel_size: int
+
+
+@dataclass
+class _HostPlan:
+    instances: list[Instance]
+    usage: list[GpuUsage]
+    problems: list[PlanProblem]
+    unfit: dict[PathKey, _Unfit] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _context_problem(model: Model, shape: ModelShape, position: int) -> PlanProblem | None:
+    """max_model_len beyond the model's context: vLLM refuses to start (positions past the
+    trained ones give nonsense) unless engine.rope_scaling extends the context."""
+    engine = model.engine
+    wanted = engine.max_model_len
+    trained = shape.max_position_embeddings
+    rope = engine.rope_scaling
+    source = (
+        "architecture.max_position_embeddings"
+        if shape.origin == "declared"
+        else "max_position_embeddings in its config.json"
+    )
+    path = ("models", position, "engine", "max_model_len")
+    if rope is None:
+        if trained is None or wanted <= trained:
+            return None
+        return PlanProblem(
+            path,
+            f"max_model_len {wanted} is above the {trained}-token context of model "
+            f"{model.name!r} ({source}); lower max_model_len to {trained} or less, or, for a "
+            f"RoPE model, extend the context with engine.rope_scaling (e.g. rope_type: yarn, "
+            f"factor: {_factor_for(wanted, trained)})",
         )
-        if smallest and smallest > len(gpus):
-            out.append(f"a host with {smallest} such GPUs (tensor_parallel_size: {smallest})")
-    kv_room = (usable - overhead) * tp - demand.estimate.weights_gib
-    per_len = demand.estimate.kv_gib / model.engine.max_model_len if demand.estimate.kv_gib else 0
-    if per_len and kv_room > 0:
-        fit_len = int(kv_room / per_len)
-        if 16 <= fit_len < model.engine.max_model_len:
-            out.append(
-                f"max_model_len: {fit_len} or less (with max_num_seqs {model.engine.max_num_seqs})"
-            )
-        per_seq = demand.estimate.kv_gib / model.engine.max_num_seqs
-        fit_seqs = int(kv_room / per_seq)
-        if 1 <= fit_seqs < model.engine.max_num_seqs:
-            out.append(f"max_num_seqs: {fit_seqs} or less")
-    return out
+    original = rope.original_max_position_embeddings or trained
+    if original is None:
+        return None
+    limit = int(rope.factor * original)
+    if wanted <= limit:
+        return None
+    return PlanProblem(
+        path,
+        f"max_model_len {wanted} is above the {limit} tokens engine.rope_scaling gives model "
+        f"{model.name!r} (factor {rope.factor:g} x {original}); lower max_model_len to {limit} "
+        f"or less, or raise engine.rope_scaling.factor to {_factor_for(wanted, original)}",
+    )
+
+
+def _factor_for(length: int, original: int) -> float:
+    """The smallest RoPE factor (two decimals) that stretches ``original`` to ``length``."""
+    return math.ceil(length / original * 100) / 100
+
+
+def _parallelism_problem(demand: _Demand, host_gpu_count: int) -> PlanProblem | None:
+    """vLLM splits the attention heads evenly across the tensor-parallel ranks; the size is
+    engine.tensor_parallel_size, or else the number of GPUs the model is given."""
+    model, heads = demand.model, demand.shape.num_attention_heads
+    valid = valid_tp_sizes(heads, host_gpu_count)
+    tp = model.engine.tensor_parallel_size
+    if tp is not None:
+        if heads % tp == 0:
+            return None
+        return PlanProblem(
+            (*demand.path, "engine", "tensor_parallel_size"),
+            f"tensor_parallel_size {tp} does not divide the model's {heads} attention heads; "
+            f"use one of {valid}",
+        )
+    if isinstance(model.gpus, str):
+        return None
+    implied = len(model.gpus) if isinstance(model.gpus, list) else model.gpus
+    if heads % implied == 0:
+        return None
+    return PlanProblem(
+        (*demand.path, "gpus"),
+        f"gpus: {model.gpus} runs model {model.name!r} with tensor_parallel_size {implied}, "
+        f"which does not divide the model's {heads} attention heads; give it a number of "
+        f"GPUs in {valid}",
+    )
+
+
+def _utilization_problem(
+    demand: _Demand, need: float, chosen: list[GpuState]
+) -> PlanProblem | None:
+    """An explicit gpu_memory_utilization smaller than the model's need: vLLM would find no
+    room for the KV cache the plan counts on (or none for the weights)."""
+    explicit = demand.model.engine.gpu_memory_utilization
+    smallest = min(g.memory_gib for g in chosen)
+    if explicit is None or explicit >= need / smallest:
+        return None
+    return PlanProblem(
+        (*demand.path, "engine", "gpu_memory_utilization"),
+        f"gpu_memory_utilization {explicit} is below what model {demand.model.name!r} needs: "
+        f"{need:.1f} GiB per GPU of {smallest:.1f} GiB; set it to at least "
+        f"{_ceil(need / smallest)} or remove it to let the planner choose",
+    )
+
+
+# --------------------------------------------------------------------------- placement
 
 
 def _place_cpu_host(host_name: str, demands: list[_Demand]) -> list[Instance]:
@@ -265,19 +409,46 @@ def _place_cpu_host(host_name: str, demands: list[_Demand]) -> list[Instance]:
     ]
 
 
-def _place_host(
-    cfg: HxpConfig, host_name: str, demands: list[_Demand]
-) -> tuple[list[Instance], list[GpuUsage], list[PlanProblem]]:
+def _sizes_to_try(model: Model, heads: int, host_gpu_count: int) -> list[int]:
+    if model.engine.tensor_parallel_size:
+        return [model.engine.tensor_parallel_size]
+    if isinstance(model.gpus, list):
+        return [len(model.gpus)]
+    if isinstance(model.gpus, int):
+        return [model.gpus]
+    return valid_tp_sizes(heads, host_gpu_count)
+
+
+def _fit(
+    demand: _Demand, sizes: list[int], gpus: dict[int, GpuState], placement: str
+) -> tuple[list[GpuState], int, float] | None:
+    """The first size in ``sizes`` the model fits with: its GPUs, that size, its need per GPU."""
+    wanted = demand.model.gpus
+    for size in sizes:
+        need = demand.estimate.per_gpu_gib(size)
+        if isinstance(wanted, list):
+            chosen = [gpus[i] for i in wanted]
+            if all(g.has_room(need) for g in chosen):
+                return chosen, size, need
+        else:
+            count = wanted if isinstance(wanted, int) else size
+            picked = _choose_gpus(list(gpus.values()), count, need, placement)
+            if picked is not None:
+                return picked, size, need
+    return None
+
+
+def _place_host(cfg: HxpConfig, host_name: str, demands: list[_Demand]) -> _HostPlan:
     host = cfg.host(host_name)
     settings = cfg.planner
-    problems: list[PlanProblem] = []
     if host.accelerator == "cpu":
-        return _place_cpu_host(host_name, demands), [], problems
+        return _HostPlan(_place_cpu_host(host_name, demands), [], [])
 
     gpus = {
-        g.index: GpuState(g.index, g.name, g.memory_gb, g.memory_gb * settings.max_gpu_utilization)
+        g.index: GpuState(g.index, g.name, g.memory_gb, settings.max_gpu_utilization)
         for g in host.gpus
     }
+    plan = _HostPlan([], [], [])
     placed: dict[str, tuple[list[GpuState], int, float]] = {}
     # Explicit placements first, then the largest models first (first-fit decreasing).
     ordered = sorted(
@@ -285,78 +456,35 @@ def _place_host(
         key=lambda d: (not isinstance(d.model.gpus, list), -d.estimate.per_gpu_gib(1), d.position),
     )
     for d in ordered:
-        model, path = d.model, ("models", d.position)
-        heads = d.shape.num_attention_heads
-        tp = model.engine.tensor_parallel_size
-        if tp is not None and heads % tp:
-            problems.append(
-                PlanProblem(
-                    (*path, "engine", "tensor_parallel_size"),
-                    f"tensor_parallel_size {tp} does not divide the model's {heads} attention "
-                    f"heads; use one of {valid_tp_sizes(heads, len(gpus))}",
-                )
-            )
+        problem = _parallelism_problem(d, len(gpus))
+        if problem is not None:
+            plan.problems.append(problem)
             continue
-        if isinstance(model.gpus, list):
-            chosen = [gpus[i] for i in model.gpus]
-            tp = tp or len(chosen)
-            sizes = [tp]
-        else:
-            count = model.gpus if isinstance(model.gpus, int) else None
-            sizes = [tp] if tp else [count] if count else valid_tp_sizes(heads, len(gpus))
-            chosen = []
-        result = None
-        for size in sizes:
-            need = d.estimate.per_gpu_gib(size)
-            if isinstance(model.gpus, list):
-                if all(g.free_gib >= need for g in chosen):
-                    result = (chosen, size, need)
-            else:
-                picked = _choose_gpus(
-                    list(gpus.values()),
-                    model.gpus if isinstance(model.gpus, int) else size,
-                    need,
-                    settings.placement,
-                )
-                if picked is not None:
-                    result = (picked, size, need)
-            if result:
-                break
+        sizes = _sizes_to_try(d.model, d.shape.num_attention_heads, len(gpus))
+        result = _fit(d, sizes, gpus, settings.placement)
         if result is None:
-            size = sizes[0] if not isinstance(model.gpus, str) else max(sizes)
-            need = d.estimate.per_gpu_gib(size)
-            best = max(g.free_gib for g in gpus.values())
-            hints = _suggestions(d, list(gpus.values()), settings.overhead_gb_per_gpu, size)
-            problems.append(
-                PlanProblem(
-                    path,
-                    f"model {model.name!r} does not fit on {host_name}: it needs "
-                    f"{need:.1f} GiB per GPU with tensor_parallel_size {size} (weights "
-                    f"{d.estimate.weights_gib:.1f} GiB + KV cache {d.estimate.kv_gib:.1f} GiB, "
-                    f"split {size} ways, + {settings.overhead_gb_per_gpu:.1f} GiB overhead) but "
-                    f"at most {best:.1f} GiB is free on a GPU ({settings.max_gpu_utilization:.0%}"
-                    " of its memory, less what other models use)"
-                    + (f"; what would fit: {'; '.join(hints)}" if hints else ""),
-                )
-            )
+            size = max(sizes) if d.model.gpus == "auto" else sizes[0]
+            plan.problems.append(_unfit_problem(cfg, host_name, d, size, gpus))
+            plan.unfit[d.path] = _Unfit(d, size)
             continue
         chosen_gpus, size, need = result
         for gpu in chosen_gpus:
-            gpu.needs.append(need)
-            gpu.tenants.append(model.name)
-        placed[model.name] = (chosen_gpus, size, need)
+            gpu.add(d.model.name, need, d.model.engine.gpu_memory_utilization)
+        placed[d.model.name] = (chosen_gpus, size, need)
 
-    instances: list[Instance] = []
     started: dict[int, int] = {}  # gpu index -> last start wave on it
     for d in sorted(demands, key=lambda d: d.position):
         if d.model.name not in placed:
             continue
         chosen_gpus, size, need = placed[d.model.name]
-        utilization = _utilization(d.model, need, chosen_gpus, settings.max_gpu_utilization)
+        problem = _utilization_problem(d, need, chosen_gpus)
+        if problem is not None:
+            plan.problems.append(problem)
+        utilization = _utilization(d.model, need, chosen_gpus)
         wave = 1 + max((started.get(g.index, 0) for g in chosen_gpus), default=0)
         for g in chosen_gpus:
             started[g.index] = wave
-        instances.append(
+        plan.instances.append(
             Instance(
                 model=d.model.name,
                 host=host_name,
@@ -373,7 +501,7 @@ def _place_host(
                 shape_origin=d.shape.origin,
             )
         )
-    usage = [
+    plan.usage = [
         GpuUsage(
             host=host_name,
             index=g.index,
@@ -381,15 +509,16 @@ def _place_host(
             memory_gib=g.memory_gib,
             planned_gib=g.used_gib,
             utilization_sum=round(
-                sum(i.gpu_memory_utilization or 0 for i in instances if g.index in i.gpu_ids), 4
+                sum(i.gpu_memory_utilization or 0 for i in plan.instances if g.index in i.gpu_ids),
+                4,
             ),
             tenants=tuple(g.tenants),
         )
         for g in gpus.values()
     ]
-    for row in usage:
+    for row in plan.usage:
         if row.utilization_sum > settings.max_gpu_utilization + 1e-9:
-            problems.append(
+            plan.problems.append(
                 PlanProblem(
                     ("models",),
                     f"GPU {row.index} on {host_name}: gpu_memory_utilization of "
@@ -398,30 +527,167 @@ def _place_host(
                     f"{settings.max_gpu_utilization:.2f}; lower the explicit values",
                 )
             )
-    return instances, usage, problems
+    return plan
+
+
+def _unfit_problem(
+    cfg: HxpConfig, host_name: str, demand: _Demand, size: int, gpus: dict[int, GpuState]
+) -> PlanProblem:
+    settings = cfg.planner
+    estimate = demand.estimate
+    best = max(g.free_gib for g in gpus.values())
+    return PlanProblem(
+        demand.path,
+        f"model {demand.model.name!r} does not fit on {host_name}: it needs "
+        f"{estimate.per_gpu_gib(size):.1f} GiB per GPU with tensor_parallel_size {size} "
+        f"(weights {estimate.weights_gib:.1f} GiB + KV cache {estimate.kv_gib:.1f} GiB, "
+        f"split {size} ways, + {settings.overhead_gb_per_gpu:.1f} GiB overhead) but "
+        f"at most {best:.1f} GiB is free on a GPU ({settings.max_gpu_utilization:.0%}"
+        " of its memory, less what other models use)",
+    )
 
 
 def _ceil(value: float) -> float:
     return math.ceil(value * 1000 - 1e-9) / 1000
 
 
-def _utilization(model: Model, need: float, chosen: list[GpuState], limit: float) -> float:
+def _utilization(model: Model, need: float, chosen: list[GpuState]) -> float:
     """need / memory (rounded up), plus this instance's share of each GPU's spare fraction.
 
-    The spare fraction of a GPU is what max_gpu_utilization leaves after every tenant's rounded
-    need; it is shared in proportion to need and rounded down, so the tenants of a GPU add up
-    to at most max_gpu_utilization.
+    The spare fraction is shared among the tenants the planner sets utilization for, in
+    proportion to need and rounded down: with the explicit values, the tenants of a GPU add up
+    to at most max_gpu_utilization unless the explicit values alone leave too little.
     """
     if model.engine.gpu_memory_utilization is not None:
         return model.engine.gpu_memory_utilization
-    base = _ceil(need / chosen[0].memory_gib)
-    extras = []
-    for gpu in chosen:
-        # Every tenant of this GPU uses the same rounding, so their bases add up as below.
-        tenants_base = sum(_ceil(n / gpu.memory_gib) for n in gpu.needs)
-        spare = max(limit - tenants_base, 0.0)
-        extras.append(spare * need / gpu.used_gib)
-    return round(base + math.floor(min(extras) * 1000) / 1000, 3)
+    base = chosen[0].fraction(need)
+    share = min(gpu.spare * need / gpu.shared_gib for gpu in chosen)
+    return round(base + math.floor(share * 1000) / 1000, 3)
+
+
+# --------------------------------------------------------------------------- suggestions
+
+
+def _trial(
+    cfg: HxpConfig, host_name: str, demands: list[_Demand], before: _HostPlan, unfit: _Unfit
+) -> Callable[[Change], Instance | None]:
+    """Plans the host again with a change to the unfit model: its instance if that model then
+    places, every model placed before still does, and no problem is new."""
+    target = unfit.demand
+    placed_before = {i.model for i in before.instances} | {target.model.name}
+    allowed = Counter(p.path for p in before.problems if p.path != target.path)
+    overhead = cfg.planner.overhead_gb_per_gpu
+
+    def placed_with(change: Change) -> Instance | None:
+        model = apply_change(target.model, change)
+        changed = replace(
+            target, model=model, estimate=_estimate_for(model, target.shape, overhead)
+        )
+        after = _place_host(cfg, host_name, [changed if d is target else d for d in demands])
+        instances = {i.model: i for i in after.instances}
+        if placed_before <= instances.keys() and Counter(p.path for p in after.problems) <= allowed:
+            return instances[model.name]
+        return None
+
+    return placed_with
+
+
+def _largest_value(
+    placed_with: Callable[[Change], Instance | None], key: str, low: int, high: int
+) -> int | None:
+    """The largest value of ``key`` in [low, high] the model places with, by bisection (fewer
+    tokens or sequences need less memory); only a value that placed is ever returned."""
+    if high < low or placed_with({key: low}) is None:
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        if placed_with({key: middle}) is None:
+            high = middle - 1
+        else:
+            low = middle
+    return low
+
+
+def _suggestions(
+    cfg: HxpConfig, host_name: str, demands: list[_Demand], before: _HostPlan, unfit: _Unfit
+) -> Iterator[Suggestion]:
+    placed_with = _trial(cfg, host_name, demands, before, unfit)
+    model, engine = unfit.demand.model, unfit.demand.model.engine
+    if engine.quantization is None:
+        for quantization in SUGGESTED_QUANTIZATIONS:
+            change: Change = {"engine.quantization": quantization}
+            if instance := placed_with(change):
+                yield Suggestion(
+                    f"quantization: {quantization} "
+                    f"(needs {instance.need_per_gpu_gib:.1f} GiB per GPU)",
+                    change,
+                )
+                break
+    gpu_count = len(cfg.host(host_name).gpus)
+    for size in valid_tp_sizes(unfit.demand.shape.num_attention_heads, gpu_count):
+        # The size already tried, unless the model named its GPUs: others may have room.
+        if size < unfit.tensor_parallel_size or (
+            size == unfit.tensor_parallel_size and not isinstance(model.gpus, list)
+        ):
+            continue
+        change = {"gpus": size, "engine.tensor_parallel_size": size}
+        if instance := placed_with(change):
+            yield Suggestion(
+                f"gpus: {size} with tensor_parallel_size: {size} "
+                f"(needs {instance.need_per_gpu_gib:.1f} GiB per GPU)",
+                change,
+            )
+            break
+    length = _largest_value(placed_with, "engine.max_model_len", 16, engine.max_model_len - 1)
+    if length is not None:
+        yield Suggestion(
+            f"max_model_len: {length} (with max_num_seqs {engine.max_num_seqs})",
+            {"engine.max_model_len": length},
+        )
+    sequences = _largest_value(placed_with, "engine.max_num_seqs", 1, engine.max_num_seqs - 1)
+    if sequences is not None:
+        yield Suggestion(
+            f"max_num_seqs: {sequences} (with max_model_len {engine.max_model_len})",
+            {"engine.max_num_seqs": sequences},
+        )
+
+
+def _larger_host(cfg: HxpConfig, host_name: str, demand: _Demand) -> str | None:
+    """A host of more GPUs like this one's largest that the model would fit alone: no change
+    to its entry gives that, so it is part of the message, not a suggestion."""
+    host = cfg.host(host_name)
+    usable = max(g.memory_gb for g in host.gpus) * cfg.planner.max_gpu_utilization
+    count = next(
+        (
+            n
+            for n in OWN_HOST_GPU_COUNTS
+            if demand.shape.num_attention_heads % n == 0
+            and demand.estimate.per_gpu_gib(n) <= usable
+        ),
+        None,
+    )
+    if count is None or count <= len(host.gpus):
+        return None
+    return f"a host with {count} such GPUs (tensor_parallel_size: {count})"
+
+
+def _with_suggestions(
+    cfg: HxpConfig, host_name: str, demands: list[_Demand], plan: _HostPlan
+) -> list[PlanProblem]:
+    """The host's problems, those of models that do not fit with what would make them fit."""
+    problems = []
+    for problem in plan.problems:
+        unfit = plan.unfit.get(problem.path)
+        if unfit is None:
+            problems.append(problem)
+            continue
+        suggestions = tuple(_suggestions(cfg, host_name, demands, plan, unfit))
+        more_gpus = any("gpus" in s.change for s in suggestions)
+        larger_host = None if more_gpus else _larger_host(cfg, host_name, unfit.demand)
+        hints = [s.text for s in suggestions] + ([larger_host] if larger_host else [])
+        message = problem.message + (f"; what would fit: {'; '.join(hints)}" if hints else "")
+        problems.append(replace(problem, message=message, suggestions=suggestions))
+    return problems
 
 
 def plan_deployment(cfg: HxpConfig) -> Plan:
@@ -446,15 +712,18 @@ def plan_deployment(cfg: HxpConfig) -> Plan:
                 )
             )
             continue
+        context = _context_problem(model, shape, position)
+        if context is not None:
+            problems.append(context)
         estimate = _estimate_for(model, shape, cfg.planner.overhead_gb_per_gpu)
         by_host.setdefault(host, []).append(_Demand(position, model, shape, estimate))
     instances: list[Instance] = []
     usage: list[GpuUsage] = []
     for host, demands in by_host.items():
-        host_instances, host_usage, host_problems = _place_host(cfg, host, demands)
-        instances.extend(host_instances)
-        usage.extend(host_usage)
-        problems.extend(host_problems)
+        placement = _place_host(cfg, host, demands)
+        instances.extend(placement.instances)
+        usage.extend(placement.usage)
+        problems.extend(_with_suggestions(cfg, host, demands, placement))
     if problems:
         raise PlanError(problems)
     order = {m.name: i for i, m in enumerate(cfg.models)}

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hxp_runtime.config import HxpConfig
-from hxp_runtime.modelinfo import params_from_config, safetensors_param_count, shape_from_directory
-from hxp_runtime.planner import PlanError, plan_deployment
+from hxp_runtime.config import HxpConfig, Problem
+from hxp_runtime.modelinfo import (
+    ModelInfoError,
+    params_from_config,
+    safetensors_param_count,
+    shape_from_directory,
+)
+from hxp_runtime.planner import Change, PlanError, PlanProblem, apply_change, plan_deployment
+from tests.unit.conftest import BASE, line_of
 
 MIXTRAL_WEIGHTS = 46.7e9 * 2 / 2**30
 PHI3_WEIGHTS = 3.82e9 * 2 / 2**30
@@ -46,6 +53,10 @@ def deployment(
     )
 
 
+def changes(problem: PlanProblem) -> list[Change]:
+    return [s.change for s in problem.suggestions]
+
+
 def mixtral(**engine: Any) -> dict[str, Any]:
     return {"name": "mixtral", "preset": "mixtral-8x7b", "engine": {"dtype": "float16", **engine}}
 
@@ -68,8 +79,9 @@ def test_mixtral_fp16_does_not_fit_one_80gb_gpu_and_says_what_would() -> None:
     assert "weights 87.0 GiB + KV cache 8.0 GiB" in message
     # fp8 halves the weights: 43.49 + 8 + 2 = 53.49
     assert "quantization: fp8 (needs 53.5 GiB per GPU)" in message
-    # two GPUs: 94.99 / 2 + 2 = 49.49
+    # two GPUs: 94.99 / 2 + 2 = 49.49; no change to the entry gives a host more GPUs
     assert "a host with 2 such GPUs" in message
+    assert changes(caught.value.problems[0]) == [{"engine.quantization": "fp8"}]
 
 
 def test_mixtral_fp16_on_two_80gb_gpus_uses_tensor_parallel_2() -> None:
@@ -121,9 +133,13 @@ def test_phi3_does_not_fit_24gb_with_16_sequences_and_suggests_shorter_context()
     message = caught.value.problems[0].message
     assert "needs 33.1 GiB per GPU" in message
     # KV room = 22.08 - 2 - 7.1153 = 12.9647 GiB; 24 GiB / 4096 tokens -> 2212 tokens
-    assert "max_model_len: 2212 or less" in message
+    assert "max_model_len: 2212 (with max_num_seqs 16)" in message
     # 1.5 GiB per sequence -> 8 sequences
-    assert "max_num_seqs: 8 or less" in message
+    assert "max_num_seqs: 8 (with max_model_len 4096)" in message
+    assert changes(caught.value.problems[0]) == [
+        {"engine.max_model_len": 2212},
+        {"engine.max_num_seqs": 8},
+    ]
 
 
 def test_phi3_fits_24gb_with_8_sequences() -> None:
@@ -169,6 +185,187 @@ def test_explicit_utilization_over_the_limit_is_an_error() -> None:
     assert "adds up to 1.20" in caught.value.problems[0].message
 
 
+def test_explicit_utilization_leaves_the_rest_to_the_planner_s_tenants() -> None:
+    a = phi3("a", 11403, max_num_seqs=16, gpu_memory_utilization=0.5)
+    plan = plan_deployment(deployment(80, 1, a, phi3("b", 11404, max_num_seqs=16)))
+    # b: its need 0.414, plus what a's 0.5 and that leave of 0.92
+    assert plan.instance("b").gpu_memory_utilization == 0.42
+    assert plan.gpus[0].utilization_sum == 0.92
+
+
+def problem_of(cfg: HxpConfig) -> PlanProblem:
+    with pytest.raises(PlanError) as caught:
+        plan_deployment(cfg)
+    (problem,) = caught.value.problems
+    return problem
+
+
+def changed(cfg: HxpConfig, position: int, change: Change) -> HxpConfig:
+    """``cfg`` as hxp.yml would give it with ``change`` written into model ``position``."""
+    data = cfg.model_dump()
+    data["models"][position] = apply_change(cfg.models[position], change).model_dump()
+    return HxpConfig.model_validate(data)
+
+
+# --------------------------------------------------------------------------- tensor parallelism
+
+
+@pytest.mark.parametrize("gpus", [3, [0, 1, 2]], ids=["count", "list"])
+def test_gpus_imply_a_tensor_parallel_size_that_must_divide_the_heads(gpus: Any) -> None:
+    problem = problem_of(deployment(80, 4, {**phi3(), "gpus": gpus}))
+    assert problem.path == ("models", 0, "gpus")
+    assert (
+        "tensor_parallel_size 3, which does not divide the model's 32 attention heads"
+        in problem.message
+    )
+    assert "give it a number of GPUs in [1, 2, 4]" in problem.message
+
+
+@pytest.mark.parametrize("gpus", [2, [1, 3]], ids=["count", "list"])
+def test_gpus_that_divide_the_heads_set_the_tensor_parallel_size(gpus: Any) -> None:
+    inst = plan_deployment(deployment(80, 4, {**phi3(), "gpus": gpus})).instance("phi3")
+    assert (len(inst.gpu_ids), inst.tensor_parallel_size) == (2, 2)
+
+
+def test_explicit_tensor_parallel_size_is_checked_before_the_gpus() -> None:
+    problem = problem_of(deployment(80, 4, {**phi3(tensor_parallel_size=3), "gpus": 3}))
+    assert problem.path == ("models", 0, "engine", "tensor_parallel_size")
+
+
+# --------------------------------------------------------------------------- explicit utilization
+
+
+def test_explicit_utilization_below_the_need_names_the_minimum() -> None:
+    problem = problem_of(deployment(80, 1, phi3(max_num_seqs=16, gpu_memory_utilization=0.41)))
+    assert problem.path == ("models", 0, "engine", "gpu_memory_utilization")
+    # 33.1153 GiB of 80 GiB = 0.41394 -> 0.414
+    assert "needs: 33.1 GiB per GPU of 80.0 GiB" in problem.message
+    assert "set it to at least 0.414 or remove it" in problem.message
+
+
+def test_explicit_utilization_at_the_minimum_is_kept() -> None:
+    plan = plan_deployment(deployment(80, 1, phi3(max_num_seqs=16, gpu_memory_utilization=0.414)))
+    assert plan.instance("phi3").gpu_memory_utilization == 0.414
+
+
+def test_explicit_utilization_is_checked_against_the_need_per_gpu() -> None:
+    model = {**phi3(max_num_seqs=16, gpu_memory_utilization=0.2), "gpus": 2}
+    problem = problem_of(deployment(80, 2, model))
+    # tensor_parallel_size 2: 31.1153 / 2 + 2 = 17.5577 GiB of 80 GiB = 0.21947 -> 0.22
+    assert "needs: 17.6 GiB per GPU" in problem.message
+    assert "at least 0.22 " in problem.message
+
+
+# --------------------------------------------------------------------------- context length
+
+
+def test_max_model_len_above_the_context_names_the_limit_and_both_fixes() -> None:
+    problem = problem_of(deployment(80, 1, phi3(max_model_len=8192, max_num_seqs=4)))
+    assert problem.path == ("models", 0, "engine", "max_model_len")
+    assert "above the 4096-token context of model 'phi3'" in problem.message
+    assert "(architecture.max_position_embeddings)" in problem.message
+    assert "lower max_model_len to 4096 or less" in problem.message
+    assert "engine.rope_scaling (e.g. rope_type: yarn, factor: 2.0)" in problem.message
+
+
+def test_rope_scaling_extends_the_context_by_its_factor() -> None:
+    rope = {"rope_type": "yarn", "factor": 2}
+    model = phi3(max_model_len=8192, max_num_seqs=8, rope_scaling=rope)
+    plan = plan_deployment(deployment(80, 1, model))
+    assert plan.instance("phi3").kv_gib == pytest.approx(24.0)  # 8192 tokens x 8 sequences
+
+
+def test_max_model_len_above_what_rope_scaling_gives() -> None:
+    rope = {"rope_type": "yarn", "factor": 2}
+    problem = problem_of(deployment(80, 1, phi3(max_model_len=10000, rope_scaling=rope)))
+    assert problem.path == ("models", 0, "engine", "max_model_len")
+    assert "above the 8192 tokens engine.rope_scaling gives" in problem.message
+    assert "(factor 2 x 4096)" in problem.message
+    # 10000 / 4096 = 2.4414 -> 2.45
+    assert "lower max_model_len to 8192 or less" in problem.message
+    assert "raise engine.rope_scaling.factor to 2.45" in problem.message
+
+
+@pytest.mark.parametrize(("length", "fits"), [(4096, True), (4097, False)])
+def test_rope_scaling_counts_from_its_original_length(length: int, fits: bool) -> None:
+    rope = {"factor": 4, "original_max_position_embeddings": 1024}
+    cfg = deployment(80, 1, phi3(max_model_len=length, max_num_seqs=4, rope_scaling=rope))
+    if fits:
+        plan_deployment(cfg)
+    else:
+        assert "(factor 4 x 1024)" in problem_of(cfg).message
+
+
+def test_context_comes_from_the_model_config_json(tmp_path: Path) -> None:
+    write_llama_config(tmp_path, max_position_embeddings=1024)
+    model = {**phi3(max_model_len=2048), "source": {"local_path": str(tmp_path)}}
+    problem = problem_of(deployment(80, 1, model))
+    assert "above the 1024-token context" in problem.message
+    assert "(max_position_embeddings in its config.json)" in problem.message
+
+
+def test_embeddings_preset_defaults_to_its_whole_context() -> None:
+    cfg = deployment(80, 1, {"name": "minilm", "preset": "all-minilm-l6-v2"})
+    assert cfg.model("minilm").engine.max_model_len == 512
+    plan_deployment(cfg)
+
+
+# --------------------------------------------------------------------------- suggestions
+
+
+def test_suggestions_count_the_other_models_on_the_gpu() -> None:
+    """b (57.1153 GiB) places first; a finds 16.4847 GiB left, so a's own 9.1153 GiB of weights
+    and overhead leave room for 4 sequences of 1.5 GiB, or 1256 tokens of each of 16."""
+    cfg = deployment(80, 1, phi3("a", 11403, max_num_seqs=16), phi3("b", 11404, max_num_seqs=32))
+    problem = problem_of(cfg)
+    assert problem.path == ("models", 0)
+    assert changes(problem) == [{"engine.max_model_len": 1256}, {"engine.max_num_seqs": 4}]
+    for change in changes(problem):
+        plan = plan_deployment(changed(cfg, 0, change))
+        assert plan.instance("a").gpu_ids == plan.instance("b").gpu_ids == (0,)
+        assert plan.gpus[0].utilization_sum <= 0.92
+
+
+def test_no_quantization_is_suggested_where_the_other_models_leave_no_room() -> None:
+    # Alone, fp8 would fit (53.5 GiB); next to b's 57.1 GiB nothing of mixtral does.
+    problem = problem_of(deployment(80, 1, mixtral(), phi3("b", 11404, max_num_seqs=32)))
+    assert problem.path == ("models", 0)
+    assert problem.suggestions == ()
+    assert "quantization" not in problem.message
+
+
+def test_a_suggestion_never_pushes_out_a_model_that_placed() -> None:
+    b = phi3("b", 11403, max_num_seqs=48, tensor_parallel_size=1)  # 81.1 GiB: fits no GPU
+    c = phi3("c", 11404, max_num_seqs=16, tensor_parallel_size=1)  # 33.1 GiB
+    cfg = deployment(80, 2, b, c)
+    problem = problem_of(cfg)
+    # b on both GPUs (41.6 GiB each) would leave c 32.0 GiB: that is not offered.
+    assert changes(problem) == [{"engine.max_model_len": 3668}, {"engine.max_num_seqs": 42}]
+    with pytest.raises(PlanError) as caught:
+        plan_deployment(changed(cfg, 0, {"gpus": 2, "engine.tensor_parallel_size": 2}))
+    assert [p.path for p in caught.value.problems] == [("models", 1)]
+
+
+def test_a_model_on_named_gpus_is_offered_the_planner_s_choice() -> None:
+    a = {**phi3("a", 11403, max_num_seqs=32), "gpus": [0]}
+    b = {**phi3("b", 11404, max_num_seqs=16), "gpus": [0]}
+    cfg = deployment(80, 2, a, b)
+    problem = problem_of(cfg)
+    assert problem.path == ("models", 1)
+    assert changes(problem)[0] == {"gpus": 1, "engine.tensor_parallel_size": 1}
+    assert "gpus: 1 with tensor_parallel_size: 1 (needs 33.1 GiB per GPU)" in problem.message
+    plan = plan_deployment(changed(cfg, 1, changes(problem)[0]))
+    assert plan.instance("b").gpu_ids == (1,)
+
+
+def test_more_gpus_are_suggested_with_a_matching_tensor_parallel_size() -> None:
+    problem = problem_of(deployment(80, 4, mixtral(tensor_parallel_size=1)))
+    # two GPUs: 94.99 / 2 + 2 = 49.49 GiB each
+    assert {"gpus": 2, "engine.tensor_parallel_size": 2} in changes(problem)
+    assert "gpus: 2 with tensor_parallel_size: 2 (needs 49.5 GiB per GPU)" in problem.message
+    assert "a host with" not in problem.message
+
+
 def test_params_from_mixtral_config_json() -> None:
     config = {
         "hidden_size": 4096,
@@ -199,20 +396,72 @@ def write_safetensors(path: Path, shapes: dict[str, list[int]]) -> None:
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
 
 
+def write_llama_config(directory: Path, **fields: Any) -> None:
+    config = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "vocab_size": 512,
+        "torch_dtype": "float32",
+    }
+    (directory / "config.json").write_text(json.dumps({**config, **fields}))
+
+
 def test_shape_from_directory_counts_safetensors_parameters(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "hidden_size": 64,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 2,
-                "vocab_size": 512,
-                "torch_dtype": "float32",
-            }
-        )
-    )
+    write_llama_config(tmp_path)
     write_safetensors(tmp_path / "model.safetensors", {"a": [512, 64], "b": [64, 64], "c": [64]})
     shape = shape_from_directory(tmp_path)
     assert shape.params == 512 * 64 + 64 * 64 + 64
     assert (shape.num_kv_heads, shape.head_dim, shape.origin) == (2, 32, "safetensors")
     assert safetensors_param_count([tmp_path / "model.safetensors"]) == 36928
+
+
+def test_shape_from_directory_reads_the_context(tmp_path: Path) -> None:
+    write_llama_config(tmp_path, max_position_embeddings=2048)
+    assert shape_from_directory(tmp_path).max_position_embeddings == 2048
+
+
+@pytest.mark.parametrize("value", ["4096", 0, 4096.5])
+def test_shape_from_directory_rejects_a_bad_context(tmp_path: Path, value: object) -> None:
+    write_llama_config(tmp_path, max_position_embeddings=value)
+    with pytest.raises(
+        ModelInfoError, match=r"max_position_embeddings .* is not a positive integer"
+    ):
+        shape_from_directory(tmp_path)
+
+
+# --------------------------------------------------------------------------- through the loader
+
+FOUR_GPUS = BASE.replace(
+    "      - {index: 0, memory_gb: 80}\n",
+    "".join(f"      - {{index: {i}, memory_gb: 80}}\n" for i in range(4)),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "needle"),
+    [
+        (
+            FOUR_GPUS.replace("preset: phi-3-mini\n", "preset: phi-3-mini\n    gpus: [0, 1, 2]\n"),
+            "models[0].gpus",
+            "gpus: [0, 1, 2]",
+        ),
+        (
+            BASE.replace("max_num_seqs: 8}", "max_num_seqs: 8, gpu_memory_utilization: 0.2}"),
+            "models[0].engine.gpu_memory_utilization",
+            "gpu_memory_utilization: 0.2",
+        ),
+        (
+            BASE.replace("max_model_len: 4096", "max_model_len: 8192"),
+            "models[0].engine.max_model_len",
+            "max_model_len: 8192",
+        ),
+    ],
+    ids=["gpus", "gpu_memory_utilization", "max_model_len"],
+)
+def test_each_rule_points_at_its_line(
+    problems_of: Callable[[str], list[Problem]], text: str, field: str, needle: str
+) -> None:
+    (problem,) = problems_of(text)
+    assert problem.field == field
+    assert problem.line == line_of(text, needle)
