@@ -263,7 +263,8 @@ class RopeScaling(Strict):
     """Opt-in context extension (passed to vLLM as --hf-overrides): lets max_model_len exceed
     the model's max_position_embeddings, up to factor x original_max_position_embeddings."""
 
-    rope_type: Literal["yarn", "dynamic", "linear", "longrope", "llama3"] = "yarn"
+    # llama3 and longrope need further fields (frequency factors) that hxp does not take yet.
+    rope_type: Literal["yarn", "dynamic", "linear"] = "yarn"
     factor: Annotated[float, Field(gt=1, le=64)]
     original_max_position_embeddings: Annotated[int, Field(ge=1)] | None = Field(
         None, description="defaults to the model's max_position_embeddings"

@@ -242,7 +242,7 @@ def test_model_that_does_not_fit_its_gpu(problems_of: Problems) -> None:
     p = only(problems_of(text))
     assert p.field == "models[1]"
     assert "does not fit" in p.message
-    assert "quantization: fp8" in p.message
+    assert "quantization: awq" in p.message
     assert p.line == line_of(text, "name: mixtral")
 
 
