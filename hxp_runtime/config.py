@@ -298,6 +298,8 @@ class Engine(Strict):
 class Slo(Strict):
     latency_ms: PositiveFloat
     throughput_rps: PositiveFloat
+    # Share of requests that must finish within latency_ms; alerts fire on its error budget.
+    objective: Annotated[float, Field(ge=0.5, lt=1)] = 0.99
 
 
 class Model(Strict):
@@ -484,6 +486,22 @@ class Cache(Strict):
     exporter_port: Port = 9121
 
 
+class Receiver(Strict):
+    """Where Alertmanager sends notifications: a webhook (Alertmanager's webhook format)."""
+
+    name: Name
+    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    send_resolved: bool = True
+
+
+class Alerting(Strict):
+    # No receiver: alerts are visible in Alertmanager and Grafana but sent nowhere.
+    receivers: list[Receiver] = Field(default_factory=list)
+    group_wait_s: Annotated[int, Field(ge=0, le=3600)] = 30
+    group_interval_s: Annotated[int, Field(ge=1, le=86400)] = 300
+    repeat_interval_s: Annotated[int, Field(ge=60, le=604800)] = 14400
+
+
 class Metrics(Strict):
     host: str | None = None
     prometheus_port: Port = 9090
@@ -492,7 +510,14 @@ class Metrics(Strict):
     scrape_interval_s: Annotated[int, Field(ge=1)] = 15
     health_check_interval_s: Annotated[int, Field(ge=1)] = 10
     retention_days: Annotated[int, Field(ge=1)] = 15
+    retention_size_gb: PositiveFloat | None = Field(
+        None, description="Prometheus deletes the oldest data beyond this size"
+    )
     grafana_admin_password: SecretRef
+    # Basic auth of Prometheus's and Alertmanager's web endpoints; Grafana's datasource uses it.
+    web_user: Name = "hxp"
+    web_password: SecretRef
+    alerting: Alerting = Field(default_factory=Alerting)
     node_exporter_port: Port = 9100
     gpu_exporter_port: Port = 9835
 

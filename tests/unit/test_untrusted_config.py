@@ -207,7 +207,9 @@ def test_missing_secrets_are_problems_before_anything_is_rendered(
     monkeypatch.delenv("HXP_DB_PASSWORD", raising=False)
     monkeypatch.setenv("HXP_REDIS_PASSWORD", "")
     absent = tmp_path / "absent-secret"
-    text = BASE + f"metrics:\n  grafana_admin_password: file:{absent}\n"
+    text = BASE + (
+        f"metrics:\n  grafana_admin_password: file:{absent}\n  web_password: env:HXP_REDIS_PASSWORD\n"
+    )
     text = text.replace("groups: [database]", "groups: [database, metrics]")
     config = write_config(text)
     load_config(config)  # validate does not need the values
@@ -218,6 +220,7 @@ def test_missing_secrets_are_problems_before_anything_is_rendered(
         ("database.router_password", line_of(text, "router_password")),
         ("cache.password", line_of(text, "  password: ")),
         ("metrics.grafana_admin_password", line_of(text, "grafana_admin_password")),
+        ("metrics.web_password", line_of(text, "web_password")),
     }
     messages = " ".join(p.message for p in caught.value.errors)
     assert "env:HXP_DB_PASSWORD" in messages
