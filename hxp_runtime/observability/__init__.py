@@ -1,0 +1,1 @@
+"""What the metrics host watches: scrape targets, alert rules, dashboards, all from hxp.yml."""
