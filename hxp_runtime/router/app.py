@@ -37,7 +37,7 @@ from hxp_runtime.router.auth import KeyStore, Miss
 from hxp_runtime.router.backends import BackendRuntime
 from hxp_runtime.router.breaker import BreakerState
 from hxp_runtime.router.errors import error_response
-from hxp_runtime.router.metrics import CONTENT_TYPE, RouterMetrics
+from hxp_runtime.router.metrics import CONTENT_TYPE, RouterMetrics, slo_thresholds_s
 from hxp_runtime.router.openapi import openapi_document
 from hxp_runtime.router.ratelimit import LocalBuckets, RateLimiter, RedisBuckets
 from hxp_runtime.router.semantic import Embedder, EmbeddingError
@@ -121,7 +121,7 @@ class Gateway:
     def __init__(self, settings: RouterSettings, secrets: RouterSecrets) -> None:
         self.settings = settings
         self.secrets = secrets
-        self.metrics = RouterMetrics()
+        self.metrics = RouterMetrics(slo_thresholds_s(settings))
         self.draining = False
         self.started_at = int(time.time())
         self._tasks: set[asyncio.Task[Any]] = set()

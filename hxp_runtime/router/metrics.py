@@ -13,6 +13,7 @@ starts; prometheus-client then keeps values in per-process files and /metrics ag
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +24,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
+
+from hxp_runtime.router.settings import RouterSettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Seconds. From a cached answer (sub-millisecond) to a long generation (minutes).
@@ -36,8 +40,32 @@ TTFT_BUCKETS = (
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+def slo_threshold_s(latency_ms: float) -> float:
+    """An SLO's latency bound as a duration bucket bound (seconds); alert rules use the same."""
+    return latency_ms / 1000
+
+
+def bucket_label(bound_s: float) -> str:
+    """The ``le`` label value the exposition writes for a bucket bound: an alert rule that
+    selects a bucket must spell it exactly so, or its selector matches nothing."""
+    return floatToGoString(bound_s)
+
+
+def slo_thresholds_s(settings: RouterSettings) -> tuple[float, ...]:
+    """The latency bounds of the router's SLO and of every backend's: the SLO alert rules count
+    the requests faster than each, which only a bucket with that exact bound can answer."""
+    specs = [settings.slo, *(backend.slo for backend in settings.backends)]
+    return tuple(slo_threshold_s(slo.latency_ms) for slo in specs)
+
+
 class RouterMetrics:
-    def __init__(self) -> None:
+    def __init__(self, extra_duration_buckets: Iterable[float] = ()) -> None:
+        """``extra_duration_buckets`` (seconds) join DURATION_BUCKETS: the SLO thresholds.
+
+        Buckets are fixed when the histogram is created: a SIGHUP that changes an SLO's
+        latency adds no bucket, a restart does.
+        """
+        self.duration_buckets = tuple(sorted({*DURATION_BUCKETS, *extra_duration_buckets}))
         self.multiprocess = MULTIPROC_ENV in os.environ
         # Single process: metrics live in this registry. Several: in files, read at scrape.
         self.registry = CollectorRegistry(auto_describe=True)
@@ -52,7 +80,7 @@ class RouterMetrics:
             "hxp_router_request_duration_seconds",
             "Time from receiving a request to the end of its answer.",
             ["model", "backend"],
-            buckets=DURATION_BUCKETS,
+            buckets=self.duration_buckets,
             registry=registry,
         )
         self.ttft = Histogram(
