@@ -1,0 +1,326 @@
+"""Role grafana on a lab host.
+
+The Grafana server cannot be obtained on this machine (no Debian package, not on any reachable
+registry). What does not need it is tested for real: the user, directories, grafana.ini, the
+provisioned datasource and dashboards provider, the dashboard files (an unlisted one is removed
+on the next run), file modes and the secrets' whereabouts, the hardened unit (`systemd-analyze
+verify` and `security`), and the stop with a message when the archive is required but absent.
+What needs a running Grafana (service, address, /api/health, login, datasource and dashboards
+as Grafana sees them) runs only when the scenario was given the official release archive
+(HXP_GRAFANA_ARCHIVE, see molecule.yml), and otherwise skips with that reason.
+"""
+
+import base64
+import configparser
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+HOST = "hx-metrics-server-01"
+PORT = 3000
+SCENARIO = Path(__file__).resolve().parents[1]
+BINARY = "/opt/grafana-current/bin/grafana"
+DASHBOARDS_DIR = "/var/lib/grafana/dashboards/hxp"
+UNIT = "/etc/systemd/system/grafana-server.service"
+NO_BINARY = (
+    "the Grafana binary is absent from the bundle: its official release archive cannot be "
+    "obtained on this machine, so the server is neither installed nor started (set "
+    "HXP_GRAFANA_ARCHIVE, see molecule.yml)"
+)
+
+
+class _ConvergeLoader(yaml.SafeLoader):
+    """Reads converge.yml, whose !unsafe strings are plain strings to the role."""
+
+
+_ConvergeLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))
+
+
+@pytest.fixture(scope="module")
+def dashboards():
+    """hxp_grafana_dashboards as converge.yml gives it: one source for the role and the tests."""
+    text = (SCENARIO / "converge.yml").read_text()
+    play = yaml.load(text, Loader=_ConvergeLoader)[0]  # noqa: S506 - a SafeLoader plus !unsafe
+    return play["vars"]["hxp_grafana_dashboards"]
+
+
+@pytest.fixture(scope="module")
+def admin_password(scenario_secret):
+    return scenario_secret("grafana-admin-password")
+
+
+@pytest.fixture(scope="module")
+def prometheus_password(scenario_secret):
+    return scenario_secret("prometheus-password")
+
+
+@pytest.fixture(scope="module")
+def secrets(host, admin_password, prometheus_password):
+    """Every secret the role handles, as a string that any copy of it contains."""
+    secret_key = host.file("/etc/grafana/secret_key").content_string.strip()
+    return {
+        "admin password": admin_password,
+        # Its escaped copy ($ -> $$) in the provisioning file contains this part too.
+        "Prometheus password": prometheus_password.split("$")[0],
+        "secret key": secret_key,
+    }
+
+
+@pytest.fixture
+def running(host):
+    if not host.file(BINARY).exists:
+        pytest.skip(NO_BINARY)
+
+
+def test_dedicated_user(host):
+    user = host.user("grafana")
+    assert user.exists
+    assert user.uid < 1000, "a system account"
+    assert user.shell == "/usr/sbin/nologin"
+    assert user.home == "/var/lib/grafana"
+    assert user.group == "grafana"
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "group", "mode"),
+    [
+        ("/var/lib/grafana", "grafana", "grafana", 0o750),
+        ("/var/lib/grafana/dashboards", "root", "grafana", 0o750),
+        (DASHBOARDS_DIR, "root", "grafana", 0o750),
+        ("/etc/grafana", "root", "grafana", 0o750),
+        ("/etc/grafana/provisioning", "root", "grafana", 0o750),
+        ("/etc/grafana/provisioning/datasources", "root", "grafana", 0o750),
+        ("/etc/grafana/provisioning/dashboards", "root", "grafana", 0o750),
+    ],
+)
+def test_directories(host, path, owner, group, mode):
+    directory = host.file(path)
+    assert directory.is_directory
+    assert (directory.user, directory.group, directory.mode) == (owner, group, mode)
+
+
+def private_file(host, path):
+    """The file's content, after checking that only root and Grafana can read it."""
+    config_file = host.file(path)
+    assert (config_file.user, config_file.group, config_file.mode) == ("root", "grafana", 0o640)
+    return config_file.content_string
+
+
+def test_grafana_ini_is_rendered_from_the_settings(host, address, admin_password):
+    ini = configparser.RawConfigParser()
+    ini.read_string(private_file(host, "/etc/grafana/grafana.ini"))
+    assert dict(ini["server"]) == {
+        "protocol": "http",
+        "http_addr": address,
+        "http_port": str(PORT),
+    }
+    assert ini["paths"]["provisioning"] == "/etc/grafana/provisioning"
+    assert ini["paths"]["data"] == "/var/lib/grafana"
+    # Triple quotes: Grafana reads what is between them literally.
+    assert ini["security"]["admin_user"] == '"""admin"""'
+    assert ini["security"]["admin_password"] == f'"""{admin_password}"""'
+    # Grafana reads the key from this file: a path, not a secret.
+    assert ini["security"]["secret_key"] == "$__file{/etc/grafana/secret_key}"  # noqa: S105
+    assert ini["analytics"]["reporting_enabled"] == "false"
+    assert ini["analytics"]["check_for_updates"] == "false"
+    assert ini["auth.anonymous"]["enabled"] == "false"
+    assert ini["log"]["mode"] == "console"
+
+
+def test_secret_key_is_private_and_long(host):
+    key = private_file(host, "/etc/grafana/secret_key")
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", key)
+
+
+def test_datasource_is_provisioned(host, address, prometheus_password):
+    provisioning = yaml.safe_load(
+        private_file(host, "/etc/grafana/provisioning/datasources/hxp.yml")
+    )
+    assert provisioning["apiVersion"] == 1
+    (datasource,) = provisioning["datasources"]
+    assert datasource == {
+        "name": "Prometheus",
+        "type": "prometheus",
+        "uid": "hxp-prometheus",
+        "access": "proxy",
+        "url": f"http://{address}:9090",
+        "isDefault": True,
+        "editable": False,
+        "jsonData": {"httpMethod": "POST"},
+        "basicAuth": True,
+        "basicAuthUser": "hxp",
+        # Grafana expands $NAME in provisioning files and reads $$ as $.
+        "secureJsonData": {"basicAuthPassword": prometheus_password.replace("$", "$$")},
+    }
+
+
+def test_dashboards_provider_points_at_the_dashboards(host):
+    provisioning = yaml.safe_load(
+        private_file(host, "/etc/grafana/provisioning/dashboards/hxp.yml")
+    )
+    (provider,) = provisioning["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == DASHBOARDS_DIR
+    assert provider["allowUiUpdates"] is False
+
+
+def test_dashboards_are_written(host, dashboards):
+    assert sorted(host.file(DASHBOARDS_DIR).listdir()) == sorted(dashboards)
+    for name, model in dashboards.items():
+        assert json.loads(private_file(host, f"{DASHBOARDS_DIR}/{name}")) == model
+    router = host.file(f"{DASHBOARDS_DIR}/hxp-router.json").content_string
+    assert '"legendFormat": "{{model}}"' in router, "Grafana's own template syntax, unevaluated"
+
+
+def test_no_secret_in_a_world_readable_file(host, secrets):
+    patterns = " ".join(f"-e {shlex.quote(value)}" for value in secrets.values())
+    found = host.run(
+        "find /etc /var /opt /srv /usr/local /root /home /tmp -xdev -type f -perm -o=r "
+        f"-exec grep -lF {patterns} {{}} +"
+    )
+    assert found.stdout.split() == [], f"world-readable files holding a secret: {found.stdout}"
+
+
+def test_secrets_are_never_logged(host, secrets):
+    journal = host.run("journalctl --no-pager -o cat").stdout
+    for name, value in secrets.items():
+        assert value not in journal, f"the {name} is in the journal"
+
+
+def test_unit_is_hardened(assert_hardened):
+    properties = assert_hardened("grafana-server", "User", "ReadWritePaths", "ExecStart")
+    assert properties["User"] == "grafana"
+    assert properties["ReadWritePaths"].split() == ["/var/lib/grafana"]
+    assert f"path={BINARY}" in properties["ExecStart"]
+    assert (
+        "argv[]=/opt/grafana-current/bin/grafana server --homepath /opt/grafana-current "
+        "--config /etc/grafana/grafana.ini" in properties["ExecStart"]
+    )
+
+
+def test_unit_exposure_is_at_most_2(host):
+    report = host.run("systemd-analyze security --no-pager grafana-server.service")
+    exposure = re.search(
+        r"Overall exposure level for grafana-server\.service: ([\d.]+)", report.stdout
+    )
+    assert exposure, report.stdout + report.stderr
+    assert float(exposure.group(1)) <= 2.0, report.stdout
+
+
+def test_unit_passes_systemd_analyze_verify(host):
+    unit = UNIT
+    search_path = ""
+    if not host.file(BINARY).exists:
+        # Without the binary, verify reads a copy of the installed unit in which ExecStart names
+        # an executable that exists; every other line is the installed file's.
+        host.run("rm -rf /run/hxp-verify && mkdir -p /run/hxp-verify")
+        host.run(
+            f"sed 's|^ExecStart={BINARY}|ExecStart=/bin/true|;/^AssertFileIsExecutable=/d' "
+            f"{UNIT} > /run/hxp-verify/grafana-server.service"
+        )
+        search_path = "SYSTEMD_UNIT_PATH=/run/hxp-verify: "
+        unit = "/run/hxp-verify/grafana-server.service"
+    checked = host.run(f"{search_path}systemd-analyze verify {unit}")
+    assert checked.rc == 0, checked.stderr
+
+
+def test_without_the_binary_grafana_is_not_started(host):
+    if host.file(BINARY).exists:
+        pytest.skip("the binary is installed: the tests below check the running service")
+    assert not host.service("grafana-server").is_enabled
+    assert not host.service("grafana-server").is_running
+
+
+def test_next_run_removes_unlisted_dashboards_and_keeps_the_rest(
+    host, dashboards, secrets, converge
+):
+    """A dashboard dropped from hxp_grafana_dashboards leaves a file behind: the next run
+    removes it, and changes nothing else (the secret key above all)."""
+    host.run_expect([0], f'echo \'{{"title": "retired"}}\' > {DASHBOARDS_DIR}/retired.json')
+    secret_key = host.file("/etc/grafana/secret_key").sha256sum
+    run = converge({})
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert run.recap(HOST)["changed"] == 1, run.stdout[-3000:]
+    assert sorted(host.file(DASHBOARDS_DIR).listdir()) == sorted(dashboards)
+    assert host.file("/etc/grafana/secret_key").sha256sum == secret_key
+    output = " ".join(run.stdout.split())
+    if not host.file(BINARY).exists:
+        assert "Grafana was not installed: the bundle has no Grafana archive" in output
+    for name, value in secrets.items():
+        assert value not in run.stdout + run.stderr, f"the {name} is in the play's output"
+
+
+def test_a_required_archive_that_is_absent_stops_the_play(host, converge):
+    if host.file(BINARY).exists:
+        pytest.skip("the scenario was given the archive: nothing is absent")
+    run = converge({"hxp_grafana_require_binary": True})
+    assert run.returncode == 2, run.stdout[-3000:]
+    assert run.recap(HOST)["changed"] == 0
+    output = " ".join((run.stdout + run.stderr).split())
+    assert "no bundle is set (bundle.path in hxp.yml)" in output
+    assert "Add to the bundle spec the artifact {name: grafana, kind: archive" in output
+    assert "grafana-VERSION.linux-amd64.tar.gz" in output
+
+
+# ---------------------------------------------------------------- needs the Grafana server
+
+
+def grafana_api(host, address, path, *, user=None, password=None):
+    """HTTP status and body of a request made on the host."""
+    script = (
+        "import sys, urllib.request, urllib.error\n"
+        "req = urllib.request.Request(sys.argv[1])\n"
+        "if sys.argv[2]: req.add_header('Authorization', 'Basic ' + sys.argv[2])\n"
+        "try:\n"
+        "    r = urllib.request.urlopen(req, timeout=30)\n"
+        "    print(r.status); print(r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code); print(e.read().decode())\n"
+    )
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode() if user else ""
+    out = host.check_output(
+        "python3 -c %s %s %s", script, f"http://{address}:{PORT}{path}", credentials
+    )
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+@pytest.mark.usefixtures("running")
+def test_grafana_runs_and_is_enabled(host):
+    assert host.service("grafana-server").is_running
+    assert host.service("grafana-server").is_enabled
+
+
+@pytest.mark.usefixtures("running")
+def test_grafana_listens_on_the_configured_address_only(host, address):
+    listening = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{PORT}")]
+    assert listening == [f"tcp://{address}:{PORT}"]
+
+
+@pytest.mark.usefixtures("running")
+def test_healthy_and_the_admin_password_is_required(host, address, admin_password):
+    status, body = grafana_api(host, address, "/api/health")
+    assert (status, json.loads(body)["database"]) == (200, "ok")
+    assert grafana_api(host, address, "/api/user")[0] == 401
+    wrong = {"user": "admin", "password": "not-it"}
+    assert grafana_api(host, address, "/api/user", **wrong)[0] == 401
+    assert grafana_api(host, address, "/api/user", user="admin", password=admin_password)[0] == 200
+
+
+@pytest.mark.usefixtures("running")
+def test_grafana_has_the_datasource_and_the_dashboards(host, address, admin_password, dashboards):
+    auth = {"user": "admin", "password": admin_password}
+    status, body = grafana_api(host, address, "/api/datasources/uid/hxp-prometheus", **auth)
+    assert status == 200, body
+    datasource = json.loads(body)
+    assert (datasource["type"], datasource["basicAuth"]) == ("prometheus", True)
+    assert datasource["url"] == f"http://{address}:9090"
+    status, body = grafana_api(host, address, "/api/search?type=dash-db", **auth)
+    assert status == 200, body
+    assert sorted(d["uid"] for d in json.loads(body)) == sorted(
+        m["uid"] for m in dashboards.values()
+    )
