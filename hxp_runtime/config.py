@@ -493,6 +493,15 @@ class Receiver(Strict):
     webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
     send_resolved: bool = True
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == "null":
+            raise ValueError(
+                "'null' is the receiver hxp routes info alerts to; choose another name"
+            )
+        return name
+
 
 class Alerting(Strict):
     # No receiver: alerts are visible in Alertmanager and Grafana but sent nowhere.

@@ -33,6 +33,9 @@ from hxp_runtime.config import (
     service_endpoints,
     walk_secret_refs,
 )
+from hxp_runtime.observability.alerts import alert_rules, alertmanager_config
+from hxp_runtime.observability.dashboards import dashboards
+from hxp_runtime.observability.scrape import QDRANT_KEY_FILE, WEB_PASSWORD_FILE, scrape_configs
 from hxp_runtime.planner import Instance, Plan
 
 HEADER = "# Rendered by `hxp render` from {source}. Do not edit: edit hxp.yml and render again.\n"
@@ -50,6 +53,10 @@ class Expression(str):
 
 class _InventoryDumper(yaml.SafeDumper):
     """Writes hxp.yml's strings so that Ansible reads them as data, never as templates."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        # A value used twice is written twice: an inventory reads better without anchors.
+        return True
 
 
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -197,8 +204,6 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
             "port": cfg.cache.port,
         }
     return {
-        "hxp_router_port": router.port,
-        "hxp_router_workers": router.workers,
         "hxp_router_settings": settings,
         "hxp_router_api_keys": [
             {
@@ -218,18 +223,48 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
 
 
 def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    """Roles node_exporter (every host), prometheus, alertmanager and grafana (metrics host)."""
     m = cfg.metrics
     if m is None:
-        return {}
+        return {"hxp_metrics_enabled": False}
+    address = _address(cfg, resolve_host(cfg, m.host, HostGroup.METRICS))
+    web_password = _secret(cfg, m.web_password)
+    credentials = {Path(WEB_PASSWORD_FILE).name: web_password}
+    if cfg.vector_db is not None:
+        credentials[Path(QDRANT_KEY_FILE).name] = _secret(cfg, cfg.vector_db.api_key)
     return {
-        "hxp_metrics_prometheus_port": m.prometheus_port,
-        "hxp_metrics_alertmanager_port": m.alertmanager_port,
-        "hxp_metrics_grafana_port": m.grafana_port,
-        "hxp_metrics_scrape_interval_s": m.scrape_interval_s,
-        "hxp_metrics_retention_days": m.retention_days,
-        "hxp_metrics_grafana_admin_password": _secret(cfg, m.grafana_admin_password),
-        "hxp_metrics_node_exporter_port": m.node_exporter_port,
+        "hxp_metrics_enabled": True,
         "hxp_metrics_gpu_exporter_port": m.gpu_exporter_port,
+        "hxp_node_exporter_port": m.node_exporter_port,
+        "hxp_prometheus_port": m.prometheus_port,
+        "hxp_prometheus_listen_address": address,
+        "hxp_prometheus_retention_time": f"{m.retention_days}d",
+        "hxp_prometheus_retention_size": (
+            f"{round(m.retention_size_gb * 1024)}MB" if m.retention_size_gb else None
+        ),
+        "hxp_prometheus_scrape_interval_s": m.scrape_interval_s,
+        "hxp_prometheus_evaluation_interval_s": m.scrape_interval_s,
+        "hxp_prometheus_scrape_configs": scrape_configs(cfg, plan),
+        "hxp_prometheus_rules": alert_rules(cfg),
+        "hxp_prometheus_credentials": credentials,
+        "hxp_prometheus_alertmanagers": [f"{address}:{m.alertmanager_port}"],
+        "hxp_prometheus_web_user": m.web_user,
+        "hxp_prometheus_web_password": web_password,
+        "hxp_alertmanager_port": m.alertmanager_port,
+        "hxp_alertmanager_listen_address": address,
+        "hxp_alertmanager_config": alertmanager_config(cfg),
+        "hxp_alertmanager_web_user": m.web_user,
+        "hxp_alertmanager_web_password": web_password,
+        "hxp_grafana_port": m.grafana_port,
+        "hxp_grafana_listen_address": address,
+        "hxp_grafana_admin_password": _secret(cfg, m.grafana_admin_password),
+        "hxp_grafana_prometheus_url": f"http://{address}:{m.prometheus_port}",
+        "hxp_grafana_prometheus_user": m.web_user,
+        "hxp_grafana_prometheus_password": web_password,
+        "hxp_grafana_dashboards": dashboards(cfg),
+        "hxp_grafana_scrape_interval_s": m.scrape_interval_s,
+        # Grafana is installed only from the bundle's release archive; a lab goes without it.
+        "hxp_grafana_require_binary": cfg.lab is None,
     }
 
 
@@ -300,8 +335,6 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     spec = cfg.host(host)
     instances = plan.for_host(host)
     return {
-        "hxp_host_accelerator": spec.accelerator,
-        "hxp_host_gpus": [g.model_dump(mode="json") for g in spec.gpus],
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
         "hxp_vllm_instances": [vllm_instance_vars(cfg, i) for i in instances],
         # Every port an hxp service listens on here: role common reserves them, so that no

@@ -208,7 +208,8 @@ def test_missing_secrets_are_problems_before_anything_is_rendered(
     monkeypatch.setenv("HXP_REDIS_PASSWORD", "")
     absent = tmp_path / "absent-secret"
     text = BASE + (
-        f"metrics:\n  grafana_admin_password: file:{absent}\n  web_password: env:HXP_REDIS_PASSWORD\n"
+        f"metrics:\n  grafana_admin_password: file:{absent}\n"
+        "  web_password: env:HXP_REDIS_PASSWORD\n"
     )
     text = text.replace("groups: [database]", "groups: [database, metrics]")
     config = write_config(text)

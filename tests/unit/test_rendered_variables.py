@@ -1,0 +1,94 @@
+"""Nothing rendered is dead, nothing read is undefined.
+
+`hxp render` writes variables for the roles; a variable no role or playbook reads is a setting
+that silently does nothing, and a public variable a role reads that is neither rendered nor
+defaulted nor set by a task fails (or worse, misbehaves) at deploy time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hxp_runtime.config import load_config
+from hxp_runtime.planner import plan_deployment
+from hxp_runtime.render import ROLE_VARS, common_vars, host_vars
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = sorted((REPO / "inventory").glob("*/hxp.yml"))
+# Where roles and playbooks read variables: tasks, handlers, templates, defaults, vars, meta.
+SOURCES = [
+    *REPO.glob("roles/*/*/**/*.yml"),
+    *REPO.glob("roles/*/templates/**/*.j2"),
+    *REPO.glob("playbooks/*.yml"),
+]
+TOKEN = re.compile(r"(?<![\w.'\"/-])(hxp_[a-z0-9_]+)")
+# Set by the lab's inventory, not by hxp render.
+NOT_RENDERED = {"hxp_lab_gateway"}
+# Names that look like variables but are not: modules shipped in roles/*/library, plugins, the
+# Python package, and the router's PostgreSQL login role.
+NOT_VARIABLES = {
+    *(p.stem for p in REPO.glob("roles/*/library/*.py")),
+    *(p.stem for p in REPO.glob("plugins/*/*.py")),
+    "hxp_runtime",
+    "hxp_router",
+}
+
+
+def _read_text() -> dict[Path, str]:
+    return {p: p.read_text(encoding="utf-8") for p in SOURCES if "molecule" not in p.parts}
+
+
+def _rendered_names() -> set[str]:
+    names: set[str] = set()
+    for sample in SAMPLES:
+        cfg = load_config(sample)
+        plan = plan_deployment(cfg)
+        for role_vars in ROLE_VARS:
+            names |= set(role_vars(cfg, plan))
+        names |= set(common_vars(cfg, plan))
+        for host in cfg.hosts:
+            names |= set(host_vars(cfg, plan, host.name))
+    return names
+
+
+def _defined_by_roles(texts: dict[Path, str]) -> set[str]:
+    defined: set[str] = set()
+    for path, text in texts.items():
+        if path.parts[-2] in {"defaults", "vars"} and path.name == "main.yml":
+            defined |= set((yaml.safe_load(text) or {}).keys())
+        # set_fact and register give names too.
+        defined |= (
+            set(re.findall(r"^\s+(hxp_[a-z0-9_]+):", text, re.M)) if "set_fact" in text else set()
+        )
+        defined |= set(re.findall(r"register:\s*(hxp_[a-z0-9_]+)", text))
+    return defined
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.parent.name)
+def test_every_rendered_variable_is_read_by_a_role(sample: Path) -> None:
+    cfg = load_config(sample)
+    plan = plan_deployment(cfg)
+    rendered = set(common_vars(cfg, plan))
+    for role_vars in ROLE_VARS:
+        rendered |= set(role_vars(cfg, plan))
+    for host in cfg.hosts:
+        rendered |= set(host_vars(cfg, plan, host.name))
+    read = set()
+    for text in _read_text().values():
+        read |= set(TOKEN.findall(text))
+    dead = sorted(rendered - read)
+    assert not dead, f"rendered but read by no role or playbook: {dead}"
+
+
+def test_every_public_variable_a_role_reads_is_rendered_or_defaulted() -> None:
+    texts = _read_text()
+    read = set()
+    for text in texts.values():
+        read |= set(TOKEN.findall(text))
+    known = _rendered_names() | _defined_by_roles(texts) | NOT_RENDERED | NOT_VARIABLES
+    undefined = sorted(read - known)
+    assert not undefined, f"read by a role but neither rendered nor defaulted: {undefined}"
