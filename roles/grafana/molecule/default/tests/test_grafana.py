@@ -150,7 +150,8 @@ def test_datasource_is_provisioned(host, address, prometheus_password):
         "url": f"http://{address}:9090",
         "isDefault": True,
         "editable": False,
-        "jsonData": {"httpMethod": "POST"},
+        # timeInterval: the default hxp_grafana_scrape_interval_s; converge.yml does not set it.
+        "jsonData": {"httpMethod": "POST", "timeInterval": "15s"},
         "basicAuth": True,
         "basicAuthUser": "hxp",
         # Grafana expands $NAME in provisioning files and reads $$ as $.
