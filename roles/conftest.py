@@ -6,15 +6,17 @@ repository its rootdir), so each role's molecule/*/tests asks for these fixtures
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -28,6 +30,96 @@ HARDENING = {
 }
 
 
+# One HTTP request, a script for python3 on the controller or on a host: argv[1] is the request
+# as JSON, the answer is printed as JSON [status, body]. No proxy of the environment: the tests
+# reach the lab's addresses directly, as the services that use them do.
+HTTP_REQUEST = """
+import json, sys, urllib.error, urllib.request
+spec = json.loads(sys.argv[1])
+body = None if spec["body"] is None else json.dumps(spec["body"]).encode()
+request = urllib.request.Request(spec["url"], data=body, headers=spec["headers"])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(request, timeout=30) as response:
+        print(json.dumps([response.status, response.read().decode()]))
+except urllib.error.HTTPError as error:
+    print(json.dumps([error.code, error.read().decode()]))
+"""
+
+
+class HttpRequest(Protocol):
+    """(status, body) of one request: a GET, or a POST of body as JSON where a body is given."""
+
+    def __call__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        body: Any = None,
+    ) -> tuple[int, str]: ...
+
+
+def _http_request(run_script: Callable[[str], str]) -> HttpRequest:
+    """An HttpRequest that runs HTTP_REQUEST with run_script(spec) and reads its answer."""
+
+    def request(
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        body: Any = None,
+    ) -> tuple[int, str]:
+        sent = dict(headers or {})
+        if user is not None:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            sent["Authorization"] = f"Basic {token}"
+        if body is not None:
+            sent["Content-Type"] = "application/json"
+        spec = {"url": url, "headers": sent, "body": body}
+        status, text = json.loads(run_script(json.dumps(spec)))
+        return int(status), str(text)
+
+    return request
+
+
+@pytest.fixture(scope="session")
+def http_from_controller() -> HttpRequest:
+    """http_from_controller(url, ...): a request from the controller over the lab bridge."""
+
+    def run(spec: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", HTTP_REQUEST, spec], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return _http_request(run)
+
+
+@pytest.fixture(scope="module")
+def http_on_host(host: Any) -> HttpRequest:
+    """http_on_host(url, ...): a request made on the host under test (python3 there; no curl)."""
+    return _http_request(lambda spec: host.check_output("python3 -c %s %s", HTTP_REQUEST, spec))
+
+
+@pytest.fixture(scope="session")
+def assert_basic_auth_required(
+    http_from_controller: HttpRequest,
+) -> Callable[[str, str, str], None]:
+    """assert_basic_auth_required(url, user, password): url answers 401 to a request without the
+    user's password or with a wrong one, and 200 to one with it."""
+
+    def check(url: str, user: str, password: str) -> None:
+        assert http_from_controller(url)[0] == 401
+        assert http_from_controller(url, user=user, password=f"not-{password}")[0] == 401
+        assert http_from_controller(url, user=user, password=password)[0] == 200
+
+    return check
+
+
 @pytest.fixture(scope="module")
 def address(host: Any) -> str:
     """The lab address of the host under test."""
@@ -39,6 +131,89 @@ def scenario_secret() -> Callable[[str], str]:
     """Reads a secret the scenario's prepare step wrote under its ephemeral directory."""
     secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
     return lambda name: (secrets / name).read_text().strip()
+
+
+@pytest.fixture
+def running(host: Any, request: pytest.FixtureRequest) -> None:
+    """Skips a test that needs the role's server when its binary is not installed. A role whose
+    server may be absent from the lab names the binary in its test module as BINARY, and the
+    reason it may be absent as NO_BINARY."""
+    if not host.file(request.module.BINARY).exists:
+        pytest.skip(request.module.NO_BINARY)
+
+
+@pytest.fixture(scope="module")
+def assert_running_and_enabled(host: Any) -> Callable[[str], None]:
+    """assert_running_and_enabled(unit): the unit runs now and starts at boot."""
+
+    def check(unit: str) -> None:
+        service = host.service(unit)
+        assert service.is_running, f"{unit} is not running"
+        assert service.is_enabled, f"{unit} is not enabled"
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def assert_listens_on_address_only(host: Any, address: str) -> Callable[..., None]:
+    """assert_listens_on_address_only(*ports): each port is open on the host's lab address and
+    on no other address."""
+
+    def check(*ports: int) -> None:
+        listening = host.socket.get_listening_sockets()
+        for port in ports:
+            assert [s for s in listening if s.endswith(f":{port}")] == [f"tcp://{address}:{port}"]
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def assert_system_user(host: Any) -> Callable[[str, str], None]:
+    """assert_system_user(name, home): a system account that cannot log in, in its own group."""
+
+    def check(name: str, home: str) -> None:
+        user = host.user(name)
+        assert user.exists
+        assert user.uid < 1000, "a system account"
+        assert user.shell == "/usr/sbin/nologin"
+        assert user.home == home
+        assert user.group == name
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def assert_directory(host: Any) -> Callable[[str, str, str, int], None]:
+    """assert_directory(path, owner, group, mode): a directory with that owner, group and mode."""
+
+    def check(path: str, owner: str, group: str, mode: int) -> None:
+        directory = host.file(path)
+        assert directory.is_directory, f"{path} is not a directory"
+        assert (directory.user, directory.group, directory.mode) == (owner, group, mode), path
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def assert_units_verify(host: Any) -> Callable[..., None]:
+    """assert_units_verify(binary, *units): `systemd-analyze verify` passes on the units installed
+    in /etc/systemd/system. Without binary on the host, verify reads copies of them in which an
+    ExecStart of binary names an executable that exists; every other line is the installed one."""
+
+    def check(binary: str, *units: str) -> None:
+        paths = [f"/etc/systemd/system/{unit}" for unit in units]
+        search_path = ""
+        if not host.file(binary).exists:
+            host.run_expect([0], "rm -rf /run/hxp-verify && mkdir -p /run/hxp-verify")
+            for unit, path in zip(units, paths, strict=True):
+                replace = f"s|^ExecStart={binary}|ExecStart=/bin/true|;/^AssertFileIsExecutable=/d"
+                host.run_expect([0], f"sed %s %s > /run/hxp-verify/{unit}", replace, path)
+            search_path = "SYSTEMD_UNIT_PATH=/run/hxp-verify: "
+            paths = [f"/run/hxp-verify/{unit}" for unit in units]
+        checked = host.run(f"{search_path}systemd-analyze verify {shlex.join(paths)}")
+        assert checked.rc == 0, checked.stderr
+
+    return check
 
 
 @pytest.fixture(scope="module")

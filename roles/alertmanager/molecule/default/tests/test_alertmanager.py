@@ -5,12 +5,9 @@ scenario's configuration to a webhook receiver the test runs on the host.
 API requests go from the controller over the lab bridge, as Prometheus reaches Alertmanager.
 """
 
-import base64
 import json
 import shlex
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
@@ -18,7 +15,6 @@ import pytest
 PORT = 9093
 USER = "hxp"
 UNIT = "prometheus-alertmanager"
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # The scenario routes hxp_test="webhook" to http://127.0.0.1:19093/alerts (converge.yml).
 WEBHOOK_PORT = 19093
 WEBHOOK_UNIT = "hxp-test-webhook"
@@ -40,21 +36,6 @@ def password(scenario_secret):
     return scenario_secret("alertmanager-web-password")
 
 
-def call(url, *, user=None, password=None, body=None):
-    """(status, body) of a GET, or a POST of body as JSON; basic auth when a user is given."""
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 - http URL built here
-    if user is not None:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with OPENER.open(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @pytest.fixture
 def webhook(host):
     """A webhook receiver on the host's loopback, as a transient unit; yields its journal."""
@@ -68,36 +49,32 @@ def webhook(host):
     host.run(f"systemctl stop {WEBHOOK_UNIT}")
 
 
-def test_service_runs_and_is_enabled(host):
-    service = host.service(UNIT)
-    assert service.is_running
-    assert service.is_enabled
+def test_service_runs_and_is_enabled(assert_running_and_enabled):
+    assert_running_and_enabled(UNIT)
 
 
-def test_listens_on_the_host_address_only_and_opens_no_cluster_port(host, address):
-    listening = host.socket.get_listening_sockets()
-    assert [s for s in listening if s.endswith(f":{PORT}")] == [f"tcp://{address}:{PORT}"]
+def test_listens_on_the_host_address_only_and_opens_no_cluster_port(
+    host, address, assert_listens_on_address_only
+):
+    assert_listens_on_address_only(PORT)
     main_pid = host.check_output(f"systemctl show -p MainPID --value {UNIT}")
     sockets = host.check_output(f"ss -Htulpn | grep 'pid={main_pid},' || true")
     assert [line.split()[4] for line in sockets.splitlines()] == [f"{address}:{PORT}"]
 
 
-def test_the_web_user_and_password_are_required(address, password):
-    url = f"http://{address}:{PORT}/-/ready"
-    assert call(url)[0] == 401
-    assert call(url, user=USER, password="not-it-not-it-not-it")[0] == 401  # noqa: S106
-    assert call(url, user=USER, password=password)[0] == 200
+def test_the_web_user_and_password_are_required(address, password, assert_basic_auth_required):
+    assert_basic_auth_required(f"http://{address}:{PORT}/-/ready", USER, password)
 
 
-def test_an_alert_is_routed_to_the_webhook(address, password, webhook):
+def test_an_alert_is_routed_to_the_webhook(address, password, webhook, http_from_controller):
     marker = uuid.uuid4().hex
     alert = {
         "labels": {"alertname": "HxpScenarioTest", "hxp_test": "webhook", "marker": marker},
         "annotations": {"summary": "posted by the alertmanager scenario"},
     }
     url = f"http://{address}:{PORT}/api/v2/alerts"
-    assert call(url, body=[alert])[0] == 401
-    status, body = call(url, user=USER, password=password, body=[alert])
+    assert http_from_controller(url, body=[alert])[0] == 401
+    status, body = http_from_controller(url, user=USER, password=password, body=[alert])
     assert status == 200, body
 
     deadline = time.monotonic() + 30

@@ -10,23 +10,16 @@ def test_python_for_ansible(host):
     assert host.package("python3-apt").is_installed
 
 
-def test_service_user(host):
-    user = host.user("hxp")
-    assert user.exists
-    assert user.uid < 1000, "a system account"
-    assert user.shell == "/usr/sbin/nologin"
-    assert user.home == "/var/lib/hxp"
-    assert user.group == "hxp"
+def test_service_user(assert_system_user):
+    assert_system_user("hxp", "/var/lib/hxp")
 
 
 @pytest.mark.parametrize(
     ("path", "mode"),
     [("/etc/hxp", 0o750), ("/var/lib/hxp", 0o750), ("/var/log/hxp", 0o750), ("/opt/hxp", 0o755)],
 )
-def test_directories(host, path, mode):
-    directory = host.file(path)
-    assert directory.is_directory
-    assert (directory.user, directory.group, directory.mode) == ("hxp", "hxp", mode)
+def test_directories(assert_directory, path, mode):
+    assert_directory(path, "hxp", "hxp", mode)
 
 
 def test_baseline_packages(host):

@@ -10,7 +10,6 @@ as Grafana sees them) runs only when the scenario was given the official release
 (HXP_GRAFANA_ARCHIVE, see molecule.yml), and otherwise skips with that reason.
 """
 
-import base64
 import configparser
 import json
 import re
@@ -25,7 +24,6 @@ PORT = 3000
 SCENARIO = Path(__file__).resolve().parents[1]
 BINARY = "/opt/grafana-current/bin/grafana"
 DASHBOARDS_DIR = "/var/lib/grafana/dashboards/hxp"
-UNIT = "/etc/systemd/system/grafana-server.service"
 NO_BINARY = (
     "the Grafana binary is absent from the bundle: its official release archive cannot be "
     "obtained on this machine, so the server is neither installed nor started (set "
@@ -70,19 +68,14 @@ def secrets(host, admin_password, prometheus_password):
     }
 
 
-@pytest.fixture
-def running(host):
-    if not host.file(BINARY).exists:
-        pytest.skip(NO_BINARY)
+@pytest.fixture(scope="module")
+def grafana_api(address, http_on_host):
+    """grafana_api(path, user=..., password=...): (status, body) of a request made on the host."""
+    return lambda path, **auth: http_on_host(f"http://{address}:{PORT}{path}", **auth)
 
 
-def test_dedicated_user(host):
-    user = host.user("grafana")
-    assert user.exists
-    assert user.uid < 1000, "a system account"
-    assert user.shell == "/usr/sbin/nologin"
-    assert user.home == "/var/lib/grafana"
-    assert user.group == "grafana"
+def test_dedicated_user(assert_system_user):
+    assert_system_user("grafana", "/var/lib/grafana")
 
 
 @pytest.mark.parametrize(
@@ -97,10 +90,8 @@ def test_dedicated_user(host):
         ("/etc/grafana/provisioning/dashboards", "root", "grafana", 0o750),
     ],
 )
-def test_directories(host, path, owner, group, mode):
-    directory = host.file(path)
-    assert directory.is_directory
-    assert (directory.user, directory.group, directory.mode) == (owner, group, mode)
+def test_directories(assert_directory, path, owner, group, mode):
+    assert_directory(path, owner, group, mode)
 
 
 def private_file(host, path):
@@ -212,21 +203,8 @@ def test_unit_exposure_is_at_most_2(host):
     assert float(exposure.group(1)) <= 2.0, report.stdout
 
 
-def test_unit_passes_systemd_analyze_verify(host):
-    unit = UNIT
-    search_path = ""
-    if not host.file(BINARY).exists:
-        # Without the binary, verify reads a copy of the installed unit in which ExecStart names
-        # an executable that exists; every other line is the installed file's.
-        host.run("rm -rf /run/hxp-verify && mkdir -p /run/hxp-verify")
-        host.run(
-            f"sed 's|^ExecStart={BINARY}|ExecStart=/bin/true|;/^AssertFileIsExecutable=/d' "
-            f"{UNIT} > /run/hxp-verify/grafana-server.service"
-        )
-        search_path = "SYSTEMD_UNIT_PATH=/run/hxp-verify: "
-        unit = "/run/hxp-verify/grafana-server.service"
-    checked = host.run(f"{search_path}systemd-analyze verify {unit}")
-    assert checked.rc == 0, checked.stderr
+def test_unit_passes_systemd_analyze_verify(assert_units_verify):
+    assert_units_verify(BINARY, "grafana-server.service")
 
 
 def test_without_the_binary_grafana_is_not_started(host):
@@ -270,57 +248,37 @@ def test_a_required_archive_that_is_absent_stops_the_play(host, converge):
 # ---------------------------------------------------------------- needs the Grafana server
 
 
-def grafana_api(host, address, path, *, user=None, password=None):
-    """HTTP status and body of a request made on the host."""
-    script = (
-        "import sys, urllib.request, urllib.error\n"
-        "req = urllib.request.Request(sys.argv[1])\n"
-        "if sys.argv[2]: req.add_header('Authorization', 'Basic ' + sys.argv[2])\n"
-        "try:\n"
-        "    r = urllib.request.urlopen(req, timeout=30)\n"
-        "    print(r.status); print(r.read().decode())\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); print(e.read().decode())\n"
-    )
-    credentials = base64.b64encode(f"{user}:{password}".encode()).decode() if user else ""
-    out = host.check_output(
-        "python3 -c %s %s %s", script, f"http://{address}:{PORT}{path}", credentials
-    )
-    status, _, body = out.partition("\n")
-    return int(status), body
+@pytest.mark.usefixtures("running")
+def test_grafana_runs_and_is_enabled(assert_running_and_enabled):
+    assert_running_and_enabled("grafana-server")
 
 
 @pytest.mark.usefixtures("running")
-def test_grafana_runs_and_is_enabled(host):
-    assert host.service("grafana-server").is_running
-    assert host.service("grafana-server").is_enabled
+def test_grafana_listens_on_the_configured_address_only(assert_listens_on_address_only):
+    assert_listens_on_address_only(PORT)
 
 
 @pytest.mark.usefixtures("running")
-def test_grafana_listens_on_the_configured_address_only(host, address):
-    listening = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{PORT}")]
-    assert listening == [f"tcp://{address}:{PORT}"]
-
-
-@pytest.mark.usefixtures("running")
-def test_healthy_and_the_admin_password_is_required(host, address, admin_password):
-    status, body = grafana_api(host, address, "/api/health")
+def test_healthy_and_the_admin_password_is_required(grafana_api, admin_password):
+    status, body = grafana_api("/api/health")
     assert (status, json.loads(body)["database"]) == (200, "ok")
-    assert grafana_api(host, address, "/api/user")[0] == 401
+    assert grafana_api("/api/user")[0] == 401
     wrong = {"user": "admin", "password": "not-it"}
-    assert grafana_api(host, address, "/api/user", **wrong)[0] == 401
-    assert grafana_api(host, address, "/api/user", user="admin", password=admin_password)[0] == 200
+    assert grafana_api("/api/user", **wrong)[0] == 401
+    assert grafana_api("/api/user", user="admin", password=admin_password)[0] == 200
 
 
 @pytest.mark.usefixtures("running")
-def test_grafana_has_the_datasource_and_the_dashboards(host, address, admin_password, dashboards):
+def test_grafana_has_the_datasource_and_the_dashboards(
+    grafana_api, address, admin_password, dashboards
+):
     auth = {"user": "admin", "password": admin_password}
-    status, body = grafana_api(host, address, "/api/datasources/uid/hxp-prometheus", **auth)
+    status, body = grafana_api("/api/datasources/uid/hxp-prometheus", **auth)
     assert status == 200, body
     datasource = json.loads(body)
     assert (datasource["type"], datasource["basicAuth"]) == ("prometheus", True)
     assert datasource["url"] == f"http://{address}:9090"
-    status, body = grafana_api(host, address, "/api/search?type=dash-db", **auth)
+    status, body = grafana_api("/api/search?type=dash-db", **auth)
     assert status == 200, body
     assert sorted(d["uid"] for d in json.loads(body)) == sorted(
         m["uid"] for m in dashboards.values()

@@ -5,11 +5,8 @@ password only in files Prometheus alone reads, and hashed per host and service.
 Requests go from the controller over the lab bridge, as the users of the API reach it.
 """
 
-import base64
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 import yaml
@@ -17,7 +14,6 @@ import yaml
 PORT = 9090
 ALERTMANAGER_PORT = 9093
 USER = "hxp"
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -25,25 +21,13 @@ def password(scenario_secret):
     return scenario_secret("metrics-web-password")
 
 
-def call(url, *, user=None, password=None):
-    """(status, body) of a GET, with basic auth when a user is given."""
-    request = urllib.request.Request(url)  # noqa: S310 - http URL built by the tests
-    if user is not None:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with OPENER.open(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @pytest.fixture(scope="module")
-def api(address, password):
+def api(address, password, http_from_controller):
     """api(path): the data of a Prometheus API answer, as the web user."""
 
     def get(path):
-        status, body = call(f"http://{address}:{PORT}{path}", user=USER, password=password)
+        url = f"http://{address}:{PORT}{path}"
+        status, body = http_from_controller(url, user=USER, password=password)
         assert status == 200, body
         return json.loads(body)["data"]
 
@@ -59,22 +43,16 @@ def eventually(check, timeout=60):
     return answer
 
 
-def test_service_runs_and_is_enabled(host):
-    service = host.service("prometheus")
-    assert service.is_running
-    assert service.is_enabled
+def test_service_runs_and_is_enabled(assert_running_and_enabled):
+    assert_running_and_enabled("prometheus")
 
 
-def test_listens_on_the_host_address_only(host, address):
-    listening = [s for s in host.socket.get_listening_sockets() if s.endswith(f":{PORT}")]
-    assert listening == [f"tcp://{address}:{PORT}"]
+def test_listens_on_the_host_address_only(assert_listens_on_address_only):
+    assert_listens_on_address_only(PORT)
 
 
-def test_the_web_user_and_password_are_required(address, password):
-    url = f"http://{address}:{PORT}/-/ready"
-    assert call(url)[0] == 401
-    assert call(url, user=USER, password="not-it-not-it-not-it")[0] == 401  # noqa: S106
-    assert call(url, user=USER, password=password)[0] == 200
+def test_the_web_user_and_password_are_required(address, password, assert_basic_auth_required):
+    assert_basic_auth_required(f"http://{address}:{PORT}/-/ready", USER, password)
 
 
 def test_arguments_retention_and_intervals(api, address):
@@ -105,14 +83,16 @@ def test_the_scrape_jobs_are_up(api, address):
     assert eventually(healthy) == {"node": "up", "prometheus": "up"}
 
 
-def test_alerts_reach_the_alertmanager_with_the_web_password(api, address, password):
+def test_alerts_reach_the_alertmanager_with_the_web_password(
+    api, address, password, http_from_controller
+):
     """The alerting section logs in to Alertmanager (role alertmanager, same user/password)."""
     active = api("/api/v1/alertmanagers")["activeAlertmanagers"]
     assert [a["url"] for a in active] == [f"http://{address}:{ALERTMANAGER_PORT}/api/v2/alerts"]
 
     def received():
         url = f"http://{address}:{ALERTMANAGER_PORT}/api/v2/alerts"
-        status, body = call(url, user=USER, password=password)
+        status, body = http_from_controller(url, user=USER, password=password)
         assert status == 200, body
         return "HxpScenarioAlwaysFiring" in [a["labels"]["alertname"] for a in json.loads(body)]
 

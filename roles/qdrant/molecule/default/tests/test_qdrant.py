@@ -35,19 +35,19 @@ def api_key(scenario_secret):
     return scenario_secret("qdrant-api-key")
 
 
-@pytest.fixture
-def running(host):
-    if not host.file(BINARY).exists:
-        pytest.skip(NO_BINARY)
+@pytest.fixture(scope="module")
+def qdrant_api(address, http_on_host):
+    """qdrant_api(path, api_key=None): (status, body) of a request made on the host."""
+
+    def request(path, api_key=None):
+        headers = {"api-key": api_key} if api_key else {}
+        return http_on_host(f"http://{address}:{HTTP_PORT}{path}", headers=headers)
+
+    return request
 
 
-def test_dedicated_user(host):
-    user = host.user("qdrant")
-    assert user.exists
-    assert user.uid < 1000, "a system account"
-    assert user.shell == "/usr/sbin/nologin"
-    assert user.home == "/var/lib/qdrant"
-    assert user.group == "qdrant"
+def test_dedicated_user(assert_system_user):
+    assert_system_user("qdrant", "/var/lib/qdrant")
 
 
 @pytest.mark.parametrize(
@@ -60,10 +60,8 @@ def test_dedicated_user(host):
         ("/opt/qdrant", "root", "root", 0o755),
     ],
 )
-def test_directories(host, path, owner, group, mode):
-    directory = host.file(path)
-    assert directory.is_directory
-    assert (directory.user, directory.group, directory.mode) == (owner, group, mode)
+def test_directories(assert_directory, path, owner, group, mode):
+    assert_directory(path, owner, group, mode)
 
 
 def test_config_is_rendered_from_the_settings(host, address, api_key):
@@ -107,24 +105,10 @@ def test_qdrant_unit_is_hardened(assert_hardened):
     assert "--config-path /etc/qdrant/config.yaml" in properties["ExecStart"]
 
 
-def test_units_pass_systemd_analyze_verify(host):
-    units = ["qdrant.service", "hxp-qdrant-snapshot.service", "hxp-qdrant-snapshot.timer"]
-    search_path = ""
-    if not host.file(BINARY).exists:
-        # Without the binary, verify reads copies of the installed units in which ExecStart
-        # names an executable that exists; every other line is the installed file's.
-        host.run("rm -rf /run/hxp-verify && mkdir -p /run/hxp-verify")
-        for unit in units:
-            host.run(
-                "sed 's|^ExecStart=/opt/qdrant/current/qdrant|ExecStart=/bin/true|;"
-                f"/^AssertFileIsExecutable=/d' /etc/systemd/system/{unit} > /run/hxp-verify/{unit}"
-            )
-        search_path = "SYSTEMD_UNIT_PATH=/run/hxp-verify: "
-        units = [f"/run/hxp-verify/{unit}" for unit in units]
-    else:
-        units = [f"/etc/systemd/system/{unit}" for unit in units]
-    checked = host.run(search_path + "systemd-analyze verify " + " ".join(units))
-    assert checked.rc == 0, checked.stderr
+def test_units_pass_systemd_analyze_verify(assert_units_verify):
+    assert_units_verify(
+        BINARY, "qdrant.service", "hxp-qdrant-snapshot.service", "hxp-qdrant-snapshot.timer"
+    )
 
 
 def test_without_the_binary_qdrant_is_not_started(host):
@@ -213,55 +197,29 @@ def test_a_missing_archive_stops_the_play_before_the_host_changes(host, tmp_path
 # ---------------------------------------------------------------- needs the Qdrant binary
 
 
-def qdrant_api(host, address, path, *, api_key=None, method="GET"):
-    """HTTP status and body of a request made on the host."""
-    script = (
-        "import sys, urllib.request, urllib.error\n"
-        "req = urllib.request.Request(sys.argv[1], method=sys.argv[2])\n"
-        "if sys.argv[3]: req.add_header('api-key', sys.argv[3])\n"
-        "try:\n"
-        "    r = urllib.request.urlopen(req, timeout=30)\n"
-        "    print(r.status); print(r.read().decode())\n"
-        "except urllib.error.HTTPError as e:\n"
-        "    print(e.code); print(e.read().decode())\n"
-    )
-    out = host.check_output(
-        "python3 -c %s %s %s %s",
-        script,
-        f"http://{address}:{HTTP_PORT}{path}",
-        method,
-        api_key or "",
-    )
-    status, _, body = out.partition("\n")
-    return int(status), body
-
-
 @pytest.mark.usefixtures("running")
-def test_qdrant_runs_and_is_enabled(host):
-    assert host.service("qdrant").is_running
-    assert host.service("qdrant").is_enabled
+def test_qdrant_runs_and_is_enabled(host, assert_running_and_enabled):
+    assert_running_and_enabled("qdrant")
     assert host.service("hxp-qdrant-snapshot.timer").is_enabled
 
 
 @pytest.mark.usefixtures("running")
-def test_qdrant_listens_on_the_configured_address_only(host, address):
-    listening = host.socket.get_listening_sockets()
-    for port in (HTTP_PORT, GRPC_PORT):
-        assert [s for s in listening if s.endswith(f":{port}")] == [f"tcp://{address}:{port}"]
+def test_qdrant_listens_on_the_configured_address_only(assert_listens_on_address_only):
+    assert_listens_on_address_only(HTTP_PORT, GRPC_PORT)
 
 
 @pytest.mark.usefixtures("running")
-def test_ready_and_the_api_key_is_required(host, address, api_key):
-    assert qdrant_api(host, address, "/readyz")[0] == 200
-    assert qdrant_api(host, address, "/collections")[0] in {401, 403}
-    assert qdrant_api(host, address, "/collections", api_key="not-it")[0] in {401, 403}
-    assert qdrant_api(host, address, "/collections", api_key=api_key)[0] == 200
+def test_ready_and_the_api_key_is_required(qdrant_api, api_key):
+    assert qdrant_api("/readyz")[0] == 200
+    assert qdrant_api("/collections")[0] in {401, 403}
+    assert qdrant_api("/collections", api_key="not-it")[0] in {401, 403}
+    assert qdrant_api("/collections", api_key=api_key)[0] == 200
 
 
 @pytest.mark.usefixtures("running")
-def test_collections_are_created(host, address, api_key):
+def test_collections_are_created(qdrant_api, api_key):
     for name in ("documents", "conversations"):
-        status, body = qdrant_api(host, address, f"/collections/{name}", api_key=api_key)
+        status, body = qdrant_api(f"/collections/{name}", api_key=api_key)
         assert status == 200
         vectors = json.loads(body)["result"]["config"]["params"]["vectors"]
         assert vectors == {"size": 384, "distance": "Cosine"}

@@ -21,17 +21,12 @@ def redis_cli(host, address, *args, secret=None):
 
 
 @pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
-def test_service_runs_and_is_enabled(host, unit):
-    service = host.service(unit)
-    assert service.is_running
-    assert service.is_enabled
+def test_service_runs_and_is_enabled(assert_running_and_enabled, unit):
+    assert_running_and_enabled(unit)
 
 
-def test_listens_on_the_configured_address_only(host, address):
-    listening = host.socket.get_listening_sockets()
-    assert [s for s in listening if s.endswith(f":{PORT}")] == [f"tcp://{address}:{PORT}"]
-    exporter = [s for s in listening if s.endswith(f":{EXPORTER_PORT}")]
-    assert exporter == [f"tcp://{address}:{EXPORTER_PORT}"]
+def test_listens_on_the_configured_address_only(assert_listens_on_address_only):
+    assert_listens_on_address_only(PORT, EXPORTER_PORT)
 
 
 def test_a_password_is_required(host, address, password):
@@ -58,12 +53,9 @@ def test_writes_and_reads_a_key(host, address, password):
     assert redis_cli(host, address, "GET", "hxp:test", secret=password).stdout.strip() == "1"
 
 
-def test_exporter_reaches_redis_with_the_password(host, address):
-    metrics = host.check_output(
-        "python3 -c 'import sys, urllib.request; "
-        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' %s",
-        f"http://{address}:{EXPORTER_PORT}/metrics",
-    )
+def test_exporter_reaches_redis_with_the_password(address, http_on_host):
+    status, metrics = http_on_host(f"http://{address}:{EXPORTER_PORT}/metrics")
+    assert status == 200, metrics
     assert "redis_up 1" in metrics.splitlines()
 
 
