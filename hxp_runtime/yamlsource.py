@@ -27,11 +27,11 @@ from yaml.resolver import BaseResolver, Resolver
 PathKey = tuple[str | int, ...]
 
 # An hxp file is a few kilobytes and a few hundred nodes (inventory/sample/hxp.yml: 4 KB, 345
-# nodes). The limits leave room for a hundred times that, and a file over them is refused within
-# about half a second and 20 MB (measured with libyaml's parser).
+# nodes). The limits leave room for fifty times that, and a file over them is refused within
+# about a tenth of a second and 10 MB on a quiet machine (benchmarks/config_limits.py).
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
-MAX_NODES = 50_000
+MAX_NODES = 20_000
 MAX_ALIASES = 10_000
 # Numbers, booleans and dates are short. YAML 1.1's number patterns use memory in proportion to
 # the scalar they are matched against, and PyYAML converts a base-60 integer (1:30:00) in time
