@@ -429,8 +429,11 @@ class Gateway:
             return ANONYMOUS
         return await self.keys.authenticate(request.headers.get("Authorization"))
 
-    def _reject(self, started: float, response: web.Response) -> web.Response:
-        self.metrics.observe("", "", response.status, asyncio.get_running_loop().time() - started)
+    def _reject(self, started: float, response: web.Response, model: str = "") -> web.Response:
+        """An answer the router gives itself; ``model``, once routing chose one, so that the
+        model's error-budget alerts count it."""
+        elapsed = asyncio.get_running_loop().time() - started
+        self.metrics.observe(model, "", response.status, elapsed)
         return response
 
     async def proxy(  # the hot path reads best top to bottom
@@ -512,6 +515,7 @@ class Gateway:
             if remember:
                 table.cache.put(cache_key, choice)
         decision = table.decide(route, runtime.stats, choice)
+        primary = choice[0][0].model  # what routing chose, before health and breakers
         for strategy in decision.strategies:
             counter = self._decision_children.get(strategy)
             if counter is None:
@@ -527,6 +531,7 @@ class Gateway:
                     "No healthy backend can serve this model now; retry later.",
                     "no_healthy_backend",
                 ),
+                primary,
             )
 
         cache_id = None
@@ -550,7 +555,6 @@ class Gateway:
         deadline = started + runtime.settings.timeout_s
         backoff_s = runtime.settings.retries.backoff_ms / 1000
         bodies: dict[str, bytes] = {}
-        primary = choice[0][0].model  # what routing chose, before health and breakers
         previous: Backend | None = None
         retry = 0
         failure: UpstreamError | None = None
@@ -632,6 +636,7 @@ class Gateway:
                 error_response(
                     504, "The backends did not answer before the request's deadline.", "timeout"
                 ),
+                primary,
             )
         if failure is None:
             return self._reject(
@@ -641,10 +646,12 @@ class Gateway:
                     "Every backend for this model is ejected (circuit open); retry later.",
                     "circuit_open",
                 ),
+                primary,
             )
         return self._reject(
             started,
             error_response(502, f"The backends failed to answer: {failure}", "upstream_failed"),
+            primary,
         )
 
     async def _stream(

@@ -521,5 +521,13 @@ def test_deadline_504_upstream_502_and_open_breaker_503(
         # Two attempts per request (1 + 1 retry): the third failure opens the breaker, and
         # an ejected backend with no fallback is not tried at all.
         assert statuses == [502, 502, 503]
+        # The router's own refusals count against the model routing chose (its SLO alerts).
+        text = call("GET", strict.url + "/metrics")[2].decode()
+        refusals = {
+            (line.split('model="')[1].split('"')[0], line.split('status="')[1].split('"')[0])
+            for line in text.splitlines()
+            if line.startswith("hxp_router_requests_total{")
+        }
+        assert {("coder", "504"), ("ghost", "502"), ("ghost", "503")} <= refusals
     finally:
         strict.stop()
