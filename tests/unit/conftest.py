@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -38,6 +40,15 @@ database:
 cache:
   password: "env:HXP_REDIS_PASSWORD"
 """
+
+
+def load_file_module(name: str, path: Path) -> ModuleType:
+    """Import a module that lives outside the package (an Ansible module or plugin) by path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def line_of(text: str, needle: str) -> int:

@@ -6,7 +6,6 @@ is this machine's real pynvml behaviour.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,17 +16,14 @@ from hxp_runtime.config import HxpConfig
 from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import vllm_instance_vars
 from tests.nvml_double import FakeGpu, fake_nvml
+from tests.unit.conftest import load_file_module
 
 MODULE_PATH = Path(__file__).resolve().parents[2] / "roles/vllm/library/hxp_gpu_facts.py"
 GIB = 2**30
 
 
 def load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hxp_gpu_facts", MODULE_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("hxp_gpu_facts", MODULE_PATH)
 
 
 facts_module = load_module()

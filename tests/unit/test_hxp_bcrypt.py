@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import bcrypt
 import pytest
 from ansible.errors import AnsibleFilterError
 
+from tests.unit.conftest import load_file_module
+
 Bcrypt = Callable[..., str]
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins/filter/hxp_bcrypt.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hxp_bcrypt_plugin", PLUGIN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def hxp_bcrypt() -> Bcrypt:
-    filters: dict[str, Bcrypt] = _load().FilterModule().filters()
+    filters: dict[str, Bcrypt] = (
+        load_file_module("hxp_bcrypt_plugin", PLUGIN).FilterModule().filters()
+    )
     return filters["hxp_bcrypt"]
 
 
