@@ -13,8 +13,8 @@ import ipaddress
 import os
 import re
 import types
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -35,12 +35,34 @@ from hxp_runtime.yamlsource import LineMap, PathKey, YamlSourceError, load_yaml
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
-SqlName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63)]
+# Names pg_hba.conf or PostgreSQL give a meaning of their own: a database or login role named so
+# would widen access (pg_hba's "all") or take over a built-in role.
+_RESERVED_SQL_NAMES = frozenset(
+    {"all", "sameuser", "samerole", "samegroup", "replication", "public", "postgres",
+     "prometheus", "template0", "template1"}
+)  # fmt: skip
+
+
+def _not_reserved_sql(name: str) -> str:
+    if name in _RESERVED_SQL_NAMES or name.startswith("pg_"):
+        raise ValueError(
+            f"{name!r} is reserved by PostgreSQL or pg_hba.conf (or used by the exporter); "
+            "choose another name"
+        )
+    return name
+
+
+SqlName = Annotated[
+    str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63), AfterValidator(_not_reserved_sql)
+]
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_HOST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+_HOST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*\Z")
+# Model names clients send (served names, aliases): what OpenAI-style ids are made of, and
+# nothing systemd or a shell would read as a specifier, variable, quote or escape.
+_MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*\Z")
 
 
 def _one_line(value: str) -> str:
@@ -63,8 +85,26 @@ def _host_path(value: str) -> str:
     return value
 
 
+def _model_id(value: str) -> str:
+    if not _MODEL_ID_RE.match(value):
+        raise ValueError(
+            "a model name clients use is made of letters, digits and . _ : / @ + - (no spaces, "
+            "quotes, $, % or backslashes), e.g. mistralai/Mixtral-8x7B-Instruct-v0.1"
+        )
+    return value
+
+
+def _no_backslash(value: str) -> str:
+    # systemd unquotes ExecStart itself and reads a backslash as an escape even inside quotes.
+    if "\\" in value:
+        raise ValueError("backslashes are not allowed in engine arguments; remove them")
+    return value
+
+
 # Any string that reaches a host's files: one line, bounded.
 Text = Annotated[str, Field(max_length=1024), AfterValidator(_one_line)]
+ModelId = Annotated[str, Field(max_length=256), AfterValidator(_model_id)]
+EngineArg = Annotated[Text, AfterValidator(_no_backslash)]
 HostPath = Annotated[str, Field(max_length=4096), AfterValidator(_host_path)]
 UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
 
@@ -87,7 +127,7 @@ REFERENCE_HINT = (
     "or vault:ansible_variable"
 )
 _SECRET_RE = re.compile(r"^(env|file|vault):(.+)\Z", re.DOTALL)
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class SecretRef(Strict):
@@ -255,6 +295,11 @@ MANAGED_ENGINE_FLAGS = frozenset(
         "--kv-cache-dtype",
         "--api-key",
         "--hf-overrides",
+        "--config",
+        "--runner",
+        "--kv-cache-memory-bytes",
+        "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
     }
 )
 
@@ -281,12 +326,14 @@ class Engine(Strict):
     kv_cache_dtype: KvCacheDtype = "auto"
     enable_prefix_caching: bool = True
     rope_scaling: RopeScaling | None = None
-    extra_args: list[Text] = Field(default_factory=list)
+    extra_args: list[EngineArg] = Field(default_factory=list)
 
     @field_validator("extra_args")
     @classmethod
     def _no_managed_flags(cls, args: list[str]) -> list[str]:
-        clashes = sorted({a.split("=", 1)[0] for a in args} & MANAGED_ENGINE_FLAGS)
+        # vLLM's parser reads --api_key as --api-key and --hf-overrides.x=... as --hf-overrides.
+        given = {a.split("=", 1)[0].split(".", 1)[0].replace("_", "-") for a in args}
+        clashes = sorted(given & MANAGED_ENGINE_FLAGS)
         if clashes:
             raise ValueError(
                 f"{', '.join(clashes)} is set by hxp from the model's own fields; "
@@ -306,8 +353,8 @@ class Model(Strict):
     name: Name
     preset: str | None = None
     task: Literal["generate", "embed"] = "generate"
-    served_name: Text | None = None
-    aliases: list[Text] = Field(default_factory=list)
+    served_name: ModelId | None = None
+    aliases: list[ModelId] = Field(default_factory=list)
     host: str | None = Field(None, description="defaults to the only host in group llm")
     source: ModelSource = Field(default_factory=ModelSource)
     port: Port
@@ -750,20 +797,6 @@ _ENTRY_LISTS = ("hosts", "models")
 _STAND_INS: dict[str, Any] = {"name": "invalid-name"}
 
 
-@dataclass
-class _Salvage:
-    """The valid part of a document whose schema validation failed, and how its list positions
-    map back to the file's."""
-
-    positions: dict[str, list[int]]
-    dropped: Dropped
-
-    def original(self, path: PathKey) -> PathKey:
-        if len(path) >= 2 and path[0] in self.positions and isinstance(path[1], int):
-            return (path[0], self.positions[str(path[0])][path[1]], *path[2:])
-        return path
-
-
 def _entry_names(entry: Any) -> set[str]:
     if not isinstance(entry, dict):
         return set()
@@ -783,7 +816,7 @@ def _entry_groups(entry: Any) -> set[HostGroup]:
     return set(HostGroup)
 
 
-def _salvage(data: dict[str, Any], problems: list[Problem]) -> tuple[HxpConfig, _Salvage] | None:
+def _salvage(data: dict[str, Any], problems: list[Problem]) -> tuple[HxpConfig, Dropped] | None:
     """Leave out what failed validation, so the cross-field rules and the planner can check the
     rest; None when too little is left to check (hosts unusable)."""
     doc = dict(data)
@@ -817,10 +850,17 @@ def _salvage(data: dict[str, Any], problems: list[Problem]) -> tuple[HxpConfig, 
     hosts = data.get("hosts")
     for i in bad_entries["hosts"]:
         groups |= _entry_groups(hosts[i] if isinstance(hosts, list) else None)
-    dropped = Dropped(frozenset(names), frozenset(groups))
+    all_models = "models" in data and "models" not in positions  # not a list at all
+    dropped = Dropped(
+        frozenset(names),
+        frozenset(groups),
+        models=bool(bad_entries["models"]) or all_models,
+        all_models=all_models,
+        positions=positions,
+    )
     for _ in range(3):
         try:
-            return HxpConfig.model_validate(doc), _Salvage(positions, dropped)
+            return HxpConfig.model_validate(doc), dropped
         except ValidationError as exc:
             # What still fails only fails because of what was left out: leave out its whole
             # section too, quietly (an entry list or the hosts cannot be left out).
@@ -866,20 +906,20 @@ def load_config(
     problems: list[Problem] = []
     try:
         cfg = HxpConfig.model_validate(data)
-        salvage = _Salvage({}, Dropped())
+        dropped = Dropped()
     except ValidationError as exc:
         problems = _pydantic_problems(exc, lines)
         salvaged = _salvage(data, problems)
         if salvaged is None:
             raise ConfigError(file, _with_lines(problems, lines)) from None
-        cfg, salvage = salvaged
+        cfg, dropped = salvaged
     cfg._source_file = file if text is None else None
-    later = list(cross_field_problems(cfg, salvage.dropped))
+    later = list(cross_field_problems(cfg, dropped))
     if check_secrets:
         later.extend(_secret_problems(cfg))
     if check_fit:
-        later.extend(_plan_problems(cfg, later, salvage.dropped))
-    problems.extend(Problem(salvage.original(p.path), p.message) for p in later)
+        later.extend(_plan_problems(cfg, later, dropped))
+    problems.extend(Problem(dropped.original(p.path), p.message) for p in later)
     if problems:
         raise ConfigError(file, _with_lines(problems, lines))
     return cfg
@@ -936,15 +976,24 @@ def _plan_problems(cfg: HxpConfig, found: list[Problem], dropped: Dropped) -> li
 # --------------------------------------------------------------------------- cross-field rules
 
 
-def _duplicates(items: list[tuple[str, PathKey]], what: str) -> Iterator[Problem]:
+def _duplicates(
+    items: list[tuple[str, PathKey]],
+    what: str,
+    dropped: Dropped | None = None,
+    already: Callable[[PathKey, PathKey], bool] = lambda first, again: False,
+) -> Iterator[Problem]:
+    """A problem for each repeated value, naming where it was first defined (in the file's
+    positions); ``already`` says which pairs another rule reports."""
     seen: dict[str, PathKey] = {}
+    original = dropped.original if dropped else (lambda path: path)
     for value, path in items:
         if value in seen:
-            yield Problem(
-                path,
-                f"duplicate {what} {value!r} (first defined at {format_path(seen[value])}); "
-                "names must be unique",
-            )
+            if not already(seen[value], path):
+                yield Problem(
+                    path,
+                    f"duplicate {what} {value!r} (first defined at "
+                    f"{format_path(original(seen[value]))}); names must be unique",
+                )
         else:
             seen[value] = path
 
@@ -1045,22 +1094,34 @@ class Dropped:
     names: frozenset[str] = frozenset()  # hosts, models, served names and aliases
     # Groups a left-out host may have been in: who is in them is not known.
     groups: frozenset[HostGroup] = frozenset()
+    models: bool = False  # a model entry, or the whole list, was left out
+    all_models: bool = False  # the whole models list was left out
+    # Top-level list -> the file's position of each entry that was kept.
+    positions: dict[str, list[int]] = field(default_factory=dict)
+
+    def original(self, path: PathKey) -> PathKey:
+        """``path`` in the config that was checked -> the same entry's path in the file."""
+        if len(path) >= 2 and path[0] in self.positions and isinstance(path[1], int):
+            return (path[0], self.positions[str(path[0])][path[1]], *path[2:])
+        return path
 
 
 def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterator[Problem]:
     """Every rule that spans more than one field; yields all problems, never stops early."""
     dropped_names = dropped.names
     yield from _duplicates(
-        [(h.name, ("hosts", i, "name")) for i, h in enumerate(cfg.hosts)], "host name"
+        [(h.name, ("hosts", i, "name")) for i, h in enumerate(cfg.hosts)], "host name", dropped
     )
     yield from _duplicates(
         [(str(h.address), ("hosts", i, "address")) for i, h in enumerate(cfg.hosts)],
         "host address",
+        dropped,
     )
     for i, host in enumerate(cfg.hosts):
         yield from _duplicates(
             [(str(g.index), ("hosts", i, "gpus", j, "index")) for j, g in enumerate(host.gpus)],
             "GPU index",
+            dropped,
         )
         if host.accelerator == "cpu" and host.gpus:
             yield Problem(
@@ -1069,7 +1130,7 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
                 "remove gpus or set accelerator: nvidia",
             )
     yield from _duplicates(
-        [(m.name, ("models", i, "name")) for i, m in enumerate(cfg.models)], "model name"
+        [(m.name, ("models", i, "name")) for i, m in enumerate(cfg.models)], "model name", dropped
     )
     routing: list[tuple[str, PathKey]] = []
     for i, m in enumerate(cfg.models):
@@ -1078,11 +1139,25 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
         for j, alias in enumerate(m.aliases):
             names.setdefault(alias, ("models", i, "aliases", j))
         routing.extend(names.items())
-    yield from _duplicates(routing, "model name or alias")
+    # Two models of one name are reported above already.
+    yield from _duplicates(
+        routing,
+        "model name or alias",
+        dropped,
+        lambda first, again: first[-1] == again[-1] == "name",
+    )
     yield from _duplicates(
         [(k.name, ("router", "api_keys", i, "name")) for i, k in enumerate(cfg.router.api_keys)],
         "API key name",
     )
+    if cfg.metrics:
+        yield from _duplicates(
+            [
+                (r.name, ("metrics", "alerting", "receivers", i, "name"))
+                for i, r in enumerate(cfg.metrics.alerting.receivers)
+            ],
+            "receiver name",
+        )
     if cfg.vector_db:
         yield from _duplicates(
             [
@@ -1111,7 +1186,7 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
     # host:port clashes.
     taken: dict[tuple[str, int], str] = {}
     for on_host, port, label, path in service_endpoints(cfg):
-        if on_host is None:
+        if on_host is None or _placed_among_dropped(cfg, path, dropped):
             continue
         if (on_host, port) in taken and taken[(on_host, port)] != label:
             yield Problem(
@@ -1127,7 +1202,7 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
     known = ", ".join(sorted(index)) or "(no models defined)"
 
     def unknown(name: str) -> bool:
-        return name not in index and name not in dropped_names
+        return name not in index and name not in dropped_names and not dropped.all_models
 
     for name, chain in cfg.router.fallbacks.items():
         if unknown(name):
@@ -1185,7 +1260,7 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
                 ("router", "categories", name, "keywords"),
                 "an empty keyword list matches no prompt; add keywords or remove the key",
             )
-    if not dropped_names:
+    if not dropped.models:
         for category in cfg.router.categories:
             if category not in served:
                 yield Problem(
@@ -1196,7 +1271,7 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
     semantic = cfg.router.semantic.embedding_model
     if (
         semantic is not None
-        and not (semantic in dropped_names and semantic not in index)
+        and not (semantic not in index and (semantic in dropped_names or dropped.all_models))
         and (semantic not in index or index[semantic].task != "embed")
     ):
         yield Problem(
@@ -1215,7 +1290,33 @@ def cross_field_problems(cfg: HxpConfig, dropped: Dropped = Dropped()) -> Iterat
         llm_host = hosts.get(resolve_host(cfg, model.host, HostGroup.LLM) or "")
         if llm_host is None or HostGroup.LLM not in llm_host.groups:
             continue  # the host rule above already reported it
+        if _placed_among_dropped(cfg, ("models", i), dropped):
+            continue
         yield from _gpu_rules(model, llm_host, ("models", i))
+
+
+_SECTION_GROUPS = {
+    "models": HostGroup.LLM,
+    "router": HostGroup.LLM,
+    "database": HostGroup.DATABASE,
+    "vector_db": HostGroup.VECTOR,
+    "cache": HostGroup.CACHE,
+    "metrics": HostGroup.METRICS,
+}
+# Endpoints that name their host themselves (one per host), whatever their section.
+_PER_HOST_FIELDS = {"node_exporter_port", "gpu_exporter_port"}
+
+
+def _placed_among_dropped(cfg: HxpConfig, path: PathKey, dropped: Dropped) -> bool:
+    """Whether the service at ``path`` goes on "the only host of its group" while a left-out
+    host may have been in that group: where it runs is then not known."""
+    group = _SECTION_GROUPS.get(str(path[0])) if path else None
+    if group is None or group not in dropped.groups or path[-1] in _PER_HOST_FIELDS:
+        return False
+    if path[0] == "models":
+        return isinstance(path[1], int) and cfg.models[path[1]].host is None
+    section = getattr(cfg, str(path[0]))
+    return section is not None and section.host is None
 
 
 def _gpu_rules(model: Model, host: Host, path: PathKey) -> Iterator[Problem]:

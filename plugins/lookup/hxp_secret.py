@@ -34,7 +34,9 @@ options:
     required: true
 """
 
-_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# Secrets end up in environment files and command lines, which are line oriented.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class LookupModule(LookupBase):
@@ -56,32 +58,39 @@ class LookupModule(LookupBase):
             )
         scheme, value = ref["scheme"], ref["value"]
         where = f"secret reference {scheme}:{value}"
+        secret = self._read(scheme, value, where, variables)
+        if not secret:
+            raise AnsibleError(f"{where}: the secret is empty; put the secret there")
+        if _CONTROL.search(secret):
+            raise AnsibleError(
+                f"{where}: the secret holds a newline or another control character; a secret "
+                "must be one line"
+            )
+        return secret
+
+    def _read(self, scheme: str, value: str, where: str, variables: Mapping[str, Any]) -> str:
         if scheme == "env":
-            secret = os.environ.get(value, "")
-            if not secret:
+            if value not in os.environ:
                 raise AnsibleError(
-                    f"{where}: the environment variable is not set (or empty) on the "
-                    "controller; export it and run again"
+                    f"{where}: the environment variable is not set on the controller; export "
+                    "it and run again"
                 )
-            return secret
+            return os.environ[value]
         if scheme == "file":
             try:
                 with open(value, encoding="utf-8") as handle:
-                    secret = handle.read().rstrip()
+                    return handle.read().rstrip()
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
                 raise AnsibleError(
                     f"{where}: cannot read the file on the controller: {reason}"
                 ) from None
-            if not secret:
-                raise AnsibleError(f"{where}: the file is empty; put the secret in it")
-            return secret
         if not _VARIABLE_NAME.match(value) or value not in variables:
             raise AnsibleError(
                 f"{where}: the variable is not defined; pass the vault file that defines it "
                 "(for example -e @vault.yml --ask-vault-pass)"
             )
         secret = self._templar.template(variables[value])
-        if not isinstance(secret, str) or not secret:
-            raise AnsibleError(f"{where}: the variable is empty or not a string")
+        if not isinstance(secret, str):
+            raise AnsibleError(f"{where}: the variable is not a string")
         return secret

@@ -54,8 +54,9 @@ def _hostile_config(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     for i, name in enumerate(HOSTILE_MULTILINE):
         path = secret_dir / f"{i}-{name.replace('/', '_')}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Secret values are hostile too: Ansible must hand them over untouched.
-        path.write_text(f"{HOSTILE_MULTILINE[-1 - i]}-padding-to-sixteen", encoding="utf-8")
+        # Secret values are hostile too (one line: the lookup refuses control characters, which
+        # would split an environment file): Ansible must hand them over untouched.
+        path.write_text(f"{HOSTILE[-1 - i % len(HOSTILE)]}-padding", encoding="utf-8")
         secrets[str(path)] = path.read_text(encoding="utf-8")
     paths = list(secrets)
     keys = "\n".join(
@@ -69,10 +70,8 @@ def _hostile_config(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     text = text.replace(
         "  - name: phi3\n    preset: phi-3-mini\n",
         "  - name: phi3\n    preset: phi-3-mini\n"
-        f"    served_name: {_quoted(one_line[3])}\n"
-        f"    aliases: [{', '.join(_quoted(s) for s in one_line[4:])}]\n"
         f"    source: {{hf_id: {_quoted(one_line[0])}}}\n"
-        f"    categories: [{_quoted(one_line[1])}]\n"
+        f"    categories: [{', '.join(_quoted(s) for s in one_line)}]\n"
         f"    engine: {{extra_args: [{_quoted('--x=' + one_line[2])}]}}\n",
     )
     text = text.replace("    engine: {dtype: float16, max_model_len: 4096, max_num_seqs: 8}\n", "")
@@ -84,7 +83,8 @@ def _hostile_config(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         f"    {_quoted(one_line[1])}:\n"
         f"      description: {_quoted(HOSTILE_MULTILINE[-2])}\n"
         f"      examples: [{', '.join(_quoted(s) for s in HOSTILE_MULTILINE)}]\n"
-        f"      keywords: [{', '.join(_quoted(s) for s in one_line)}]\n",
+        f"      keywords: [{', '.join(_quoted(s) for s in one_line)}]\n"
+        + "".join(f"    {_quoted(s)}: {{description: x}}\n" for s in one_line if s != one_line[1]),
     )
     config = tmp_path / "hxp.yml"
     config.write_text(text, encoding="utf-8")
@@ -145,9 +145,9 @@ def test_hostile_strings_reach_ansible_as_exactly_the_data_given(tmp_path: Path)
     assert category["examples"] == HOSTILE_MULTILINE
     assert category["keywords"] == one_line
     assert category["description"] == HOSTILE_MULTILINE[-2]
+    assert set(settings["categories"]) == set(one_line)
     phi3 = next(b for b in settings["backends"] if b["name"] == "phi3")
-    assert phi3["served_name"] == one_line[3]
-    assert phi3["aliases"] == one_line[4:]
+    assert phi3["categories"] == one_line
     instances = seen["instances"]
     assert isinstance(instances, list)
     assert instances[0]["extra_args"] == ["--x=" + one_line[2]]
@@ -380,3 +380,123 @@ def test_unknown_keys_get_a_did_you_mean(
     assert (problem.field, problem.line) == (field, line_of(text, typo.strip()))
     assert suggestion in problem.message
     assert "allowed here:" in problem.message
+
+
+# ----------------------------------------------------------------- what systemd, vLLM, pg_hba read
+
+
+@pytest.mark.parametrize(
+    ("line", "bad"),
+    [
+        # systemd expands $VAR and %x in ExecStartPost, which names the served model.
+        ("    preset: phi-3-mini\n", '    served_name: "x${VLLM_API_KEY}"\n'),
+        ("    preset: phi-3-mini\n", '    served_name: "phi%n"\n'),
+        ("    preset: phi-3-mini\n", '    aliases: ["two words"]\n'),
+        ("    preset: phi-3-mini\n", '    aliases: ["it\'s"]\n'),
+        # systemd reads a backslash as an escape even inside quotes: arguments could be split.
+        ("    preset: phi-3-mini\n", '    engine: {extra_args: ["--a\\\\", "b"]}\n'),
+        # vLLM reads --api_key as --api-key, and --hf-overrides.x as --hf-overrides.
+        ("    preset: phi-3-mini\n", '    engine: {extra_args: ["--api_key=known"]}\n'),
+        ("    preset: phi-3-mini\n", '    engine: {extra_args: ["--hf-overrides.x=1"]}\n'),
+        ("    preset: phi-3-mini\n", '    engine: {extra_args: ["--config=/tmp/x.yaml"]}\n'),
+        ("    preset: phi-3-mini\n", '    source: {path: "/srv/models/x\\n"}\n'),
+    ],
+)
+def test_model_fields_cannot_reach_systemd_or_vllm_as_code(
+    problems_of: Problems, line: str, bad: str
+) -> None:
+    text = BASE.replace(line, line + bad, 1).replace(
+        "    engine: {dtype: float16, max_model_len: 4096, max_num_seqs: 8}\n", "", 1
+    )
+    problem = problems_of(text)[0]
+    assert problem.field.startswith("models[0].")
+    assert problem.line == line_of(text, bad.strip().split(":")[0] + ":")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("database:\n", "database:\n  router_user: all\n"),
+        ("database:\n", "database:\n  router_user: postgres\n"),
+        ("database:\n", "database:\n  router_user: pg_monitor\n"),
+        ("database:\n", "database:\n  name: replication\n"),
+        ('"env:HXP_DB_PASSWORD"', '"env:HXP_DB_PASSWORD\\n"'),
+    ],
+)
+def test_names_pg_hba_or_postgresql_give_a_meaning_are_refused(
+    problems_of: Problems, old: str, new: str
+) -> None:
+    (problem,) = problems_of(BASE.replace(old, new))
+    assert problem.field.startswith("database.")
+
+
+def test_the_lookup_refuses_a_secret_that_is_not_one_line(tmp_path: Path) -> None:
+    from ansible.errors import AnsibleError
+
+    from tests.unit.conftest import load_file_module
+
+    lookup = load_file_module("hxp_secret", REPO / "plugins/lookup/hxp_secret.py").LookupModule()
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("one-line-secret\n")
+    bad.write_text("first-line\nEXTRA=injected\n")
+    assert lookup.run([{"scheme": "file", "value": str(good)}]) == ["one-line-secret"]
+    with pytest.raises(AnsibleError, match="one line") as caught:
+        lookup.run([{"scheme": "file", "value": str(bad)}])
+    assert "injected" not in str(caught.value)
+
+
+# ----------------------------------------------------------------- follow-on problems
+
+
+def test_duplicates_name_the_first_definition_at_its_place_in_the_file(
+    problems_of: Problems,
+) -> None:
+    # models[0] is left out (invalid port): the duplicate's first definition is models[2].
+    text = (
+        BASE.replace("    preset: phi-3-mini\n", "    preset: phi-3-mini\n    port: 0\n")
+        .replace(
+            "  - {name: small,",
+            "  - {name: minilm-2, preset: all-minilm-l6-v2, port: 11411}\n  - {name: small,",
+        )
+        .replace("name: minilm-2", "name: small")
+    )
+    messages = {p.field: p.message for p in problems_of(text)}
+    assert "first defined at models[2].name" in messages["models[3].name"]
+    # One problem for one repeated name, not a second as "model name or alias".
+    assert list(messages).count("models[3].name") == 1
+
+
+def test_a_dropped_host_does_not_hide_unserved_categories(problems_of: Problems) -> None:
+    text = (
+        BASE.replace("    groups: [database]\n", "    groups: [database]\n    ssh_port: 0\n")
+        .replace(
+            "router:\n",
+            "router:\n  categories:\n    chat: {description: talk}\n"
+            "    legal: {description: law}\n",
+        )
+        .replace("    preset: phi-3-mini\n", "    preset: phi-3-mini\n    categories: [chat]\n")
+    )
+    fields = [p.field for p in problems_of(text)]
+    assert fields == ["hosts[1].ssh_port", "router.categories.legal"]
+
+
+def test_an_unusable_models_list_adds_no_reference_problems(problems_of: Problems) -> None:
+    text = (
+        BASE.split("models:\n")[0]
+        + "models: {phi3: 1}\n"
+        + "router:\n"
+        + BASE.split("router:\n")[1].replace("router:\n", "router:\n  default_model: phi3\n")
+    )
+    fields = [p.field for p in problems_of(text)]
+    assert fields == ["models"]
+
+
+def test_receiver_names_are_unique(problems_of: Problems) -> None:
+    text = (
+        BASE.replace("groups: [database]", "groups: [database, metrics]")
+        + "metrics:\n  grafana_admin_password: env:A\n  web_password: env:B\n  alerting:\n"
+        "    receivers:\n      - {name: ops, webhook_url: 'http://a/'}\n"
+        "      - {name: ops, webhook_url: 'http://b/'}\n"
+    )
+    (problem,) = problems_of(text)
+    assert problem.field == "metrics.alerting.receivers[1].name"
