@@ -33,10 +33,21 @@ class ServiceMissing(Exception):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+# Every port free_port handed out in this test run: the kernel may hand a port that was bound
+# and closed straight back, so two calls in a row could name the same port (a "dead" backend
+# would then be the router itself).
+_HANDED_OUT: set[int] = set()
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nothing listens on now and that no earlier call of this run returned."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def postgres_bin() -> Path:

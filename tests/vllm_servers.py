@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import pytest
 from hxp_runtime.labmodels import DEFAULT_MODELS_DIR, generate_models
 from hxp_runtime.labmodels import vllm_python as vllm_python_path
 from hxp_runtime.vllm_ready import NotReady, Task, wait_ready
+from tests.dataplane import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = vllm_python_path()
@@ -72,12 +72,6 @@ def server_environment(host: str) -> dict[str, str]:
         "VLLM_HOST_IP": host,
         "PYTHONPATH": str(REPO),
     }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
