@@ -38,7 +38,15 @@ def network_unit(spec: LabSpec, host: LabHost) -> str:
 
 
 def apt_proxy_conf(spec: LabSpec) -> str:
-    return f'# Written by hxp lab.\nAcquire::http::Proxy "{spec.apt_proxy_url}";\n'
+    return (
+        "# Written by hxp lab.\n"
+        f'Acquire::http::Proxy "{spec.apt_proxy_url}";\n'
+        "// HTTP pipelining through apt-cacher-ng can deadlock: an apt-get update once waited\n"
+        "// over an hour with no socket open. One request per connection, and a stalled fetch\n"
+        "// fails after 60 s instead of holding the run.\n"
+        'Acquire::http::Pipeline-Depth "0";\n'
+        'Acquire::http::Timeout "60";\n'
+    )
 
 
 def keygen_command(spec: LabSpec) -> list[str]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from hxp_runtime.lab.guest import (
     GuestRoot,
@@ -31,8 +35,16 @@ def test_network_unit_is_static_on_the_lab_subnet(spec: LabSpec) -> None:
     assert "DHCP" not in unit
 
 
-def test_apt_goes_through_the_lab_proxy(spec: LabSpec) -> None:
-    assert apt_proxy_conf(spec).endswith('Acquire::http::Proxy "http://10.99.5.1:3142";\n')
+def test_apt_goes_through_the_lab_proxy_without_pipelining(spec: LabSpec) -> None:
+    conf = apt_proxy_conf(spec)
+    settings = [line for line in conf.splitlines() if not line.startswith(("#", "//"))]
+    assert settings == [
+        'Acquire::http::Proxy "http://10.99.5.1:3142";',
+        'Acquire::http::Pipeline-Depth "0";',
+        'Acquire::http::Timeout "60";',
+    ]
+    comments = [line for line in conf.splitlines() if line.startswith("//")]
+    assert any("deadlock" in line for line in comments)
 
 
 def test_keygen_command(spec: LabSpec) -> None:
@@ -90,3 +102,18 @@ def test_a_machine_id_is_written_once(tmp_path: Path, spec: LabSpec) -> None:
     (other / "root").mkdir(parents=True)
     write_guest_files(spec, spec.hosts[0], other, fresh=True)
     assert (other / "etc/machine-id").read_text() != first
+
+
+@pytest.mark.skipif(not shutil.which("apt-config"), reason="apt-config is not installed")
+def test_apt_reads_the_proxy_conf_as_written(spec: LabSpec, tmp_path: Path) -> None:
+    conf = tmp_path / "00hxp-lab-proxy"
+    conf.write_text(apt_proxy_conf(spec))
+    dump = subprocess.run(
+        ["apt-config", "-c", str(conf), "dump", "Acquire::http"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert 'Acquire::http::Proxy "http://10.99.5.1:3142";' in dump
+    assert 'Acquire::http::Pipeline-Depth "0";' in dump
+    assert 'Acquire::http::Timeout "60";' in dump
