@@ -57,7 +57,9 @@ class Rejected(Exception):
         self.model = model
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like Routed: a frozen dataclass pays an object.__setattr__ per field, about 1 µs
+# per request here (docs/benchmarks.md: the whole budget is about 150 µs).
+@dataclass(slots=True)
 class ClientRequest:
     """What the client asked for, parsed once."""
 
@@ -69,7 +71,7 @@ class ClientRequest:
     stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
     """Where the request goes; ``primary`` is the model routing chose before health and
     breakers narrowed the attempts (the model a refusal is counted against)."""
