@@ -2,11 +2,12 @@
 
 Nothing here is listed by hand. The keys, their types, defaults and descriptions come from the
 schema (``HxpConfig``). Which variables a key reaches is measured: each key is changed alone in
-a validated copy of inventory/sample/hxp.yml and of inventory/lab/hxp.yml, and the variables
-render hands the roles (``render.inventory_files``) are compared with those of the unchanged
-copy. Which templates use a variable is found by scanning roles/*/templates for its name (and for
-the role's own variables in vars/ and defaults/ that are built from it, and template tasks that
-loop over them); a template's path on the host is the ``dest:`` of the task that writes it.
+a validated copy of inventory/sample/hxp.yml (or of inventory/lab/hxp.yml, where no change is
+valid in the sample), and the variables render hands the roles (``render.inventory_files``) are
+compared with those of the unchanged copy. Which templates use a variable is found by scanning
+roles/*/templates for its name (and for the role's own variables in vars/ and defaults/ that are
+built from it, and template tasks that loop over them); a template's path on the host is the
+``dest:`` of the task that writes it.
 
 ``python -m hxp_runtime.config_reference`` writes the page; ``--key router.port`` prints one
 entry; ``--check`` exits 1 when the page is out of date.
@@ -26,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -42,11 +43,11 @@ CONFIGS = (Path("inventory/sample/hxp.yml"), Path("inventory/lab/hxp.yml"))
 COMMAND = "python -m hxp_runtime.config_reference"
 LIST_ITEM = "[]"
 MAP_ENTRY = "<name>"
-# Changed values tried per concrete place of a key before it counts as reaching nothing.
+# Valid changes of a key that reach no variable before the key counts as reaching nothing.
 MAX_VALID_TRIES = 2
 # Changes tried per config (most fail validation: a name others refer to, a port in use).
 MAX_ATTEMPTS = 12
-Path_ = tuple[str | int, ...]
+Place = tuple[str | int, ...]
 HostVars = dict[str, Any]
 
 
@@ -235,6 +236,18 @@ def _fits(value: Any, metadata: Sequence[Any]) -> bool:
     return True
 
 
+# Values to try for a field of these types that a config leaves out.
+_FRESH: dict[Any, list[Any]] = {
+    bool: [True, False],
+    int: [1, 2, 8, 64, 1024],
+    float: [0.5, 1.5, 2.0, 10.0],
+    SecretRef: ["vault:vault_example", "env:HXP_EXAMPLE", "file:/etc/hxp/example"],
+    ipaddress.IPv4Address: ["10.99.0.1"],
+    ipaddress.IPv4Interface: ["10.99.0.1/24"],
+    Path: ["/srv/hxp-example"],
+}
+
+
 def _fresh(annotation: Any, hints: Sequence[str]) -> list[Any]:
     """Values of ``annotation`` to try where a config gives none."""
     values: list[Any] = []
@@ -245,19 +258,8 @@ def _fresh(annotation: Any, hints: Sequence[str]) -> list[Any]:
             values += list(get_args(arm))
         elif _is_type(arm, enum.Enum):
             values += [m.value for m in arm]
-        elif arm is bool:
-            values += [True, False]
-        elif arm in (int, float):
-            numbers = [1, 2, 8, 64, 1024] if arm is int else [0.5, 1.5, 2.0, 10.0]
-            values += [n for n in numbers if _fits(n, metadata)]
-        elif arm is SecretRef:
-            values += ["vault:vault_example", "env:HXP_EXAMPLE", "file:/etc/hxp/example"]
-        elif arm is ipaddress.IPv4Address:
-            values += ["10.99.0.1"]
-        elif arm is ipaddress.IPv4Interface:
-            values += ["10.99.0.1/24"]
-        elif arm is Path:
-            values += ["/srv/hxp-example"]
+        elif arm in _FRESH:
+            values += [v for v in _FRESH[arm] if _fits(v, metadata)]
         elif arm is str:
             values += ["example", "/srv/hxp-example", *hints]
         elif origin is list:
@@ -322,7 +324,7 @@ def _copy(data: Any) -> Any:
     return data
 
 
-def _places(data: dict[str, Any], key: Key, hints: Sequence[str]) -> tuple[Any, list[Path_]]:
+def _places(data: dict[str, Any], key: Key, hints: Sequence[str]) -> tuple[Any, list[Place]]:
     """(copy of ``data`` in which every section above ``key`` exists, each concrete path of
     ``key`` in it).
 
@@ -330,9 +332,9 @@ def _places(data: dict[str, Any], key: Key, hints: Sequence[str]) -> tuple[Any, 
     item and mapping entry on the way is one place.
     """
     base = _copy(data)
-    places: list[Path_] = []
+    places: list[Place] = []
 
-    def walk(node: dict[str, Any], depth: int, path: Path_) -> None:
+    def walk(node: dict[str, Any], depth: int, path: Place) -> None:
         part = key.path[depth]
         if depth == len(key.path) - 1:
             places.append((*path, part))
@@ -409,13 +411,13 @@ def _compare(old: list[HostVars], new: list[HostVars]) -> dict[str, set[str]]:
     return reached
 
 
-def _get(data: Any, path: Path_) -> Any:
+def _get(data: Any, path: Place) -> Any:
     for part in path[:-1]:
         data = data[part]
     return data.get(path[-1], _ABSENT) if isinstance(data, dict) else _ABSENT
 
 
-def _set(data: Any, path: Path_, value: Any) -> None:
+def _set(data: Any, path: Place, value: Any) -> None:
     for part in path[:-1]:
         data = data[part]
     data[path[-1]] = value
@@ -431,7 +433,7 @@ class Rendered:
     @cached_property
     def values(self) -> dict[str, Any]:
         """Every value of the config, presets and defaults filled in."""
-        return cast(dict[str, Any], _plain(self.cfg.model_dump(mode="json")))
+        return self.cfg.model_dump(mode="json")
 
 
 @dataclass
@@ -479,7 +481,7 @@ class Measured:
     """What changing one key alone did: the config and values of the change, and the variables
     (with the fields inside them) that changed; no change is None when none was valid."""
 
-    change: tuple[Path, Path_, Any, Any] | None
+    change: tuple[Path, Place, Any, Any] | None
     variables: dict[str, frozenset[str]]
 
 
