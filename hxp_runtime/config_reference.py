@@ -324,17 +324,26 @@ def _copy(data: Any) -> Any:
     return data
 
 
-def _places(data: dict[str, Any], key: Key, hints: Sequence[str]) -> tuple[Any, list[Place]]:
+def _places(
+    data: dict[str, Any], effective: dict[str, Any], key: Key, hints: Sequence[str]
+) -> tuple[Any, list[Place]]:
     """(copy of ``data`` in which every section above ``key`` exists, each concrete path of
     ``key`` in it).
 
-    Sections a config leaves out are added with a guess for their required fields; each list
-    item and mapping entry on the way is one place.
+    A section the config leaves out is written as it is in effect (``effective``: the validated
+    config, presets and defaults filled in), or, where it is null, with a guess for each of its
+    required fields. Each list item and mapping entry on the way is one place.
     """
     base = _copy(data)
     places: list[Place] = []
 
-    def walk(node: dict[str, Any], depth: int, path: Place) -> None:
+    def section(node: dict[str, Any], known: Any, part: str, built: Any) -> Any:
+        if not node.get(part):
+            in_effect = known.get(part) if isinstance(known, dict) else None
+            node[part] = _copy(in_effect) if in_effect else built
+        return node[part]
+
+    def walk(node: dict[str, Any], known: Any, depth: int, path: Place) -> None:
         part = key.path[depth]
         if depth == len(key.path) - 1:
             places.append((*path, part))
@@ -342,22 +351,21 @@ def _places(data: dict[str, Any], key: Key, hints: Sequence[str]) -> tuple[Any, 
         marker = key.path[depth + 1]
         model = key.models[depth + 1] if marker in (LIST_ITEM, MAP_ENTRY) else key.models[depth]
         assert model is not None, key.name
+        inner = known.get(part) if isinstance(known, dict) else None
         if marker == LIST_ITEM:
-            if not node.get(part):
-                node[part] = [_build(model, hints)]
-            for index, item in enumerate(node[part]):
-                walk(item, depth + 2, (*path, part, index))
+            items = section(node, known, part, [_build(model, hints)])
+            for index, item in enumerate(items):
+                same = inner[index] if isinstance(inner, list) and index < len(inner) else None
+                walk(item, same, depth + 2, (*path, part, index))
         elif marker == MAP_ENTRY:
-            if not node.get(part):
-                node[part] = {"example": _build(model, hints)}
-            for name in sorted(node[part]):
-                walk(node[part][name], depth + 2, (*path, part, name))
+            entries = section(node, known, part, {"example": _build(model, hints)})
+            for name in sorted(entries):
+                same = inner.get(name) if isinstance(inner, dict) else None
+                walk(entries[name], same, depth + 2, (*path, part, name))
         else:
-            if node.get(part) is None:
-                node[part] = _build(model, hints)
-            walk(node[part], depth + 1, (*path, part))
+            walk(section(node, known, part, _build(model, hints)), inner, depth + 1, (*path, part))
 
-    walk(base, 0, ())
+    walk(base, effective, 0, ())
     return base, places
 
 
@@ -492,7 +500,10 @@ def measure(key: Key, renders: Renders) -> Measured:
     for config in CONFIGS:
         data = renders.raw(config)
         hints = _hints(data)
-        base, places = _places(data, key, hints)
+        original = renders.render(data)
+        if original is None:
+            raise ValueError(f"{config} is not a valid config; run `hxp validate {config}`")
+        base, places = _places(data, original.values, key, hints)
         before = renders.render(base)
         if before is None:
             continue
@@ -704,7 +715,7 @@ def entry_text(entry: Entry) -> str:
         lines += [
             "- Reaches: not measured: no change of this key alone gave a valid config in "
             + " or ".join(f"`{c}`" for c in CONFIGS)
-            + " (it must agree with other keys)",
+            + " (it has one allowed value, or must agree with other keys)",
             "",
         ]
         return "\n".join(lines)
@@ -763,11 +774,13 @@ template becomes on the host.
 How the variables are found: the key is changed alone in a validated copy of
 `inventory/sample/hxp.yml` (or, where no such change is valid there, of `inventory/lab/hxp.yml`)
 and the variables render hands the roles are compared with those of the unchanged copy; the
-change made is shown. A variable that is a mapping or a list of mappings names the fields that
-changed. The templates are those that name the variable, or a variable of the same role built
-from it (`defaults/`, `vars/`), or that a template task loops over; the path on the host is the
-`dest:` of that task. `[]` stands for every item of a list, `<name>` for every entry of a
-mapping.
+change made is shown. A section the config leaves out is first written as it is in effect
+(defaults, the model's preset). A key whose valid changes kept the same effect (a `host` key set
+to the one host of its group, the one it defaults to) shows as reaching nothing. A variable
+that is a mapping or a list of mappings names the fields that changed. The templates are those
+that name the variable, or a variable of the same role built from it (`defaults/`, `vars/`), or
+that a template task loops over; the path on the host is the `dest:` of that task. `[]` stands
+for every item of a list, `<name>` for every entry of a mapping.
 """
 
 
@@ -775,9 +788,15 @@ def page(found: Sequence[Entry]) -> str:
     nothing = [e.key.name for e in found if e.measured.change and not e.measured.variables]
     unmeasured = [e.key.name for e in found if e.measured.change is None]
     parts = [HEADER.format(command=COMMAND)]
-    parts.append("Keys that reach nothing `hxp render` writes (read by `hxp` itself, or unused):")
+    parts.append(
+        "Keys whose measured change reached nothing `hxp render` writes (read by `hxp` itself, "
+        "unused, or see above):"
+    )
     parts.append("\n".join(f"- `{name}`" for name in nothing) + "\n")
-    parts.append("Keys that cannot be changed alone (they must agree with other keys):")
+    parts.append(
+        "Keys with no valid change of their own (one allowed value, or they must agree with "
+        "other keys):"
+    )
     parts.append("\n".join(f"- `{name}`" for name in unmeasured) + "\n")
     section = None
     for entry in found:
