@@ -345,16 +345,23 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     }
 
 
-def render_inventory(cfg: HxpConfig, plan: Plan, out: Path, source: Path) -> list[Path]:
-    """Write the inventory for ``cfg`` under ``out`` (replacing what hxp wrote there before)."""
-    header = HEADER.format(source=source)
-    files: dict[Path, Vars] = {out / "hosts.yml": inventory_hosts(cfg)}
+def inventory_files(cfg: HxpConfig, plan: Plan) -> dict[Path, Vars]:
+    """What render hands the roles: each inventory file (relative to the inventory directory)
+    and its data, before it is written as YAML."""
+    files: dict[Path, Vars] = {Path("hosts.yml"): inventory_hosts(cfg)}
     group_all: Vars = {}
     for role_vars in ROLE_VARS:
         group_all.update(role_vars(cfg, plan))
-    files[out / "group_vars" / "all" / "hxp.yml"] = group_all
+    files[Path("group_vars", "all", "hxp.yml")] = group_all
     for host in cfg.hosts:
-        files[out / "host_vars" / host.name / "hxp.yml"] = host_vars(cfg, plan, host.name)
+        files[Path("host_vars", host.name, "hxp.yml")] = host_vars(cfg, plan, host.name)
+    return files
+
+
+def render_inventory(cfg: HxpConfig, plan: Plan, out: Path, source: Path) -> list[Path]:
+    """Write the inventory for ``cfg`` under ``out`` (replacing what hxp wrote there before)."""
+    header = HEADER.format(source=source)
+    files = {out / relative: data for relative, data in inventory_files(cfg, plan).items()}
     # Host vars of hosts that left the config go too; files hxp did not write stay.
     for old in out.glob("host_vars/*/hxp.yml"):
         if old not in files and old.read_text(encoding="utf-8").startswith(HEADER[:20]):
