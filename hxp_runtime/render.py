@@ -37,6 +37,7 @@ from hxp_runtime.observability.alerts import alert_rules, alertmanager_config
 from hxp_runtime.observability.dashboards import dashboards
 from hxp_runtime.observability.scrape import QDRANT_KEY_FILE, WEB_PASSWORD_FILE, scrape_configs
 from hxp_runtime.planner import Instance, Plan
+from hxp_runtime.router.store import SCHEMA as ROUTER_SCHEMA
 
 HEADER = "# Rendered by `hxp render` from {source}. Do not edit: edit hxp.yml and render again.\n"
 Vars = dict[str, Any]
@@ -63,6 +64,9 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     # Every Jinja delimiter ({{, {%, {#) starts with "{": a string without one is no template.
     if "{" in value:
         return dumper.represent_scalar("!unsafe", value, style='"')
+    # Multi-line text (SQL, rules) reads as written; PyYAML quotes what a block cannot hold.
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
     return dumper.represent_str(value)
 
 
@@ -124,6 +128,9 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_postgresql_client_pools": cfg.router.workers,
         "hxp_postgresql_router_user": db.router_user,
         "hxp_postgresql_router_password": _secret(cfg, db.router_password),
+        # The router's tables, as the router itself creates them at start-up: the role creates
+        # them ahead, as the router's role, so that they are the router's.
+        "hxp_postgresql_router_schema": ROUTER_SCHEMA,
         "hxp_postgresql_exporter_port": db.exporter_port,
         "hxp_postgresql_backup_dir": db.backup_dir,
         "hxp_postgresql_listen_address": _address(
