@@ -27,6 +27,7 @@ import yaml
 from hxp_runtime.config import (
     HostGroup,
     HxpConfig,
+    Metrics,
     SecretRef,
     format_path,
     resolve_host,
@@ -241,7 +242,6 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         credentials[Path(QDRANT_KEY_FILE).name] = _secret(cfg, cfg.vector_db.api_key)
     return {
         "hxp_metrics_enabled": True,
-        "hxp_metrics_gpu_exporter_port": m.gpu_exporter_port,
         "hxp_node_exporter_port": m.node_exporter_port,
         "hxp_prometheus_port": m.prometheus_port,
         "hxp_prometheus_listen_address": address,
@@ -344,6 +344,13 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     return {
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
         "hxp_vllm_instances": [vllm_instance_vars(cfg, i) for i in instances],
+        # The GPU exporter runs on every NVIDIA host, with or without a metrics section; without
+        # one, its port is that field's default in the schema.
+        "hxp_vllm_gpu_exporter_port": (
+            cfg.metrics.gpu_exporter_port
+            if cfg.metrics
+            else Metrics.model_fields["gpu_exporter_port"].default
+        ),
         # Every port an hxp service listens on here: role common reserves them, so that no
         # outgoing connection or port-0 bind takes one of them as its ephemeral port first.
         "hxp_host_listen_ports": sorted(

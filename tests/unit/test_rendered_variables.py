@@ -125,3 +125,33 @@ def test_roles_run_nothing_from_the_checkout_on_the_controller() -> None:
         if CONTROLLER_PROGRAMS.search(line) and not line.lstrip().startswith("#")
     ]
     assert not found, "roles must not run Python or build on the controller:\n" + "\n".join(found)
+
+
+# `X | default(LITERAL)` on a rendered variable restates what hxp.yml's schema already decided
+# (render writes every field, defaults included): one of the two is wrong one day.
+LITERAL_FALLBACK = re.compile(
+    r"\b(_?hxp_[a-z0-9_]+)((?:\.[a-z0-9_]+)*)\s*\|\s*default\(\s*(['\"]|\d|true\b|false\b)"
+)
+# A fallback that is no value the role uses: how a message prints a null.
+DISPLAY_ONLY = {"hxp_prometheus_retention_size"}
+
+
+def test_no_literal_fallback_for_what_render_writes() -> None:
+    rendered = _rendered_names()
+    found = [
+        f"{path.relative_to(REPO)}: {match[0]}"
+        for path, text in _read_text().items()
+        if "roles" in path.parts
+        for match in LITERAL_FALLBACK.finditer(text)
+        if match[1] in rendered and match[1] not in DISPLAY_ONLY
+    ]
+    assert not found, "literal defaults of rendered variables:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.parent.name)
+def test_gpu_exporter_port_is_rendered_for_every_host(sample: Path) -> None:
+    cfg = load_config(sample)
+    plan = plan_deployment(cfg)
+    expected = cfg.metrics.gpu_exporter_port if cfg.metrics else 9835
+    for host in cfg.hosts:
+        assert host_vars(cfg, plan, host.name)["hxp_vllm_gpu_exporter_port"] == expected
