@@ -39,8 +39,10 @@ options:
 """
 
 EXAMPLES = """
-{{ {'ReadWritePaths': data_dir, 'MemoryDenyWriteExecute': none} | hxp_systemd_hardening }}
-{{ {'ReadWritePaths': ['', '-/var/lib/redis']} | hxp_systemd_hardening(false) }}
+# In a unit template's [Service] section: the baseline, writable data, no MemoryDenyWriteExecute.
+sandbox: "{{ {'ReadWritePaths': data, 'MemoryDenyWriteExecute': none} | hxp_systemd_hardening }}"
+# A drop-in on a Debian unit with its own sandbox: the core only.
+core: "{{ {'ReadWritePaths': ['', '-/var/lib/redis']} | hxp_systemd_hardening(false) }}"
 """
 
 RETURN = """
