@@ -9,6 +9,7 @@ compare them with what the router passed on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -143,6 +144,18 @@ class RouterProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def worker_pids(router: RouterProcess) -> set[int]:
+    """The supervisor's children: its workers."""
+    assert router.process is not None
+    parent = str(router.process.pid)
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == parent:
+                pids.add(int(stat.parent.name))
+    return pids
 
 
 @dataclass(frozen=True)
