@@ -12,6 +12,11 @@ With ``workers`` > 1 the first process is a supervisor: it starts that many work
 binding the same port with SO_REUSEPORT (the kernel spreads connections), forwards SIGTERM and
 SIGHUP to them, restarts a worker that dies, and aggregates nothing itself (metrics go through
 prometheus-client's multiprocess directory).
+
+A reload never kills a process. SIGHUP's default action is to terminate, so a worker is started
+with SIGHUP blocked (held pending across exec) and takes it over as the first thing it does: a
+SIGHUP that came before the worker could act on it is kept and acted on once it serves.
+Reloads in a worker run one at a time; signals that arrive while one runs fold into one more.
 """
 
 from __future__ import annotations
@@ -83,7 +88,48 @@ def load_files(args: argparse.Namespace) -> tuple[RouterSettings, RouterSecrets]
 # --------------------------------------------------------------------------- worker
 
 
-async def serve(args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets) -> None:
+class EarlyReload:
+    """A SIGHUP caught before the process can reload: remembered, then acted on once it can."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def take(self) -> bool:
+        requested, self.requested = self.requested, False
+        return requested
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self.on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+class Reloader:
+    """Reloads of one worker, one at a time; a request while one waits adds nothing."""
+
+    def __init__(self, args: argparse.Namespace, gateway: Gateway) -> None:
+        self.args = args
+        self.gateway = gateway
+        self._lock = asyncio.Lock()
+        self._queued = False
+
+    async def request(self) -> None:
+        if self._queued:
+            return  # the queued reload reads the files as they are when it runs
+        self._queued = True
+        async with self._lock:
+            self._queued = False
+            await reload(self.args, self.gateway)
+
+
+async def serve(
+    args: argparse.Namespace,
+    settings: RouterSettings,
+    secrets: RouterSecrets,
+    early: EarlyReload | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     gateway = Gateway(settings, secrets)
     runner = web.AppRunner(
@@ -104,16 +150,19 @@ async def serve(args: argparse.Namespace, settings: RouterSettings, secrets: Rou
         len(settings.backends),
     )
     stop = asyncio.Event()
+    reloader = Reloader(args, gateway)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_reload() -> None:
-        task = loop.create_task(reload(args, gateway))
+        task = loop.create_task(reloader.request())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    if early is not None and early.take():
+        on_reload()
     await stop.wait()
     log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
     gateway.draining = True
@@ -136,9 +185,14 @@ async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
     log.info("reloaded %s (%d backends)", args.settings, len(settings.backends))
 
 
-def run_worker(args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets) -> int:
+def run_worker(
+    args: argparse.Namespace,
+    settings: RouterSettings,
+    secrets: RouterSecrets,
+    early: EarlyReload | None = None,
+) -> int:
     try:
-        uvloop.run(serve(args, settings, secrets))
+        uvloop.run(serve(args, settings, secrets, early))
     except OSError as exc:
         log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
         return EXIT_INVALID
@@ -153,12 +207,18 @@ def run_worker(args: argparse.Namespace, settings: RouterSettings, secrets: Rout
 
 
 class Supervisor:
-    def __init__(self, args: argparse.Namespace, settings: RouterSettings, count: int) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: RouterSettings,
+        count: int,
+        early: EarlyReload | None = None,
+    ) -> None:
         self.args = args
         self.settings = settings
         self.count = count
         self.stopping = False
-        self.reload_requested = False
+        self.reload = early or EarlyReload()
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
         self.restarts: list[float] = []
         runtime_dir = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory=
@@ -173,17 +233,18 @@ class Supervisor:
         return cmd
 
     def spawn(self) -> None:
-        process = subprocess.Popen(self.command(), env=self.env)
+        # Blocked here, blocked in the child until it can handle it: see the module's doc.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process = subprocess.Popen(self.command(), env=self.env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[process.pid] = (process, time.monotonic())
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self.reload_requested = True
-        else:
-            self.stopping = True
+        self.stopping = True
 
     def forward_reload(self) -> None:
-        self.reload_requested = False
         try:
             self.settings, _ = load_files(self.args)
         except SettingsError as exc:
@@ -193,14 +254,15 @@ class Supervisor:
             process.send_signal(signal.SIGHUP)
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
+        self.reload.install()
         for _ in range(self.count):
             self.spawn()
         log.info("supervising %d workers", self.count)
         code = 0
         while not self.stopping:
-            if self.reload_requested:
+            if self.reload.take():
                 self.forward_reload()
             for pid, (process, started) in list(self.workers.items()):
                 status = process.poll()
@@ -249,6 +311,8 @@ class Supervisor:
 
 
 def main(argv: list[str] | None = None) -> int:
+    early = EarlyReload()
+    early.install()  # before anything slow: a SIGHUP now must not end the process
     args = parse_args(argv)
     # Under systemd the journal stamps every line; elsewhere (a terminal, a test) we do.
     stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
@@ -267,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     count = args.workers or settings.workers
     if args.worker or count == 1:
-        return run_worker(args, settings, secrets)
-    return Supervisor(args, settings, count).run()
+        return run_worker(args, settings, secrets, early)
+    return Supervisor(args, settings, count, early).run()
 
 
 if __name__ == "__main__":

@@ -94,8 +94,13 @@ class RouterProcess:
 
     def start(self) -> None:
         self.write()
+        self.process = self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """The daemon started on the files as written, not waited for."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            return subprocess.Popen(
                 [
                     sys.executable,
                     *("-m", "hxp_runtime.router"),
@@ -107,7 +112,6 @@ class RouterProcess:
                 cwd=REPO,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
-        self.wait_ready()
 
     def wait_ready(self, what: str = "ready") -> dict[str, Any]:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -6,6 +6,7 @@ every request to the router worker that sent it, so each test can ask what every
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -126,5 +127,39 @@ def test_a_restarted_backend_gets_traffic_from_every_worker_again(
         assert set(first) >= workers, f"workers without traffic after the restart: {first}"
         assert recovery_s <= bound_s, first
         assert worker_pids(router) == workers  # no worker died on the way
+    finally:
+        solo.close()
+
+
+def test_reloads_right_after_start_and_in_a_row_keep_every_worker(
+    tmp_path: Path, started: list[RouterProcess]
+) -> None:
+    router = RouterProcess({}, {"api_keys": [{"name": "ops", "secret": KEY}]}, tmp_path)
+    solo = LoopbackBackend("solo-served", lambda: worker_pids(router))
+    solo.start()
+    router.settings = settings([("solo", solo)])
+    router.write()
+    started.append(router)
+    try:
+        router.process = router.spawn()
+        # The supervisor has spawned its workers once it says so; they are still importing.
+        assert wait_for(lambda: "supervising" in router.log_tail(), 30), router.log_tail()
+        router.signal(signal.SIGHUP)
+        spawned = worker_pids(router)
+        time.sleep(0.3)
+        router.signal(signal.SIGHUP)  # mid start-up: imports done, gateways starting
+        router.wait_ready()
+        workers = worker_pids(router)
+        assert len(workers) == WORKERS and workers == spawned, router.log_tail()
+        with Load(router, "solo", clients=2) as load:
+            time.sleep(0.5)
+            for _ in range(5):
+                router.signal(signal.SIGHUP)
+                time.sleep(0.05)
+            time.sleep(1.5)  # reloads finish while the load goes on
+        assert load.statuses and set(load.statuses) == {200}, load.statuses
+        assert worker_pids(router) == workers, router.log_tail()
+        log = router.log_path.read_text()
+        assert "died" not in log and log.count("reloaded") >= WORKERS, log
     finally:
         solo.close()
