@@ -1,6 +1,7 @@
 """``hxp-router``: the daemon's command line, its worker lifecycle and its supervisor.
 
     hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check]
+    hxp-router admin {backends,drain,undrain} ...   (the admin API's client: admin_cli)
 
 A worker is one process: uvloop, one aiohttp server, one :class:`Gateway`. Its lifecycle is
 startup (clients, database schema, monitors) -> serve -> shutdown: on SIGTERM it stops
@@ -39,6 +40,8 @@ import asyncpg
 import uvloop
 from aiohttp import web
 
+from hxp_runtime.router import admin_cli
+from hxp_runtime.router.admin import ADMIN_HOST, AdminApi
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.metrics import MULTIPROC_ENV
 from hxp_runtime.router.settings import (
@@ -50,11 +53,12 @@ from hxp_runtime.router.settings import (
     load_secrets,
     load_settings,
 )
+from hxp_runtime.router.shared import STATE_ENV, SharedState
 
 log = logging.getLogger("hxp_runtime.router")
 
 # Settings a running worker cannot switch to: they need a restart.
-RESTART_FIELDS = ("listen_host", "port", "workers", "database", "redis")
+RESTART_FIELDS = ("listen_host", "port", "admin_port", "workers", "database", "redis")
 EARLY_EXIT_S = 5.0  # a worker exiting with an error this soon after its start could not start
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0  # more worker deaths than this in the window: give up
 EXIT_INVALID = 1
@@ -131,7 +135,8 @@ async def serve(
     early: EarlyReload | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    gateway = Gateway(settings, secrets)
+    shared = SharedState(shared_directory(args))
+    gateway = Gateway(settings, secrets, shared)
     runner = web.AppRunner(
         gateway.build_app(),
         access_log=None,
@@ -149,6 +154,14 @@ async def serve(
         settings.port,
         len(settings.backends),
     )
+    admin: web.AppRunner | None = None
+    if secrets.admin_key is not None:
+        admin = web.AppRunner(
+            AdminApi(gateway, shared).build_app(), access_log=None, handle_signals=False
+        )
+        await admin.setup()
+        await web.TCPSite(admin, ADMIN_HOST, settings.admin_port, reuse_port=args.worker).start()
+        log.info("admin API on http://%s:%d", ADMIN_HOST, settings.admin_port)
     stop = asyncio.Event()
     reloader = Reloader(args, gateway)
     reloads: set[asyncio.Task[None]] = set()
@@ -167,8 +180,19 @@ async def serve(
     log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
     gateway.draining = True
     started = time.monotonic()
+    if admin is not None:
+        await admin.cleanup()
     await runner.cleanup()
     log.info("stopped after a %.1f s drain", time.monotonic() - started)
+    if not args.worker:
+        shutil.rmtree(shared.directory, ignore_errors=True)
+
+
+def shared_directory(args: argparse.Namespace) -> Path:
+    """The supervisor's state directory for its workers; a process on its own makes one."""
+    if args.worker and STATE_ENV in os.environ:
+        return Path(os.environ[STATE_ENV])
+    return Path(tempfile.mkdtemp(prefix="state-", dir=os.environ.get("RUNTIME_DIRECTORY")))
 
 
 async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
@@ -181,6 +205,8 @@ async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
         if getattr(settings, name) != getattr(gateway.settings, name):
             log.warning("reload: %s changed; it takes effect at the next restart", name)
             settings = settings.model_copy(update={name: getattr(gateway.settings, name)})
+    if (secrets.admin_key is None) != (gateway.secrets.admin_key is None):
+        log.warning("reload: admin_key added or removed; the admin API follows at the next restart")
     await gateway.apply(settings, secrets)
     log.info("reloaded %s (%d backends)", args.settings, len(settings.backends))
 
@@ -223,7 +249,12 @@ class Supervisor:
         self.restarts: list[float] = []
         runtime_dir = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory=
         self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=runtime_dir or None)
-        self.env = {**os.environ, MULTIPROC_ENV: self.metrics_dir}
+        self.shared = SharedState(Path(tempfile.mkdtemp(prefix="state-", dir=runtime_dir or None)))
+        self.env = {
+            **os.environ,
+            MULTIPROC_ENV: self.metrics_dir,
+            STATE_ENV: str(self.shared.directory),
+        }
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "hxp_runtime.router", "--worker"]
@@ -286,6 +317,7 @@ class Supervisor:
             time.sleep(0.2)
         self.stop_workers()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        shutil.rmtree(self.shared.directory, ignore_errors=True)
         return code
 
     def stop_workers(self) -> None:
@@ -305,12 +337,16 @@ class Supervisor:
         from prometheus_client import multiprocess  # noqa: PLC0415 - needs the env set
 
         multiprocess.mark_process_dead(pid, self.metrics_dir)
+        self.shared.forget(pid)
 
 
 # --------------------------------------------------------------------------- entry point
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["admin"]:
+        return admin_cli.main(arguments[1:])
     early = EarlyReload()
     early.install()  # before anything slow: a SIGHUP now must not end the process
     args = parse_args(argv)

@@ -22,6 +22,7 @@ class SlowGateway:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
+        self.secrets = RouterSecrets()
         self.applied = 0
         self.running = 0
         self.most_at_once = 0
