@@ -5,6 +5,8 @@ One :class:`Gateway` per worker process owns everything long-lived: the aiohttp 
 (the proxy's own lean client), the PostgreSQL pool, the Redis client, the metrics and the
 background tasks. Everything built from the settings file is one :class:`Runtime`, replaced
 whole on reload (SIGHUP): requests in flight finish on the runtime they started with.
+With the state shared between workers (``shared``), the gateway applies drained backends to
+its routing and publishes its view of every backend for the admin API (``admin``).
 
 The endpoints are in ``handlers``; a proxied request's steps in ``pipeline`` (authenticate,
 parse, admit, route, cached answer), ``attempts`` (backends, retries, fallbacks) and ``relay``
