@@ -5,6 +5,8 @@ One :class:`Gateway` per worker process owns everything long-lived: the aiohttp 
 (the proxy's own lean client), the PostgreSQL pool, the Redis client, the metrics and the
 background tasks. Everything built from the settings file is one :class:`Runtime`, replaced
 whole on reload (SIGHUP): requests in flight finish on the runtime they started with.
+With the state shared between workers (``shared``), the gateway applies drained backends to
+its routing and publishes its view of every backend for the admin API (``admin``).
 
 The endpoints are in ``handlers``; a proxied request's steps in ``pipeline`` (authenticate,
 parse, admit, route, cached answer), ``attempts`` (backends, retries, fallbacks) and ``relay``
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -29,6 +32,7 @@ from aiohttp import web
 
 from hxp_runtime.router import cache as response_cache
 from hxp_runtime.router import store
+from hxp_runtime.router.admin import worker_view
 from hxp_runtime.router.auth import KeyStore
 from hxp_runtime.router.backends import BackendRuntime
 from hxp_runtime.router.breaker import BreakerState
@@ -37,6 +41,7 @@ from hxp_runtime.router.metrics import RouterMetrics, slo_thresholds_s
 from hxp_runtime.router.ratelimit import LocalBuckets, RateLimiter, RedisBuckets
 from hxp_runtime.router.semantic import Embedder, EmbeddingError
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings
+from hxp_runtime.router.shared import SharedState
 from hxp_runtime.router.store import ApiKey
 from hxp_runtime.router.strategies import (
     Endpoint,
@@ -48,6 +53,10 @@ from hxp_runtime.router.upstream import UpstreamPool
 from hxp_runtime.router.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
+
+# How often a worker looks for drains and publishes its view: a drain reaches every worker
+# within this, and the admin API's in-flight counts are this fresh.
+SHARE_INTERVAL_S = 0.1
 
 PROXIED = (
     ("/v1/chat/completions", Endpoint.CHAT),
@@ -67,9 +76,16 @@ class Runtime:
 
 
 class Gateway:
-    def __init__(self, settings: RouterSettings, secrets: RouterSecrets) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        secrets: RouterSecrets,
+        shared: SharedState | None = None,
+    ) -> None:
         self.settings = settings
         self.secrets = secrets
+        self.shared = shared  # state shared with the other workers (drains, their views)
+        self._drain_tokens: list[str] = []
         self.metrics = RouterMetrics(slo_thresholds_s(settings))
         self.draining = False
         self.started_at = int(time.time())
@@ -155,6 +171,8 @@ class Gateway:
             ttl_s=settings.auth_cache_ttl_s,
         )
         await self.apply(settings, secrets)
+        if self.shared is not None:
+            self.spawn(self._share(self.shared))
         self.spawn(self.usage.run())
         self.spawn(self._flush_token_debts())
 
@@ -237,6 +255,45 @@ class Gateway:
             self._prototype_task = None
         if settings.semantic.embedding_model is not None and settings.categories:
             self._prototype_task = self.spawn(self._load_prototypes(settings, upstream_key))
+        self.apply_drains()
+
+    def apply_drains(self) -> None:
+        """Route around the backends drained in the shared state (new backends included)."""
+        if self.shared is None or self.runtime is None:
+            return
+        try:
+            drained = self.shared.drained()
+        except OSError as exc:
+            log.error("cannot read the drained backends (%s); routing stays as it was", exc)
+            return
+        for backend_id, live in self.runtime.backends.items():
+            if live.stats.draining != (backend_id in drained):
+                log.warning(
+                    "backend %s %s", backend_id, "drained" if backend_id in drained else "undrained"
+                )
+            live.stats.draining = backend_id in drained
+        self._drain_tokens = list(drained.values())
+
+    async def _share(self, shared: SharedState) -> None:
+        """Apply drains and publish this worker's view: on change, and at least every second."""
+        pid = os.getpid()
+        published: dict[str, Any] | None = None
+        published_at = 0.0
+        try:
+            while True:
+                self.apply_drains()
+                if self.runtime is not None:
+                    view = worker_view(self.runtime.backends, self._drain_tokens)
+                    now = time.monotonic()
+                    if view != published or now - published_at >= 1.0:
+                        try:
+                            shared.publish(pid, view)
+                            published, published_at = view, now
+                        except OSError as exc:
+                            log.error("cannot publish this worker's state: %s", exc)
+                await asyncio.sleep(SHARE_INTERVAL_S)
+        finally:
+            shared.forget(pid)
 
     async def _static_keys(self, secrets: RouterSecrets) -> dict[str, ApiKey]:
         keys = {}

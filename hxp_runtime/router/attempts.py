@@ -5,7 +5,9 @@ each fallback model one pass. A backend whose circuit breaker is open is skipped
 failure (no connection, a reset, a timeout, a 5xx) counts against its breaker and the next
 backend is tried, until an answer comes, the deadline passes or the order runs out. A stream
 counts as answered once its first bytes arrived: only then is anything committed to the
-client (``relay``), so retries and fallbacks never duplicate output.
+client (``relay``), so retries and fallbacks never duplicate output. A backend drained
+(``admin``) while a request waited for its turn is skipped at the last moment: once every
+worker has seen a drain, not one more request starts there.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ async def send(
             if upstream.status != 200:
                 upstream.close()
                 upstream.body = first_piece
-    except UpstreamError:
+    except BaseException:  # failed, or cancelled with its client: not in flight any more
         live.stats.outstanding -= 1
         raise
     streaming = request.stream and upstream.status == 200
@@ -185,10 +187,21 @@ async def attempt(
         live = backends[backend.id]
         if not live.breaker.acquire():
             continue
-        if not await backoff.before(backend, deadline):
+        try:
+            go = await backoff.before(backend, deadline) and not live.stats.draining
+        except BaseException:  # the client went away during the backoff
+            live.breaker.release()
+            raise
+        if not go:
+            live.breaker.release()
+            if live.stats.draining:
+                continue  # drained while this request waited: not one more request goes there
             break
         try:
             answer = await send(backend, live, request, bodies.for_backend(backend), deadline)
+        except asyncio.CancelledError:
+            live.breaker.release()
+            raise
         except UpstreamError as exc:
             failed(backend, live, metrics, exc.reason)
             failure = exc

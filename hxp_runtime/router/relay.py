@@ -158,6 +158,8 @@ async def stream(
         broken = forwarder.client_gone = True
     finally:
         live.stats.outstanding -= 1
+        if ttft is None:  # the client left before the first piece: no verdict on the backend
+            live.breaker.release()
         upstream.close()
     if not forwarder.client_gone:
         with contextlib.suppress(ConnectionError):

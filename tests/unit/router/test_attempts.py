@@ -295,3 +295,38 @@ async def test_routed_primary_decides_what_counts_as_a_fallback() -> None:
     assert counted(setup.metrics, "hxp_router_fallbacks_total") == {
         '{"backend": "spare", "model": "spare"}': 1.0
     }
+
+
+async def test_a_probe_cancelled_with_its_client_gives_its_slot_back() -> None:
+    hung_up = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; returns when the router hangs up
+        writer.close()
+        await writer.wait_closed()
+        hung_up.set()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    setup = Setup([f"http://127.0.0.1:{port}"])
+    live = setup.live["primary"]
+    try:
+        live.failed()
+        live.failed()
+        live.breaker.half_open()
+        task = asyncio.create_task(setup.attempt({"model": "primary", "messages": []}))
+        for _ in range(100):
+            if live.stats.outstanding:
+                break
+            await asyncio.sleep(0.01)
+        assert live.stats.outstanding == 1 and not live.breaker.allows()  # the probe is out
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert live.breaker.state is BreakerState.HALF_OPEN and live.breaker.allows()
+        assert live.stats.outstanding == 0
+    finally:
+        setup.close()
+        await asyncio.wait_for(hung_up.wait(), 5)
+        listener.close()
+        await listener.wait_closed()
