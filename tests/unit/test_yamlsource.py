@@ -62,11 +62,13 @@ def hostile(text: str | bytes) -> YamlSourceError:
     """The error ``text`` gets, checked to come within the time and memory bounds.
 
     Time and memory are measured in separate runs: tracemalloc slows Python down severalfold.
+    Time is CPU time, as in every bound of this file: the parser's work, whatever else the
+    machine is running.
     """
     raw = _encoded(text)
-    start = time.perf_counter()
+    start = time.process_time()
     error = error_of(raw)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     tracemalloc.start()
     try:
         error_of(raw)
@@ -285,7 +287,7 @@ def test_a_huge_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
     path = tmp_path / "hxp.yml"
     with path.open("wb") as sparse:
         sparse.truncate(512 * MAX_BYTES)
-    start = time.perf_counter()
+    start = time.process_time()
     tracemalloc.start()
     try:
         with pytest.raises(YamlSourceError) as caught:
@@ -293,7 +295,7 @@ def test_a_huge_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - start < SECONDS
+    assert time.process_time() - start < SECONDS
     assert peak < 3 * MAX_BYTES
     assert "size limit" in caught.value.message
 
@@ -311,9 +313,9 @@ def test_a_huge_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
 )
 def test_a_long_plain_scalar_is_a_string(scalar: str) -> None:
     text = f"a: {scalar}\n"
-    start = time.perf_counter()
+    start = time.process_time()
     data, _ = load(text)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert data == {"a": scalar}
     assert elapsed < SECONDS
     tracemalloc.start()
