@@ -54,10 +54,8 @@ def make_wheel(directory: Path, name: str, version: str, requires: tuple[str, ..
     return wheel
 
 
-@pytest.fixture
-def sources(tmp_path: Path) -> Path:
+def write_sources(src: Path) -> None:
     """A spec and everything it names: a release archive, a model directory, a wheel index."""
-    src = tmp_path / "src"
     (src / "model" / "tokenizer").mkdir(parents=True)
     (src / "model" / "config.json").write_text('{"hidden_size": 64}\n')
     (src / "model" / "weights.bin").write_bytes(bytes(range(256)) * 64)
@@ -85,14 +83,27 @@ def sources(tmp_path: Path) -> Path:
         "  - {name: tiny-model, kind: model-dir, version: rev1, source: model}\n"
         "  - {name: tinypkg, kind: wheel, requirements: [tinypkg==1.0]}\n"
     )
-    return src
+
+
+@pytest.fixture(scope="module")
+def built_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sources and the bundle built from them, made once for the module (pip takes about half a
+    second per build); each test damages copies of its own."""
+    root = tmp_path_factory.mktemp("built")
+    write_sources(root / "src")
+    build_bundle(root / "src" / "bundle.yml", root / "bundle")
+    return root
 
 
 @pytest.fixture
-def bundle(sources: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "bundle"
-    build_bundle(sources / "bundle.yml", out)
-    return out
+def sources(built_once: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_once / "src", tmp_path / "src", symlinks=True))
+
+
+@pytest.fixture
+def bundle(built_once: Path, sources: Path, tmp_path: Path) -> Path:
+    """The bundle built from ``sources`` (a copy of it: the same bytes)."""
+    return Path(shutil.copytree(built_once / "bundle", tmp_path / "bundle", symlinks=True))
 
 
 def test_build_writes_manifest_with_every_file_hashed(bundle: Path, sources: Path) -> None:
