@@ -221,6 +221,7 @@ def deployable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "hxp.yml"
 
 
+@pytest.mark.slow  # runs ansible-playbook
 def test_deploy_envelope_counts_the_tasks(hxp: Hxp, deployable: Path) -> None:
     done = hxp(
         "deploy", deployable, "--playbook", "validate.yml", "--inventory", "local.yml", "--json"
@@ -231,6 +232,7 @@ def test_deploy_envelope_counts_the_tasks(hxp: Hxp, deployable: Path) -> None:
     assert "PLAY" in done.stderr, "progress goes to stderr, stdout holds the envelope alone"
 
 
+@pytest.mark.slow  # runs ansible-playbook
 def test_deploy_envelope_of_a_failed_playbook(hxp: Hxp, deployable: Path) -> None:
     done = hxp("deploy", deployable, "--playbook", "nope.yml", "--inventory", "local.yml", "--json")
     [problem] = done.envelope("deploy")["problems"]

@@ -177,6 +177,7 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
+@pytest.mark.slow  # twenty examples per mutation: about a second each
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.__name__)
 @settings(
     max_examples=20,

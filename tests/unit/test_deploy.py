@@ -14,6 +14,9 @@ from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import render_inventory
 from tests.unit.conftest import BASE
 
+# Each test runs ansible-playbook through ansible-runner: about a second apiece.
+pytestmark = pytest.mark.slow
+
 LOCAL = {
     "ansible_connection": "local",
     "ansible_python_interpreter": "{{ ansible_playbook_python }}",

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,12 +142,14 @@ def with_change(data: Entry, position: int, change: dict[str, int | str]) -> Ent
     return changed
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(deployments())
 def test_planning_fails_only_with_plan_errors_and_fast(data: Entry) -> None:
     plan_problems(valid(data))
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(deployments())
 def test_each_suggestion_fixes_its_model_and_breaks_nothing(data: Entry) -> None:

@@ -17,6 +17,10 @@ from tests.unit.test_cli_contract import BASE_SECRETS, lab_config_with_secrets
 
 REPO = Path(__file__).resolve().parents[2]
 HXP = [sys.executable, "-m", "hxp_runtime.cli"]
+# Every test here starts `hxp` as a process, some ansible-inventory too: about a second each,
+# so they run in the full suite only. The fast loop covers the same commands in-process
+# (test_cli_contract.py).
+pytestmark = pytest.mark.slow
 
 
 def hxp(

@@ -119,6 +119,7 @@ def _evaluate(inventory: Path, tmp_path: Path) -> dict[str, object]:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
+@pytest.mark.slow
 def test_hostile_strings_reach_ansible_as_exactly_the_data_given(tmp_path: Path) -> None:
     config, secrets = _hostile_config(tmp_path)
     cfg = load_config(config, check_secrets=True)

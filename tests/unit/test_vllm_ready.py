@@ -28,6 +28,7 @@ def test_a_dead_server_process_ends_the_wait_at_once(capsys: pytest.CaptureFixtu
     assert "phi3: the server exited before it was ready" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_server_and_no_pid_waits_for_the_timeout(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{closed_loopback_port()}"
     code = main(["--url", url, "--model", "phi3", "--timeout", "1", "--interval", "0.2"])

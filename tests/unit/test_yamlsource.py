@@ -170,6 +170,7 @@ def test_many_aliases_are_refused_by_the_alias_limit() -> None:
     assert error.line == 2
 
 
+@pytest.mark.slow
 def test_a_large_flat_document_is_refused_by_the_node_limit() -> None:
     error = hostile("[" + ", ".join(["1"] * (MAX_NODES + 1)) + "]\n")
     assert "node limit" in error.message
