@@ -24,10 +24,11 @@ PORT = 3000
 SCENARIO = Path(__file__).resolve().parents[1]
 BINARY = "/opt/grafana-current/bin/grafana"
 DASHBOARDS_DIR = "/var/lib/grafana/dashboards/hxp"
+# The prefix keeps this skip a skip under HXP_CI=1 (the repository's conftest.py).
 NO_BINARY = (
-    "the Grafana binary is absent from the bundle: its official release archive cannot be "
-    "obtained on this machine, so the server is neither installed nor started (set "
-    "HXP_GRAFANA_ARCHIVE, see molecule.yml)"
+    "not obtainable here: the Grafana binary is absent from the bundle (its official release "
+    "archive cannot be obtained on this machine), so the server is neither installed nor "
+    "started (set HXP_GRAFANA_ARCHIVE, see molecule.yml)"
 )
 
 
@@ -207,11 +208,10 @@ def test_unit_passes_systemd_analyze_verify(assert_units_verify):
     assert_units_verify(BINARY, "grafana-server.service")
 
 
-def test_without_the_binary_grafana_is_not_started(host):
-    if host.file(BINARY).exists:
-        pytest.skip("the binary is installed: the tests below check the running service")
-    assert not host.service("grafana-server").is_enabled
-    assert not host.service("grafana-server").is_running
+def test_grafana_is_started_only_with_its_binary(host):
+    installed = host.file(BINARY).exists
+    assert host.service("grafana-server").is_enabled == installed
+    assert host.service("grafana-server").is_running == installed
 
 
 def test_next_run_removes_unlisted_dashboards_and_keeps_the_rest(
@@ -233,10 +233,11 @@ def test_next_run_removes_unlisted_dashboards_and_keeps_the_rest(
         assert value not in run.stdout + run.stderr, f"the {name} is in the play's output"
 
 
-def test_a_required_archive_that_is_absent_stops_the_play(host, converge):
-    if host.file(BINARY).exists:
-        pytest.skip("the scenario was given the archive: nothing is absent")
+def test_a_required_archive_stops_the_play_only_when_it_is_absent(host, converge):
     run = converge({"hxp_grafana_require_binary": True})
+    if host.file(BINARY).exists:  # the scenario was given the archive: nothing is absent
+        assert run.returncode == 0, run.stdout[-3000:]
+        return
     assert run.returncode == 2, run.stdout[-3000:]
     assert run.recap(HOST)["changed"] == 0
     output = " ".join((run.stdout + run.stderr).split())
