@@ -8,6 +8,9 @@ def test_apt_goes_through_the_proxy(host, lab_gateway):
     assert host.file("/etc/apt/apt.conf.d/80hxp-proxy").contains(proxy)
     dump = host.check_output("apt-config dump Acquire::http::Proxy")
     assert f'Acquire::http::Proxy "{proxy}";' in dump
+    # No pipelining through apt-cacher-ng: the two can deadlock on an idle connection.
+    pipelining = host.check_output("apt-config dump Acquire::http::Pipeline-Depth")
+    assert 'Acquire::http::Pipeline-Depth "0";' in pipelining
     sources = host.file("/etc/apt/sources.list.d/debian.sources")
     assert "URIs: http://deb.debian.org/debian" in sources.content_string
     assert not host.file("/etc/apt/sources.list").exists
