@@ -75,11 +75,13 @@ def minimal(load_text: Callable[[str], HxpConfig]) -> HxpConfig:
 
 
 def _tool(name: str) -> str:
+    """The tool's path; skips the test without it, which fails a CI run (conftest.py)."""
     path = shutil.which(name)
-    assert path is not None, (
-        f"{name} is not installed: run scripts/setup (Debian packages prometheus and "
-        "prometheus-alertmanager)"
-    )
+    if path is None:
+        pytest.skip(
+            f"{name} is not installed: run scripts/setup (Debian packages prometheus and "
+            "prometheus-alertmanager)"
+        )
     return path
 
 
