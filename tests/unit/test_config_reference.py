@@ -11,11 +11,14 @@ from hxp_runtime import config_reference as ref
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Renders the configs again for every key changed alone: about four seconds of CPU, so the tests
+# that use it are marked slow.
 @pytest.fixture(scope="module")
 def entries() -> dict[str, ref.Entry]:
     return {e.key.name: e for e in ref.entries(REPO)}
 
 
+@pytest.mark.slow
 def test_the_page_is_current(entries: dict[str, ref.Entry]) -> None:
     page = (REPO / ref.PAGE).read_text(encoding="utf-8")
     assert ref.page(list(entries.values())) == page, (
@@ -32,6 +35,7 @@ def test_every_leaf_of_the_schema_is_a_key_and_secrets_are_leaves() -> None:
     assert "cache.password" in names and "cache.password.scheme" not in names
 
 
+@pytest.mark.slow
 def test_router_port_reaches_the_router_settings_file(entries: dict[str, ref.Entry]) -> None:
     entry = entries["router.port"]
     assert entry.measured.change == (
@@ -50,6 +54,7 @@ def test_router_port_reaches_the_router_settings_file(entries: dict[str, ref.Ent
     assert "roles/router/templates/etc/systemd/system/hxp-router.service.j2" in settings
 
 
+@pytest.mark.slow
 def test_a_section_a_config_leaves_out_is_added_to_measure_its_keys(
     entries: dict[str, ref.Entry],
 ) -> None:
@@ -60,6 +65,7 @@ def test_a_section_a_config_leaves_out_is_added_to_measure_its_keys(
     assert entry.measured.variables == {"hxp_router_settings": {".rate_limit"}}
 
 
+@pytest.mark.slow
 def test_keys_that_reach_nothing_or_cannot_change_alone_say_so(
     entries: dict[str, ref.Entry],
 ) -> None:

@@ -347,6 +347,7 @@ async def test_only_deterministic_requests_look_in_the_cache() -> None:
     await client.aclose()
 
 
+@pytest.mark.slow  # the client's retries back off for seconds before it gives up
 async def test_an_unreachable_cache_is_a_miss() -> None:
     client = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     metrics = RouterMetrics()
