@@ -359,6 +359,7 @@ def project_spec(sources: Path) -> Path:
     return spec
 
 
+@pytest.mark.slow  # pip builds the project's wheel: about a second of CPU
 def test_wheelhouse_holds_the_project_wheel_built_from_tracked_files(
     project_spec: Path, tmp_path: Path
 ) -> None:
@@ -377,6 +378,7 @@ def test_wheelhouse_holds_the_project_wheel_built_from_tracked_files(
     assert verify_bundle(tmp_path / "b").ok
 
 
+@pytest.mark.slow  # pip builds the project's wheel: about a second of CPU
 def test_build_only_the_named_artifacts(project_spec: Path, tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["bundle", "build", str(project_spec), "--out", str(tmp_path / "b"), "-a", "app"]
