@@ -1,6 +1,6 @@
 """GPU exporter: per-GPU utilisation, memory, temperature and power from NVML, for Prometheus.
 
-    python -m hxp_runtime.gpu_exporter --address 10.0.0.5 --port 9835
+    python -m hxp_runtime.host.gpu_exporter --address 10.0.0.5 --port 9835
 
 Every scrape reads NVML (the NVIDIA driver's management library, through pynvml) afresh: no
 background polling, so the numbers are as old as the scrape. Series (label ``gpu`` = the
@@ -168,7 +168,6 @@ def serve(address: str, port: int, collector: NvmlCollector, stop: threading.Eve
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hxp_runtime.gpu_exporter",
         description="Export per-GPU utilisation, memory, temperature and power (NVML).",
     )
     parser.add_argument("--address", default="127.0.0.1", help="listen address")
