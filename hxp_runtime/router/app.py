@@ -30,6 +30,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from hxp_runtime import __version__
 from hxp_runtime.config import Strategy
 from hxp_runtime.router import cache as response_cache
 from hxp_runtime.router import store
@@ -63,7 +64,6 @@ from hxp_runtime.router.usage import UsageRecorder, usage_of
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 ANONYMOUS = ApiKey("anonymous")
 CATEGORY_HEADER = "X-HXP-Category"
 BACKEND_HEADER = "x-hxp-backend"
@@ -134,7 +134,7 @@ class Gateway:
         self.limiter = RateLimiter(LocalBuckets())
         self.usage = UsageRecorder(None, settings.usage_flush_interval_s)
         self._decision_children: dict[Strategy, Any] = {}
-        self._openapi = json.dumps(openapi_document(VERSION)).encode()
+        self._openapi = json.dumps(openapi_document(__version__)).encode()
         self.runtime: Runtime | None = None
         self._prototype_task: asyncio.Task[None] | None = None
 
