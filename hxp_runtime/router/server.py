@@ -1,6 +1,6 @@
 """``hxp-router``: the daemon's command line, its worker lifecycle and its supervisor.
 
-    hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check]
+    hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check | --restart-fields]
 
 A worker is one process: uvloop, one aiohttp server, one :class:`Gateway`. Its lifecycle is
 startup (clients, database schema, monitors) -> serve -> shutdown: on SIGTERM it stops
@@ -12,6 +12,9 @@ With ``workers`` > 1 the first process is a supervisor: it starts that many work
 binding the same port with SO_REUSEPORT (the kernel spreads connections), forwards SIGTERM and
 SIGHUP to them, restarts a worker that dies, and aggregates nothing itself (metrics go through
 prometheus-client's multiprocess directory).
+
+``--restart-fields`` prints the settings a running worker cannot switch to (RESTART_FIELDS): the
+router role runs it on the host to decide between a reload and a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -68,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=None, help="override settings.workers")
     parser.add_argument("--check", action="store_true", help="validate both files and exit")
+    parser.add_argument(
+        "--restart-fields",
+        action="store_true",
+        help="print the settings a reload cannot apply (a JSON list) and exit",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -250,6 +259,10 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.restart_fields:
+        # The router role asks the installed router, so the answer matches the code that runs.
+        print(json.dumps(RESTART_FIELDS))
+        return 0
     # Under systemd the journal stamps every line; elsewhere (a terminal, a test) we do.
     stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
     logging.basicConfig(
