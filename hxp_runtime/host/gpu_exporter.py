@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+# The port when none is given; hxp.yml's metrics.gpu_exporter_port defaults to it as well.
 DEFAULT_PORT = 9835
 
 
@@ -166,13 +167,17 @@ def serve(address: str, port: int, collector: NvmlCollector, stop: threading.Eve
         collector.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Export per-GPU utilisation, memory, temperature and power (NVML).",
     )
     parser.add_argument("--address", default="127.0.0.1", help="listen address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     stop = threading.Event()
 
