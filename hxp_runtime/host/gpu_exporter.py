@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
 
-import pynvml
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -94,7 +93,11 @@ def cuda_version_string(version: int) -> str:
 class NvmlCollector(Collector):
     """Reads every GPU at scrape time. ``nvml`` is the pynvml module (tests pass it in)."""
 
-    def __init__(self, nvml: ModuleType = pynvml) -> None:
+    def __init__(self, nvml: ModuleType | None = None) -> None:
+        if nvml is None:
+            import pynvml
+
+            nvml = pynvml
         self.nvml = nvml
         self.initialised = False
 
