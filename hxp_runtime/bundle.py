@@ -5,7 +5,8 @@ A bundle is a directory that is carried to the controller of an offline site:
     manifest.json          every artifact: kind, name, version, relative path, sha256, size
     archives/FILE          kind ``archive``   release archives (Qdrant, Grafana, exporters)
     models/NAME/...        kind ``model-dir`` a model directory, every file hashed
-    wheels/NAME/*.whl      kind ``wheel``     a wheelhouse: requirements and their dependencies
+    wheels/NAME/*.whl      kind ``wheel``     a wheelhouse: requirements and their dependencies,
+                                              and the wheel of a project when the spec names one
     debs/NAME/*.deb        kind ``deb``       Debian packages with their dependencies, plus a
                                               ``Packages`` index (a flat apt repository)
 
@@ -133,11 +134,18 @@ class PipOptions(Strict):
 class WheelSpec(Strict):
     name: Name
     kind: Literal[ArtifactKind.WHEEL]
-    version: str | None = Field(None, description="default: the version of the wheel named NAME")
+    version: str | None = Field(
+        None, description="default: the version of the wheel named NAME, else of project's wheel"
+    )
     requirements: list[str] = Field(
         min_length=1, description="pip requirement specifiers, '-r FILE' or a project directory"
     )
     no_deps: bool = False
+    project: Path | None = Field(
+        None,
+        description="a git checkout whose own wheel joins the wheelhouse, built --no-deps from "
+        "a copy of its tracked files (never from its build directories or untracked files)",
+    )
 
 
 class ArchiveSpec(Strict):
@@ -289,23 +297,82 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _pip_wheel(pip: PipOptions, dest: Path) -> list[str]:
+    return [
+        sys.executable,
+        *("-m", "pip", "wheel", "--disable-pip-version-check", "--quiet"),
+        *("--wheel-dir", str(dest), *pip.args()),
+    ]
+
+
+def _wheel_versions(wheels: Iterable[Path]) -> dict[str, str]:
+    """Normalised project name -> version, read from the wheels' file names."""
+    return {
+        _normalise(match["name"]): match["version"]
+        for wheel in wheels
+        if (match := _WHEEL_NAME.match(wheel.name))
+    }
+
+
+def _copy_tracked_files(checkout: Path, dest: Path) -> None:
+    """Copy the files git tracks in ``checkout`` (as they are in its working tree) to ``dest``.
+
+    A wheel built in place picks up whatever lies in the checkout: a stale ``build/`` tree, an
+    ``*.egg-info`` of another version, untracked modules. The copy holds none of them.
+    """
+    listed = subprocess.run(
+        ["git", "-C", str(checkout), "ls-files", "-z", "--cached"],
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        raise BundleError(
+            [
+                f"{checkout} is not a git checkout ({listed.stderr.decode().strip()}): a "
+                "project's wheel is built from the files git tracks only; give the directory "
+                "of a git clone of the project"
+            ]
+        )
+    for name in listed.stdout.decode().split("\0"):
+        source = checkout / name
+        # A tracked file deleted in the working tree is not part of what is built.
+        if name and source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def _build_project_wheel(spec: WheelSpec, pip: PipOptions, base: Path, dest: Path) -> str:
+    """Build the wheel of ``spec.project`` into ``dest``; return its version."""
+    project = base / (spec.project or ".")
+    with tempfile.TemporaryDirectory(prefix="hxp-project-") as scratch:
+        copy = Path(scratch) / "src"
+        built = Path(scratch) / "wheel"
+        _copy_tracked_files(project, copy)
+        argv = [*_pip_wheel(pip, built), "--no-deps", str(copy)]
+        # From the spec's directory, like the requirements: its find-links are relative to it.
+        _run(argv, f"building the wheel of {project} for artifact {spec.name!r}", cwd=base)
+        wheels = list(built.glob("*.whl"))
+        if len(wheels) != 1:
+            raise BundleError(
+                [f"artifact {spec.name!r}: building {project} gave {len(wheels)} wheels, not 1"]
+            )
+        shutil.move(wheels[0], dest / wheels[0].name)
+    return next(iter(_wheel_versions(wheels).values()), "")
+
+
 def _collect_wheels(spec: WheelSpec, pip: PipOptions, base: Path, dest: Path) -> str:
-    argv = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--quiet"]
-    argv += ["--wheel-dir", str(dest), *pip.args()]
+    argv = _pip_wheel(pip, dest)
     argv += ["--no-deps"] if spec.no_deps else []
     for requirement in spec.requirements:
         argv += requirement.split(maxsplit=1) if requirement.startswith("-r ") else [requirement]
     _run(argv, f"pip wheel for artifact {spec.name!r}", cwd=base)
-    versions = {}
-    for wheel in dest.glob("*.whl"):
-        match = _WHEEL_NAME.match(wheel.name)
-        if match:
-            versions[_normalise(match["name"])] = match["version"]
+    versions = _wheel_versions(dest.glob("*.whl"))
     if not versions:
         raise BundleError(
             [f"artifact {spec.name!r}: pip wrote no wheel to {dest}; check its requirements"]
         )
-    return spec.version or versions.get(_normalise(spec.name), "")
+    project_version = _build_project_wheel(spec, pip, base, dest) if spec.project else ""
+    return spec.version or versions.get(_normalise(spec.name), project_version)
 
 
 def _collect_debs(spec: DebSpec, dest: Path) -> str:
@@ -404,13 +471,22 @@ def _collect(spec: Any, pip: PipOptions, base: Path, bundle: Path, log: Log) -> 
     return _hash_artifact(spec.name, kind, version, bundle, rel)
 
 
-def build_bundle(spec_file: Path, out: Path, log: Log = lambda _line: None) -> Manifest:
-    """Collect every artifact of ``spec_file`` into the new directory ``out``.
+def build_bundle(
+    spec_file: Path, out: Path, log: Log = lambda _line: None, only: Sequence[str] = ()
+) -> Manifest:
+    """Collect every artifact of ``spec_file`` (those named ``only``, when given) into the new
+    directory ``out``.
 
     The bundle is assembled in a hidden directory beside ``out`` and renamed at the end, so a
     failed build leaves nothing behind.
     """
     spec = load_spec(spec_file)
+    unknown = sorted(set(only) - {a.name for a in spec.artifacts})
+    if unknown:
+        named = ", ".join(a.name for a in spec.artifacts)
+        raise BundleError(
+            [f"{spec_file}: names no artifact {n!r} (it names: {named})" for n in unknown]
+        )
     # Relative to where hxp was called: pip runs from the spec's directory.
     out = out.absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -419,7 +495,11 @@ def build_bundle(spec_file: Path, out: Path, log: Log = lambda _line: None) -> M
     base = spec_file.resolve().parent
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        artifacts = [_collect(a, spec.pip, base, staging, log) for a in spec.artifacts]
+        artifacts = [
+            _collect(a, spec.pip, base, staging, log)
+            for a in spec.artifacts
+            if not only or a.name in only
+        ]
         manifest = Manifest(
             created=datetime.now(UTC).isoformat(timespec="seconds"), artifacts=artifacts
         )

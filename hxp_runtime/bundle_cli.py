@@ -34,13 +34,19 @@ def _err(message: str) -> None:
 def build(
     spec: Annotated[Path, typer.Argument(help="the bundle spec (YAML) naming every artifact")],
     out_dir: Annotated[Path, typer.Option("--out", help="new directory to write the bundle to")],
+    artifacts: Annotated[
+        list[str] | None,
+        typer.Option("--artifact", "-a", help="collect only this artifact (repeatable)"),
+    ] = None,
 ) -> None:
     """Collect the artifacts of SPEC into a bundle directory and write its manifest."""
     if not spec.is_file():
         _err(f"{spec}: file not found; check the path")
         raise typer.Exit(EXIT_USAGE)
     try:
-        manifest = build_bundle(spec, out_dir, log=lambda line: err.print(line, highlight=False))
+        manifest = build_bundle(
+            spec, out_dir, log=lambda line: err.print(line, highlight=False), only=artifacts or ()
+        )
     except ConfigError as exc:
         err.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None

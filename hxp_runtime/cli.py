@@ -32,7 +32,7 @@ from hxp_runtime.cli_output import (
     print_json,
 )
 from hxp_runtime.config import ConfigError, HxpConfig, load_config
-from hxp_runtime.lab_cli import lab_app
+from hxp_runtime.lab.cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
 from hxp_runtime.planner import Plan, plan_deployment
 from hxp_runtime.render import render_inventory

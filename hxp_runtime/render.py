@@ -27,6 +27,7 @@ import yaml
 from hxp_runtime.config import (
     HostGroup,
     HxpConfig,
+    Metrics,
     SecretRef,
     format_path,
     resolve_host,
@@ -37,6 +38,7 @@ from hxp_runtime.observability.alerts import alert_rules, alertmanager_config
 from hxp_runtime.observability.dashboards import dashboards
 from hxp_runtime.observability.scrape import QDRANT_KEY_FILE, WEB_PASSWORD_FILE, scrape_configs
 from hxp_runtime.planner import Instance, Plan
+from hxp_runtime.router.store import SCHEMA as ROUTER_SCHEMA
 
 HEADER = "# Rendered by `hxp render` from {source}. Do not edit: edit hxp.yml and render again.\n"
 Vars = dict[str, Any]
@@ -63,6 +65,9 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     # Every Jinja delimiter ({{, {%, {#) starts with "{": a string without one is no template.
     if "{" in value:
         return dumper.represent_scalar("!unsafe", value, style='"')
+    # Multi-line text (SQL, rules) reads as written; PyYAML quotes what a block cannot hold.
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
     return dumper.represent_str(value)
 
 
@@ -124,6 +129,9 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_postgresql_client_pools": cfg.router.workers,
         "hxp_postgresql_router_user": db.router_user,
         "hxp_postgresql_router_password": _secret(cfg, db.router_password),
+        # The router's tables, as the router itself creates them at start-up: the role creates
+        # them ahead, as the router's role, so that they are the router's.
+        "hxp_postgresql_router_schema": ROUTER_SCHEMA,
         "hxp_postgresql_exporter_port": db.exporter_port,
         "hxp_postgresql_backup_dir": db.backup_dir,
         "hxp_postgresql_listen_address": _address(
@@ -234,7 +242,6 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         credentials[Path(QDRANT_KEY_FILE).name] = _secret(cfg, cfg.vector_db.api_key)
     return {
         "hxp_metrics_enabled": True,
-        "hxp_metrics_gpu_exporter_port": m.gpu_exporter_port,
         "hxp_node_exporter_port": m.node_exporter_port,
         "hxp_prometheus_port": m.prometheus_port,
         "hxp_prometheus_listen_address": address,
@@ -337,6 +344,13 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     return {
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
         "hxp_vllm_instances": [vllm_instance_vars(cfg, i) for i in instances],
+        # The GPU exporter runs on every NVIDIA host, with or without a metrics section; without
+        # one, its port is that field's default in the schema.
+        "hxp_vllm_gpu_exporter_port": (
+            cfg.metrics.gpu_exporter_port
+            if cfg.metrics
+            else Metrics.model_fields["gpu_exporter_port"].default
+        ),
         # Every port an hxp service listens on here: role common reserves them, so that no
         # outgoing connection or port-0 bind takes one of them as its ephemeral port first.
         "hxp_host_listen_ports": sorted(
@@ -345,16 +359,23 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     }
 
 
-def render_inventory(cfg: HxpConfig, plan: Plan, out: Path, source: Path) -> list[Path]:
-    """Write the inventory for ``cfg`` under ``out`` (replacing what hxp wrote there before)."""
-    header = HEADER.format(source=source)
-    files: dict[Path, Vars] = {out / "hosts.yml": inventory_hosts(cfg)}
+def inventory_files(cfg: HxpConfig, plan: Plan) -> dict[Path, Vars]:
+    """What render hands the roles: each inventory file (relative to the inventory directory)
+    and its data, before it is written as YAML."""
+    files: dict[Path, Vars] = {Path("hosts.yml"): inventory_hosts(cfg)}
     group_all: Vars = {}
     for role_vars in ROLE_VARS:
         group_all.update(role_vars(cfg, plan))
-    files[out / "group_vars" / "all" / "hxp.yml"] = group_all
+    files[Path("group_vars", "all", "hxp.yml")] = group_all
     for host in cfg.hosts:
-        files[out / "host_vars" / host.name / "hxp.yml"] = host_vars(cfg, plan, host.name)
+        files[Path("host_vars", host.name, "hxp.yml")] = host_vars(cfg, plan, host.name)
+    return files
+
+
+def render_inventory(cfg: HxpConfig, plan: Plan, out: Path, source: Path) -> list[Path]:
+    """Write the inventory for ``cfg`` under ``out`` (replacing what hxp wrote there before)."""
+    header = HEADER.format(source=source)
+    files = {out / relative: data for relative, data in inventory_files(cfg, plan).items()}
     # Host vars of hosts that left the config go too; files hxp did not write stay.
     for old in out.glob("host_vars/*/hxp.yml"):
         if old not in files and old.read_text(encoding="utf-8").startswith(HEADER[:20]):

@@ -7,6 +7,7 @@ repository its rootdir), so each role's molecule/*/tests asks for these fixtures
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -20,14 +21,20 @@ from typing import Any, Protocol
 
 import pytest
 
-# What every hxp unit and drop-in sets, as `systemctl show` prints it.
-HARDENING = {
-    "NoNewPrivileges": "yes",
-    "ProtectSystem": "strict",
-    "ProtectHome": "yes",
-    "PrivateTmp": "yes",
-    "CapabilityBoundingSet": "",
-}
+
+def _hardening_baseline() -> Any:
+    """plugins/filter/hxp_systemd_hardening.py, the baseline every unit template renders."""
+    path = Path(__file__).resolve().parents[1] / "plugins" / "filter" / "hxp_systemd_hardening.py"
+    spec = importlib.util.spec_from_file_location("hxp_systemd_hardening", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# What every hxp unit and drop-in sets (the baseline's core), as `systemctl show` prints it.
+_BASELINE = _hardening_baseline()
+HARDENING = {name: _BASELINE.shown(value) for name, value in _BASELINE.CORE.items()}
 
 
 # One HTTP request, a script for python3 on the controller or on a host: argv[1] is the request

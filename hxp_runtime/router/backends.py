@@ -2,7 +2,12 @@
 
 Active health checks (``GET /health`` with the upstream key, a hard timeout, on by default)
 mark a backend healthy or not. Passive ejection is the circuit breaker: failures of real
-requests open it and take the backend out of routing until a half-open probe succeeds. A
+requests open it and take the backend out of routing until a half-open probe succeeds.
+Every worker process checks every backend itself and acts on what it sees: once a backend that
+failed a check passes one again, the worker half-opens its breaker at once instead of waiting
+out ``open_s`` (a breaker opened by an outage ends with the outage, in every worker within one
+check interval and one probe). A half-open breaker gets its probe slots back at each passing
+check, so no lost probe keeps a healthy backend out for longer than one interval. A
 second loop polls the backend's ``/metrics`` for vLLM's own queue gauges, which the
 load-balancing strategies read.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
@@ -69,6 +75,7 @@ class BackendRuntime:
             on_change=self._breaker_changed,
         )
         self.checked = False  # an active health check has passed at least once
+        self.check_failed_at: float | None = None  # time.monotonic() of the last failed check
         self.monitor: asyncio.Task[None] | None = None
 
     def _breaker_changed(self, state: BreakerState) -> None:
@@ -96,6 +103,18 @@ class BackendRuntime:
     def failed(self) -> None:
         self.breaker.record_failure()
         self.stats.error_rate += EWMA_ALPHA * (1.0 - self.stats.error_rate)
+
+    def check_passed(self) -> None:
+        """A passing active check: a breaker opened before a failed check is half-opened."""
+        state = self.breaker.state
+        failed_at = self.check_failed_at
+        if state is BreakerState.HALF_OPEN or (
+            state is BreakerState.OPEN
+            and failed_at is not None
+            and failed_at >= self.breaker.opened_at
+        ):
+            self.breaker.half_open()
+        self.check_failed_at = None
 
     def set_health(self, healthy: bool) -> None:
         if healthy:
@@ -152,6 +171,10 @@ class BackendRuntime:
                 next_health = now + health.interval_s
                 passed = await self.check_health(session, headers, health.timeout_s)
                 failures = 0 if passed else failures + 1
+                if passed:
+                    self.check_passed()
+                else:
+                    self.check_failed_at = time.monotonic()
                 if passed or failures >= FAILED_CHECKS_TO_EJECT:
                     self.set_health(passed)
             if now >= next_load:

@@ -3,6 +3,10 @@
 Closed: requests flow; ``failure_threshold`` consecutive failures open it. Open: the backend is
 ejected from routing for ``open_s`` seconds. Half-open: up to ``half_open_requests`` probe
 requests may go through at once; a success closes the breaker, a failure opens it again.
+Every slot ``acquire`` hands out is given back by ``record_success``, ``record_failure`` or
+``release``: a slot that leaked would keep the breaker half-open with no probe allowed, an
+outage that outlives its cause. The backend's own health checks may also half-open it early
+(``half_open``): each process checks for itself, so every process recovers on its own clock.
 The clock is injected so that the transitions are testable without sleeping.
 """
 
@@ -63,6 +67,22 @@ class CircuitBreaker:
             return False
         self._probes += 1
         return True
+
+    def release(self) -> None:
+        """Give back a slot acquired for an attempt that was abandoned before it had a result."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes = max(0, self._probes - 1)
+
+    def half_open(self) -> None:
+        """Allow probes now, with every slot free: a health check says the backend answers."""
+        if self._state is not BreakerState.CLOSED:
+            self._probes = 0
+            self._set(BreakerState.HALF_OPEN)
+
+    @property
+    def opened_at(self) -> float:
+        """When the breaker last opened, on its clock."""
+        return self._opened_at
 
     def record_success(self) -> None:
         self._failures = 0

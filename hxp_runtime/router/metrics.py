@@ -26,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from hxp_runtime.config import Strategy
 from hxp_runtime.router.settings import RouterSettings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -131,6 +132,7 @@ class RouterMetrics:
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[tuple[str, str], Histogram] = {}
         self._ttft_children: dict[tuple[str, str], Histogram] = {}
+        self._decision_children: dict[Strategy, Counter] = {}
 
     def observe(
         self, model: str, backend: str, status: int, seconds: float, ttft: float | None = None
@@ -151,6 +153,14 @@ class RouterMetrics:
             if first is None:
                 first = self._ttft_children[pair] = self.ttft.labels(model, backend)
             first.observe(ttft)
+
+    def decided(self, strategies: Iterable[Strategy]) -> None:
+        """One routing decision these strategies took part in (cached children, as above)."""
+        for strategy in strategies:
+            counter = self._decision_children.get(strategy)
+            if counter is None:
+                counter = self._decision_children[strategy] = self.decisions.labels(strategy.value)
+            counter.inc()
 
     def exposition(self) -> bytes:
         if not self.multiprocess:

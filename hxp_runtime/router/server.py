@@ -1,6 +1,7 @@
 """``hxp-router``: the daemon's command line, its worker lifecycle and its supervisor.
 
     hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check | --restart-fields]
+    hxp-router admin {backends,drain,undrain} ...   (the admin API's client: admin_cli)
 
 A worker is one process: uvloop, one aiohttp server, one :class:`Gateway`. Its lifecycle is
 startup (clients, database schema, monitors) -> serve -> shutdown: on SIGTERM it stops
@@ -12,6 +13,11 @@ With ``workers`` > 1 the first process is a supervisor: it starts that many work
 binding the same port with SO_REUSEPORT (the kernel spreads connections), forwards SIGTERM and
 SIGHUP to them, restarts a worker that dies, and aggregates nothing itself (metrics go through
 prometheus-client's multiprocess directory).
+
+A reload never kills a process. SIGHUP's default action is to terminate, so a worker is started
+with SIGHUP blocked (held pending across exec) and takes it over as the first thing it does: a
+SIGHUP that came before the worker could act on it is kept and acted on once it serves.
+Reloads in a worker run one at a time; signals that arrive while one runs fold into one more.
 
 ``--restart-fields`` prints the settings a running worker cannot switch to (RESTART_FIELDS): the
 router role runs it on the host to decide between a reload and a restart.
@@ -38,6 +44,8 @@ import asyncpg
 import uvloop
 from aiohttp import web
 
+from hxp_runtime.router import admin_cli
+from hxp_runtime.router.admin import ADMIN_HOST, AdminApi
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.metrics import MULTIPROC_ENV
 from hxp_runtime.router.settings import (
@@ -49,11 +57,12 @@ from hxp_runtime.router.settings import (
     load_secrets,
     load_settings,
 )
+from hxp_runtime.router.shared import STATE_ENV, SharedState
 
 log = logging.getLogger("hxp_runtime.router")
 
 # Settings a running worker cannot switch to: they need a restart.
-RESTART_FIELDS = ("listen_host", "port", "workers", "database", "redis")
+RESTART_FIELDS = ("listen_host", "port", "admin_port", "workers", "database", "redis")
 EARLY_EXIT_S = 5.0  # a worker exiting with an error this soon after its start could not start
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0  # more worker deaths than this in the window: give up
 EXIT_INVALID = 1
@@ -92,9 +101,51 @@ def load_files(args: argparse.Namespace) -> tuple[RouterSettings, RouterSecrets]
 # --------------------------------------------------------------------------- worker
 
 
-async def serve(args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets) -> None:
+class EarlyReload:
+    """A SIGHUP caught before the process can reload: remembered, then acted on once it can."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def take(self) -> bool:
+        requested, self.requested = self.requested, False
+        return requested
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self.on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+class Reloader:
+    """Reloads of one worker, one at a time; a request while one waits adds nothing."""
+
+    def __init__(self, args: argparse.Namespace, gateway: Gateway) -> None:
+        self.args = args
+        self.gateway = gateway
+        self._lock = asyncio.Lock()
+        self._queued = False
+
+    async def request(self) -> None:
+        if self._queued:
+            return  # the queued reload reads the files as they are when it runs
+        self._queued = True
+        async with self._lock:
+            self._queued = False
+            await reload(self.args, self.gateway)
+
+
+async def serve(
+    args: argparse.Namespace,
+    settings: RouterSettings,
+    secrets: RouterSecrets,
+    early: EarlyReload | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
-    gateway = Gateway(settings, secrets)
+    shared = SharedState(shared_directory(args))
+    gateway = Gateway(settings, secrets, shared)
     runner = web.AppRunner(
         gateway.build_app(),
         access_log=None,
@@ -112,23 +163,45 @@ async def serve(args: argparse.Namespace, settings: RouterSettings, secrets: Rou
         settings.port,
         len(settings.backends),
     )
+    admin: web.AppRunner | None = None
+    if secrets.admin_key is not None:
+        admin = web.AppRunner(
+            AdminApi(gateway, shared).build_app(), access_log=None, handle_signals=False
+        )
+        await admin.setup()
+        await web.TCPSite(admin, ADMIN_HOST, settings.admin_port, reuse_port=args.worker).start()
+        log.info("admin API on http://%s:%d", ADMIN_HOST, settings.admin_port)
     stop = asyncio.Event()
+    reloader = Reloader(args, gateway)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_reload() -> None:
-        task = loop.create_task(reload(args, gateway))
+        task = loop.create_task(reloader.request())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    if early is not None and early.take():
+        on_reload()
     await stop.wait()
     log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
     gateway.draining = True
     started = time.monotonic()
+    if admin is not None:
+        await admin.cleanup()
     await runner.cleanup()
     log.info("stopped after a %.1f s drain", time.monotonic() - started)
+    if not args.worker:
+        shutil.rmtree(shared.directory, ignore_errors=True)
+
+
+def shared_directory(args: argparse.Namespace) -> Path:
+    """The supervisor's state directory for its workers; a process on its own makes one."""
+    if args.worker and STATE_ENV in os.environ:
+        return Path(os.environ[STATE_ENV])
+    return Path(tempfile.mkdtemp(prefix="state-", dir=os.environ.get("RUNTIME_DIRECTORY")))
 
 
 async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
@@ -141,13 +214,20 @@ async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
         if getattr(settings, name) != getattr(gateway.settings, name):
             log.warning("reload: %s changed; it takes effect at the next restart", name)
             settings = settings.model_copy(update={name: getattr(gateway.settings, name)})
+    if (secrets.admin_key is None) != (gateway.secrets.admin_key is None):
+        log.warning("reload: admin_key added or removed; the admin API follows at the next restart")
     await gateway.apply(settings, secrets)
     log.info("reloaded %s (%d backends)", args.settings, len(settings.backends))
 
 
-def run_worker(args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets) -> int:
+def run_worker(
+    args: argparse.Namespace,
+    settings: RouterSettings,
+    secrets: RouterSecrets,
+    early: EarlyReload | None = None,
+) -> int:
     try:
-        uvloop.run(serve(args, settings, secrets))
+        uvloop.run(serve(args, settings, secrets, early))
     except OSError as exc:
         log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
         return EXIT_INVALID
@@ -162,17 +242,28 @@ def run_worker(args: argparse.Namespace, settings: RouterSettings, secrets: Rout
 
 
 class Supervisor:
-    def __init__(self, args: argparse.Namespace, settings: RouterSettings, count: int) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        settings: RouterSettings,
+        count: int,
+        early: EarlyReload | None = None,
+    ) -> None:
         self.args = args
         self.settings = settings
         self.count = count
         self.stopping = False
-        self.reload_requested = False
+        self.reload = early or EarlyReload()
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
         self.restarts: list[float] = []
         runtime_dir = os.environ.get("RUNTIME_DIRECTORY")  # systemd RuntimeDirectory=
         self.metrics_dir = tempfile.mkdtemp(prefix="metrics-", dir=runtime_dir or None)
-        self.env = {**os.environ, MULTIPROC_ENV: self.metrics_dir}
+        self.shared = SharedState(Path(tempfile.mkdtemp(prefix="state-", dir=runtime_dir or None)))
+        self.env = {
+            **os.environ,
+            MULTIPROC_ENV: self.metrics_dir,
+            STATE_ENV: str(self.shared.directory),
+        }
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "hxp_runtime.router", "--worker"]
@@ -182,17 +273,18 @@ class Supervisor:
         return cmd
 
     def spawn(self) -> None:
-        process = subprocess.Popen(self.command(), env=self.env)
+        # Blocked here, blocked in the child until it can handle it: see the module's doc.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process = subprocess.Popen(self.command(), env=self.env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[process.pid] = (process, time.monotonic())
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self.reload_requested = True
-        else:
-            self.stopping = True
+        self.stopping = True
 
     def forward_reload(self) -> None:
-        self.reload_requested = False
         try:
             self.settings, _ = load_files(self.args)
         except SettingsError as exc:
@@ -202,14 +294,15 @@ class Supervisor:
             process.send_signal(signal.SIGHUP)
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
+        self.reload.install()
         for _ in range(self.count):
             self.spawn()
         log.info("supervising %d workers", self.count)
         code = 0
         while not self.stopping:
-            if self.reload_requested:
+            if self.reload.take():
                 self.forward_reload()
             for pid, (process, started) in list(self.workers.items()):
                 status = process.poll()
@@ -233,6 +326,7 @@ class Supervisor:
             time.sleep(0.2)
         self.stop_workers()
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        shutil.rmtree(self.shared.directory, ignore_errors=True)
         return code
 
     def stop_workers(self) -> None:
@@ -252,12 +346,18 @@ class Supervisor:
         from prometheus_client import multiprocess  # noqa: PLC0415 - needs the env set
 
         multiprocess.mark_process_dead(pid, self.metrics_dir)
+        self.shared.forget(pid)
 
 
 # --------------------------------------------------------------------------- entry point
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["admin"]:
+        return admin_cli.main(arguments[1:])
+    early = EarlyReload()
+    early.install()  # before anything slow: a SIGHUP now must not end the process
     args = parse_args(argv)
     if args.restart_fields:
         # The router role asks the installed router, so the answer matches the code that runs.
@@ -280,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     count = args.workers or settings.workers
     if args.worker or count == 1:
-        return run_worker(args, settings, secrets)
-    return Supervisor(args, settings, count).run()
+        return run_worker(args, settings, secrets, early)
+    return Supervisor(args, settings, count, early).run()
 
 
 if __name__ == "__main__":

@@ -86,10 +86,17 @@ class RouterSettings(RouterPolicy):
     auth_cache_ttl_s: PositiveFloat = Field(30, description="how long a looked-up key is trusted")
     load_poll_interval_s: PositiveFloat = Field(1, description="vLLM /metrics polling period")
     usage_flush_interval_s: PositiveFloat = 5
+    admin_port: Port = Field(
+        8001,
+        description="loopback port of the admin API; it listens only when the secrets file "
+        "holds an admin_key",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> RouterSettings:
         problems = list(self.reference_problems())
+        if self.admin_port == self.port:
+            problems.append(f"admin_port {self.admin_port} must differ from the public port")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -141,6 +148,9 @@ class RouterSecrets(Strict):
     database_password: SecretStr | None = None
     redis_password: SecretStr | None = None
     api_keys: list[ApiKeySecret] = Field(default_factory=list)
+    admin_key: SecretStr | None = Field(
+        None, min_length=16, description="bearer key of the admin API (none: no admin API)"
+    )
 
 
 class SettingsError(ConfigError):

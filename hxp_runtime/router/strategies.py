@@ -82,6 +82,7 @@ class BackendStats:
 
     healthy: bool = True
     ejected: bool = False  # the circuit breaker is open
+    draining: bool = False  # an operator drained it: no new requests, in every worker
     outstanding: int = 0  # requests this process has in flight there
     running: float = 0.0  # vllm:num_requests_running
     waiting: float = 0.0  # vllm:num_requests_waiting
@@ -91,7 +92,7 @@ class BackendStats:
 
     @property
     def available(self) -> bool:
-        return self.healthy and not self.ejected
+        return self.healthy and not self.ejected and not self.draining
 
     @property
     def load(self) -> float:

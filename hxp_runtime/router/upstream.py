@@ -184,7 +184,7 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parsing
 
-    def _parse(self) -> None:  # one state machine reads best in one place
+    def _parse(self) -> None:  # noqa: PLR0912 - one state machine reads best in one place
         while self._buf:
             state = self._state
             if state == _HEAD:

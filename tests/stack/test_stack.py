@@ -4,12 +4,14 @@ should be and refused to everyone else."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import testinfra
 
 from hxp_runtime.config import HostGroup, HxpConfig
 from tests.stack.conftest import host_in, secret
+from tests.unit.conftest import load_file_module
 
 Hosts = dict[str, testinfra.host.Host]
 
@@ -80,3 +82,38 @@ def test_no_secret_in_any_journal(cfg: HxpConfig, hosts: Hosts, group: HostGroup
         assert secret(ref.value) not in journal, (
             f"{ref} appears in {host.backend.get_hostname()}'s journal"
         )
+
+
+# The baseline's core, from the file every unit template renders it with.
+HARDENING = load_file_module(
+    "hxp_systemd_hardening",
+    Path(__file__).resolve().parents[2] / "plugins" / "filter" / "hxp_systemd_hardening.py",
+)
+# The units hxp wrote (ansible_managed) or put a hardening drop-in on; a template unit
+# (postgresql@.service) is listed as each of its loaded instances.
+UNITS_HXP_HARDENS = r"""
+cd /etc/systemd/system
+grep -l 'Ansible managed' -- *.service 2>/dev/null || true
+for dropin in *.service.d/hxp-hardening.conf; do
+  [ -f "$dropin" ] || continue
+  unit=${dropin%.d/hxp-hardening.conf}
+  case $unit in
+    *@.service) systemctl list-units --all --plain --no-legend "${unit%.service}*.service" \
+                  | awk '{print $1}' ;;
+    *) echo "$unit" ;;
+  esac
+done
+"""
+
+
+def test_every_unit_hxp_writes_or_hardens_runs_with_the_core(hosts: Hosts) -> None:
+    expected = {name: HARDENING.shown(value) for name, value in HARDENING.CORE.items()}
+    for hostname, host in hosts.items():
+        units = sorted(set(host.check_output("sh -c %s", UNITS_HXP_HARDENS).split()))
+        assert units, f"{hostname}: no unit of hxp found"
+        for unit in units:
+            shown = host.check_output(
+                f"systemctl show {unit} " + " ".join(f"-p {name}" for name in expected)
+            )
+            properties = dict(line.split("=", 1) for line in shown.splitlines())
+            assert properties == expected, f"{hostname}: {unit}"

@@ -7,6 +7,8 @@ import base64
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -284,4 +286,99 @@ def test_build_cli_reports_spec_errors_without_traceback(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "artifacts" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+# A PEP 517 backend inside the project, so that pip builds it offline with nothing installed.
+# Its wheel lists every file the build saw: what a wheel built in place would pick up.
+BACKEND = r"""
+import os, zipfile
+
+INFO = "tinyproj-3.1.dist-info"
+METADATA = "Metadata-Version: 2.1\nName: tinyproj\nVersion: 3.1\n"
+WHEEL = "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    seen = [os.path.relpath(os.path.join(d, f)) for d, _, files in os.walk(".") for f in files]
+    name = "tinyproj-3.1-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as wheel:
+        wheel.writestr("tinyproj/seen.txt", "\n".join(seen) + "\n")
+        wheel.writestr(INFO + "/METADATA", METADATA)
+        wheel.writestr(INFO + "/WHEEL", WHEEL)
+        wheel.writestr(INFO + "/RECORD", "")
+    return name
+"""
+
+
+def git(checkout: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(checkout), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def project_spec(sources: Path) -> Path:
+    """A spec whose wheelhouse holds a project's wheel, the project a git checkout with a stale
+    build tree, an untracked module and a tracked file deleted in the working tree."""
+    project = sources / "tinyproj"
+    (project / "tinyproj").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+    )
+    (project / "backend.py").write_text(BACKEND)
+    (project / "tinyproj" / "__init__.py").write_text("VERSION = '3.1'\n")
+    (project / "tinyproj" / "gone.py").write_text("")
+    git(project, "init", "-q")
+    git(project, "add", ".")
+    (project / "tinyproj" / "gone.py").unlink()
+    (project / "tinyproj" / "__init__.py").write_text("VERSION = '3.1'  # edited, not committed\n")
+    (project / "build" / "lib" / "tinyproj").mkdir(parents=True)
+    (project / "build" / "lib" / "tinyproj" / "stale.py").write_text("")
+    (project / "tinyproj" / "untracked.py").write_text("")
+    spec = sources / "project.yml"
+    spec.write_text(
+        "version: 1\n"
+        "pip: {no_index: true, find_links: [index]}\n"
+        "artifacts:\n"
+        "  - name: app\n"
+        "    kind: wheel\n"
+        "    requirements: [tinypkg==1.0]\n"
+        "    no_deps: true\n"
+        "    project: tinyproj\n"
+        "  - {name: tiny-model, kind: model-dir, version: rev1, source: model}\n"
+    )
+    return spec
+
+
+def test_wheelhouse_holds_the_project_wheel_built_from_tracked_files(
+    project_spec: Path, tmp_path: Path
+) -> None:
+    manifest = build_bundle(project_spec, tmp_path / "b")
+    app_wheels = manifest.get("app")
+    assert app_wheels is not None
+    assert app_wheels.version == "3.1"
+    assert sorted(f.path for f in app_wheels.files or []) == [
+        "tinypkg-1.0-py3-none-any.whl",
+        "tinyproj-3.1-py3-none-any.whl",
+    ]
+    with zipfile.ZipFile(tmp_path / "b" / app_wheels.path / "tinyproj-3.1-py3-none-any.whl") as w:
+        seen = [p for p in w.read("tinyproj/seen.txt").decode().split() if "__pycache__" not in p]
+    # Tracked files as the working tree has them; no build tree, untracked or deleted file.
+    assert sorted(seen) == ["backend.py", "pyproject.toml", "tinyproj/__init__.py"]
+    assert verify_bundle(tmp_path / "b").ok
+
+
+def test_build_only_the_named_artifacts(project_spec: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["bundle", "build", str(project_spec), "--out", str(tmp_path / "b"), "-a", "app"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [a.name for a in load_manifest(tmp_path / "b").artifacts] == ["app"]
+    with pytest.raises(BundleError, match=r"names no artifact 'nope' \(it names: app, tiny-model"):
+        build_bundle(project_spec, tmp_path / "c", only=["app", "nope"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_project_outside_git_is_refused_with_what_to_do(project_spec: Path, tmp_path: Path) -> None:
+    shutil.rmtree(project_spec.parent / "tinyproj" / ".git")
+    with pytest.raises(BundleError, match=r"is not a git checkout.*give the directory of a git"):
+        build_bundle(project_spec, tmp_path / "b")
     assert not (tmp_path / "b").exists()

@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from hxp_runtime.config import load_config
+from hxp_runtime.host import gpu_exporter
 from hxp_runtime.planner import plan_deployment
-from hxp_runtime.render import ROLE_VARS, common_vars, host_vars
+from hxp_runtime.render import ROLE_VARS, common_vars, host_vars, postgresql_vars, render_inventory
+from hxp_runtime.router.store import SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((REPO / "inventory").glob("*/hxp.yml"))
@@ -92,3 +94,65 @@ def test_every_public_variable_a_role_reads_is_rendered_or_defaulted() -> None:
     known = _rendered_names() | _defined_by_roles(texts) | NOT_RENDERED | NOT_VARIABLES
     undefined = sorted(read - known)
     assert not undefined, f"read by a role but neither rendered nor defaulted: {undefined}"
+
+
+def test_postgresql_gets_the_routers_schema_from_render(tmp_path: Path) -> None:
+    sample = REPO / "inventory" / "sample" / "hxp.yml"
+    cfg = load_config(sample)
+    plan = plan_deployment(cfg)
+    assert postgresql_vars(cfg, plan)["hxp_postgresql_router_schema"] == SCHEMA
+    render_inventory(cfg, plan, tmp_path, sample)
+    text = (tmp_path / "group_vars" / "all" / "hxp.yml").read_text()
+    # Ansible reads it back byte for byte: the statements the router runs at start-up.
+    rendered = yaml.safe_load(text.replace("!unsafe", "!!str"))
+    assert rendered["hxp_postgresql_router_schema"] == SCHEMA
+    template = (REPO / "roles/postgresql/templates/schema.sql.j2").read_text()
+    assert "{{ hxp_postgresql_router_schema }}" in template
+
+
+# The one program a role runs on the controller: `hxp bundle verify` (role bundle, verify.yml),
+# from the hxp installed there. Nothing reads the checkout or builds from it at deploy time.
+CONTROLLER_PROGRAMS = re.compile(
+    r"lookup\(\s*'(ansible\.builtin\.)?pipe'|pip\s+wheel|\bwheel\b.*delegate_to|ansible_playbook_python"
+)
+
+
+def test_roles_run_nothing_from_the_checkout_on_the_controller() -> None:
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path, text in _read_text().items()
+        if path != REPO / "roles/bundle/tasks/verify.yml"
+        for number, line in enumerate(text.splitlines(), 1)
+        if CONTROLLER_PROGRAMS.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert not found, "roles must not run Python or build on the controller:\n" + "\n".join(found)
+
+
+# `X | default(LITERAL)` on a rendered variable restates what hxp.yml's schema already decided
+# (render writes every field, defaults included): one of the two is wrong one day.
+LITERAL_FALLBACK = re.compile(
+    r"\b(_?hxp_[a-z0-9_]+)((?:\.[a-z0-9_]+)*)\s*\|\s*default\(\s*(['\"]|\d|true\b|false\b)"
+)
+# A fallback that is no value the role uses: how a message prints a null.
+DISPLAY_ONLY = {"hxp_prometheus_retention_size"}
+
+
+def test_no_literal_fallback_for_what_render_writes() -> None:
+    rendered = _rendered_names()
+    found = [
+        f"{path.relative_to(REPO)}: {match[0]}"
+        for path, text in _read_text().items()
+        if "roles" in path.parts
+        for match in LITERAL_FALLBACK.finditer(text)
+        if match[1] in rendered and match[1] not in DISPLAY_ONLY
+    ]
+    assert not found, "literal defaults of rendered variables:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.parent.name)
+def test_gpu_exporter_port_is_rendered_for_every_host(sample: Path) -> None:
+    cfg = load_config(sample)
+    plan = plan_deployment(cfg)
+    expected = cfg.metrics.gpu_exporter_port if cfg.metrics else gpu_exporter.DEFAULT_PORT
+    for host in cfg.hosts:
+        assert host_vars(cfg, plan, host.name)["hxp_vllm_gpu_exporter_port"] == expected

@@ -11,6 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 
 import hxp_runtime
 from hxp_runtime.router.app import Gateway
+from hxp_runtime.router.handlers import Handlers
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings
 
 PACKAGE = Path(hxp_runtime.__file__).parent
@@ -24,7 +25,8 @@ def test_the_package_version_is_the_distributions() -> None:
 
 async def test_the_routers_api_document_carries_the_package_version() -> None:
     gateway = Gateway(RouterSettings.model_validate(SETTINGS), RouterSecrets())
-    response = await gateway.openapi(make_mocked_request("GET", "/openapi.json"))
+    handlers = Handlers(gateway)
+    response = await handlers.openapi(make_mocked_request("GET", "/openapi.json"))
     assert isinstance(response.body, bytes)
     assert json.loads(response.body)["info"]["version"] == version("hxp")
 

@@ -9,6 +9,7 @@ compare them with what the router passed on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -93,8 +94,13 @@ class RouterProcess:
 
     def start(self) -> None:
         self.write()
+        self.process = self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """The daemon started on the files as written, not waited for."""
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            return subprocess.Popen(
                 [
                     sys.executable,
                     *("-m", "hxp_runtime.router"),
@@ -106,7 +112,6 @@ class RouterProcess:
                 cwd=REPO,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
-        self.wait_ready()
 
     def wait_ready(self, what: str = "ready") -> dict[str, Any]:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -143,6 +148,18 @@ class RouterProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def worker_pids(router: RouterProcess) -> set[int]:
+    """The supervisor's children: its workers."""
+    assert router.process is not None
+    parent = str(router.process.pid)
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == parent:
+                pids.add(int(stat.parent.name))
+    return pids
 
 
 @dataclass(frozen=True)

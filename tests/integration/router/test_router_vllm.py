@@ -15,7 +15,6 @@ The failover test kills phi3, so it runs last.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
@@ -39,6 +38,7 @@ from tests.integration.router.conftest import (
     Tap,
     call,
     dechunk,
+    worker_pids,
 )
 from tests.vllm_servers import ServerSpec, VllmServer, embeddings_spec, free_port
 
@@ -394,17 +394,6 @@ def test_sighup_reloads_without_dropping_connections(router: RouterProcess) -> N
     assert "chatty" in {m["id"] for m in models["data"]}
     keep_alive.close()
     streaming.close()
-
-
-def worker_pids(router: RouterProcess) -> set[int]:
-    assert router.process is not None
-    parent = str(router.process.pid)
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if stat.read_text().rsplit(")", 1)[1].split()[1] == parent:
-                pids.add(int(stat.parent.name))
-    return pids
 
 
 def test_a_dead_worker_is_replaced(router: RouterProcess) -> None:

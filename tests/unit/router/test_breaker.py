@@ -80,3 +80,35 @@ def test_reconfigure_applies_new_thresholds() -> None:
     assert cb.state is BreakerState.OPEN
     clock.now += 5
     assert cb.state is BreakerState.HALF_OPEN
+
+
+def test_a_released_probe_slot_can_be_taken_again() -> None:
+    clock = Clock()
+    cb = breaker(clock)
+    for _ in range(3):
+        cb.record_failure()
+    clock.now += 30
+    assert cb.acquire() and cb.acquire() and not cb.acquire()
+    cb.release()  # an abandoned probe: no verdict, but its slot is free again
+    assert cb.state is BreakerState.HALF_OPEN and cb.acquire()
+    assert not cb.acquire()
+
+
+def test_half_open_ends_the_open_period_early_with_every_slot_free() -> None:
+    clock = Clock()
+    changes: list[BreakerState] = []
+    cb = breaker(clock, changes)
+    cb.half_open()
+    assert cb.state is BreakerState.CLOSED and changes == []  # a closed breaker stays closed
+    for _ in range(3):
+        cb.record_failure()
+    assert cb.opened_at == clock.now
+    clock.now += 1
+    cb.half_open()
+    assert cb.state is BreakerState.HALF_OPEN
+    assert cb.acquire() and cb.acquire() and not cb.acquire()
+    cb.half_open()  # probes lost on the way: a later health check frees their slots
+    assert cb.acquire()
+    cb.record_success()
+    assert cb.state is BreakerState.CLOSED
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]

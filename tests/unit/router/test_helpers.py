@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from hxp_runtime.router.app import prompt_of
 from hxp_runtime.router.backends import parse_vllm_load
 from hxp_runtime.router.cache import cache_key, cacheable
 from hxp_runtime.router.errors import error_body
 from hxp_runtime.router.metrics import RouterMetrics
+from hxp_runtime.router.pipeline import prompt_of
 from hxp_runtime.router.strategies import Endpoint
 from hxp_runtime.router.usage import UsageRecorder, usage_of
 

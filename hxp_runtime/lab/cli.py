@@ -18,17 +18,12 @@ from rich.table import Table
 
 from hxp_runtime.cli_output import EXIT_FAILED, EXIT_USAGE, JSON_FLAG, CliProblem, Kind, Report
 from hxp_runtime.config import ConfigError
-from hxp_runtime.lab import (
-    RUN_ENV,
-    SSH_OPTIONS,
-    BaseImage,
-    Lab,
-    LabError,
-    LabSpec,
-    load_lab,
-    registered_labs,
-    remove_run,
-)
+from hxp_runtime.lab.errors import LabError
+from hxp_runtime.lab.image import BaseImage
+from hxp_runtime.lab.inventory import lab_summary, ssh_argv
+from hxp_runtime.lab.lifecycle import Lab, remove_run
+from hxp_runtime.lab.spec import load_lab
+from hxp_runtime.lab.state import RUN_ENV, registered_labs
 
 lab_app = typer.Typer(
     help="Local lab: one systemd-nspawn host (systemd, sshd) per host of hxp.yml, on a bridge.",
@@ -74,21 +69,6 @@ def _open(report: Report, file: Path) -> Lab:
     return Lab(spec, BaseImage.default(), log=lambda line: err.print(line, highlight=False))
 
 
-def _summary(spec: LabSpec) -> dict[str, object]:
-    return {
-        "name": spec.name,
-        "bridge": spec.bridge,
-        "gateway": str(spec.gateway),
-        "apt_proxy": spec.apt_proxy_url,
-        "inventory": str(spec.inventory_file),
-        "identity_file": str(spec.key_file),
-        "hosts": [
-            {"name": h.name, "address": str(h.address), "user": "root", "port": 22}
-            for h in spec.hosts
-        ],
-    }
-
-
 @lab_app.command()
 def up(
     file: ConfigFile,
@@ -114,7 +94,7 @@ def up(
         hint = f"\nthe lab is half up: `hxp lab down {file}` removes what was created"
         _lab_failed(report, f"{exc}{hint if half_up else ''}")
     if as_json:
-        report.succeed(_summary(spec))
+        report.succeed(lab_summary(spec))
         return
     out.print(
         f"[green]lab {spec.name} up[/] in {time.monotonic() - started:.1f}s: "
@@ -145,7 +125,7 @@ def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
     if as_json:
         summary: dict[str, object] = {"name": lab.spec.name}
         if hosts is not None:
-            summary = _summary(lab.spec)
+            summary = lab_summary(lab.spec)
         summary["up"] = hosts is not None
         summary["hosts"] = [h.as_json() for h in hosts or []]
         report.succeed(summary)
@@ -175,9 +155,7 @@ def ssh(
     with _exit_on_lab_error(report):
         if lab.status() is None:
             raise LabError(f"lab {lab.spec.name} is down; start it with `hxp lab up {file}`")
-        target = lab.spec.host(host)
-    options = [word for option in SSH_OPTIONS for word in option.split()]
-    argv = ["ssh", "-i", str(lab.spec.key_file), *options, f"root@{target.address}"]
+        argv = ssh_argv(lab.spec, host)
     os.execvp("ssh", [*argv, *(command or [])])  # noqa: S606 - replace this process by ssh
 
 

@@ -1,0 +1,277 @@
+"""The request path before any backend is asked, as named steps.
+
+A proxied request goes through, in order: :func:`authenticate` (a dict hit for a known key),
+:func:`parse` (the body as an OpenAI request), :func:`admit` (the key's rate limits, a
+counter while its lease lasts), :func:`route` (model choice through the strategies, an LRU hit
+plus live ordering) and :func:`cached_answer` (the response cache, temperature 0 only). Each
+step either returns what the next one needs or raises :class:`Rejected` with the answer the
+router gives itself; the handler turns that into the response and its metrics. The attempts
+at the backends (``attempts``) and the relay of their answer (``relay``) follow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from hxp_runtime.config import RateLimit, Strategy
+from hxp_runtime.router import cache as response_cache
+from hxp_runtime.router.auth import KeyStore, Miss
+from hxp_runtime.router.errors import error_response
+from hxp_runtime.router.metrics import RouterMetrics
+from hxp_runtime.router.ratelimit import RateLimiter
+from hxp_runtime.router.semantic import Embedder, EmbeddingError
+from hxp_runtime.router.settings import AUTO_MODEL
+from hxp_runtime.router.store import ApiKey
+from hxp_runtime.router.strategies import (
+    Backend,
+    Candidates,
+    Decision,
+    Endpoint,
+    RouteRequest,
+    RoutingError,
+    RoutingTable,
+    Stats,
+)
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = ApiKey("anonymous")
+CATEGORY_HEADER = "X-HXP-Category"
+
+
+class Rejected(Exception):
+    """The router answers the request itself with ``response``.
+
+    ``model`` is what routing chose, once it chose one, so that the model's error-budget
+    alerts count the refusal.
+    """
+
+    def __init__(self, response: web.Response, model: str = "") -> None:
+        super().__init__(response.status)
+        self.response = response
+        self.model = model
+
+
+# Not frozen, like Routed: a frozen dataclass pays an object.__setattr__ per field, about 1 µs
+# per request here (docs/benchmarks.md: the whole budget is about 150 µs).
+@dataclass(slots=True)
+class ClientRequest:
+    """What the client asked for, parsed once."""
+
+    endpoint: Endpoint
+    path: bytes
+    body: bytes
+    payload: dict[str, Any]
+    model: str | None
+    stream: bool
+
+
+@dataclass(slots=True)
+class Routed:
+    """Where the request goes; ``primary`` is the model routing chose before health and
+    breakers narrowed the attempts (the model a refusal is counted against)."""
+
+    decision: Decision
+    primary: str
+
+    @property
+    def first(self) -> Backend:
+        return self.decision.attempts[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheLookup:
+    """The response cache's key for this request (None: not cacheable) and its hit."""
+
+    key: str | None = None
+    body: bytes | None = None
+
+
+NOT_CACHED = CacheLookup()
+
+
+def unauthorized() -> web.Response:
+    return error_response(
+        401,
+        "Missing or invalid API key: send 'Authorization: Bearer <key>' (hxp keys create).",
+        "invalid_api_key",
+    )
+
+
+def draining() -> Rejected:
+    return Rejected(error_response(503, "The router is shutting down.", "draining"))
+
+
+# --------------------------------------------------------------------------- authenticate
+
+
+async def authenticate(keys: KeyStore, required: bool, authorization: str | None) -> ApiKey:
+    """The caller's key, or the anonymous one when keys are not required."""
+    if not required:
+        return ANONYMOUS
+    # A known key costs a hash and a dict hit; only an unknown one awaits PostgreSQL.
+    known = keys.cached(authorization)
+    key = await keys.authenticate(authorization) if isinstance(known, Miss) else known
+    if key is None:
+        raise Rejected(unauthorized())
+    return key
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def parse(endpoint: Endpoint, path: bytes, body: bytes) -> ClientRequest:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise Rejected(
+            error_response(400, f"The body is not valid JSON: {exc}", "invalid_json")
+        ) from None
+    if type(payload) is not dict:
+        raise Rejected(error_response(400, "The body must be a JSON object.", "invalid_request"))
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise Rejected(error_response(400, "'model' must be a string.", "invalid_model"))
+    stream = endpoint is not Endpoint.EMBEDDING and payload.get("stream") is True
+    return ClientRequest(endpoint, path, body, payload, model, stream)
+
+
+def prompt_of(endpoint: Endpoint, payload: dict[str, Any]) -> str:
+    """The text routing looks at: the last user message, the prompt, or the input."""
+    if endpoint is Endpoint.CHAT:
+        for message in reversed(payload.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _text(message.get("content"))
+        return ""
+    return _text(payload.get("prompt" if endpoint is Endpoint.COMPLETION else "input"))
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (p.get("text") if isinstance(p, dict) else p for p in content)
+        return " ".join(p for p in parts if isinstance(p, str) and p)
+    return ""
+
+
+# --------------------------------------------------------------------------- admit
+
+
+def limits_of(key: ApiKey, defaults: RateLimit) -> tuple[int, int]:
+    """(requests, tokens) per minute: the key's own limits, else the router's."""
+    return (
+        key.requests_per_minute or defaults.requests_per_minute,
+        key.tokens_per_minute or defaults.tokens_per_minute,
+    )
+
+
+async def admit(limiter: RateLimiter, key: ApiKey, defaults: RateLimit) -> None:
+    """Charge one request to the key's buckets, or refuse it with 429 and a Retry-After."""
+    if limiter.admit_leased(key.name):
+        return
+    requests_per_minute, tokens_per_minute = limits_of(key, defaults)
+    retry_after = await limiter.admit(key.name, requests_per_minute, tokens_per_minute)
+    if retry_after is None:
+        return
+    seconds = max(1, round(retry_after + 0.5))
+    raise Rejected(
+        error_response(
+            429,
+            f"Rate limit reached for key {key.name!r} ({requests_per_minute} requests, "
+            f"{tokens_per_minute} tokens per minute); retry after {seconds} s.",
+            "rate_limit_exceeded",
+            {"Retry-After": str(seconds)},
+        )
+    )
+
+
+# --------------------------------------------------------------------------- route
+
+
+def route_request(request: ClientRequest, category: str | None) -> RouteRequest:
+    """What routing reads: the model asked for ("auto": none), else the prompt and a hint."""
+    wanted = None if request.model in (None, AUTO_MODEL) else request.model
+    prompt = prompt_of(request.endpoint, request.payload) if wanted is None else ""
+    return RouteRequest(request.endpoint, wanted, prompt, category)
+
+
+async def choose_models(
+    table: RoutingTable, request: RouteRequest, embedder: Embedder | None
+) -> tuple[Candidates, tuple[Strategy, ...]]:
+    """The model-choice stage, from the decision cache when it remembers this request.
+
+    A choice made without the prompt's embedding (the embeddings backend failed) is not
+    remembered, so that the next request with this prompt gets a semantic choice.
+    """
+    cache_key = table.cache_key(request)
+    choice = table.cache.get(cache_key)
+    if choice is not None:
+        return choice
+    remember = True
+    if table.needs_embedding(request) and embedder is not None:
+        try:
+            (embedding,) = await embedder.embed([request.prompt])
+            request = replace(request, embedding=embedding)
+        except EmbeddingError as exc:
+            log.warning("semantic routing skipped: %s", exc)
+            remember = False
+    try:
+        choice = table.choose_models(request)
+    except RoutingError as exc:
+        raise Rejected(error_response(exc.status, exc.message, exc.code)) from None
+    if remember:
+        table.cache.put(cache_key, choice)
+    return choice
+
+
+async def route(
+    table: RoutingTable,
+    stats: Stats,
+    request: ClientRequest,
+    category: str | None,
+    embedder: Embedder | None,
+    metrics: RouterMetrics,
+) -> Routed:
+    """Model choice, then live choice over the available replicas and the fallbacks.
+
+    Every strategy that took part is counted, also when no backend is left to try.
+    """
+    wanted = route_request(request, category)
+    choice = await choose_models(table, wanted, embedder)
+    decision = table.decide(wanted, stats, choice)
+    primary = choice[0][0].model
+    metrics.decided(decision.strategies)
+    if not decision.attempts:
+        raise Rejected(
+            error_response(
+                503,
+                "No healthy backend can serve this model now; retry later.",
+                "no_healthy_backend",
+            ),
+            primary,
+        )
+    return Routed(decision, primary)
+
+
+# --------------------------------------------------------------------------- cached answer
+
+
+async def cached_answer(
+    cache: response_cache.ResponseCache | None,
+    request: ClientRequest,
+    routed: Routed,
+    metrics: RouterMetrics,
+) -> CacheLookup:
+    """The cached answer of the first model to try, for deterministic requests only."""
+    if cache is None or not response_cache.cacheable(request.payload):
+        return NOT_CACHED
+    key = response_cache.cache_key(request.path, routed.first.model, request.body)
+    body = await cache.get(key)
+    metrics.cache.labels("hit" if body is not None else "miss").inc()
+    return CacheLookup(key, body)

@@ -1,0 +1,168 @@
+"""Relaying a backend's answer to the client: buffered whole, or streamed (SSE) as it arrives.
+
+A stream is committed to the client only here, once its first bytes arrived (``attempts``):
+the head and the first piece go through aiohttp, every further piece goes from the upstream
+protocol's callback straight to the client's transport, without a task switch, and the
+upstream socket pauses while the client's write buffer is full. A backend that fails in the
+middle of a stream gets an SSE error event after what was already sent; a client that goes
+away closes the upstream connection, which stops the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hxp_runtime.router.attempts import Answer, failed
+from hxp_runtime.router.metrics import RouterMetrics
+from hxp_runtime.router.strategies import Backend
+from hxp_runtime.router.upstream import STREAM_HIGH_WATER, UpstreamError, UpstreamResponse
+from hxp_runtime.router.usage import usage_of
+
+BACKEND_HEADER = "x-hxp-backend"
+SSE_DATA = b"data: "
+STREAM_ERROR_EVENT = (
+    b'data: {"error": {"message": "the backend failed in the middle of the answer", '
+    b'"type": "server_error", "param": null, "code": "upstream_failed"}}\n\n'
+)
+# Enough of a stream's end to hold its last event, where vLLM puts the usage.
+TAIL_BYTES = 512
+RESUME_CHECK_S = 0.005
+
+
+def buffered(answer: Answer) -> web.Response:
+    """A complete answer (or an error status), as the backend sent it."""
+    upstream = answer.upstream
+    return web.Response(
+        status=upstream.status,
+        body=upstream.body,
+        headers={
+            "Content-Type": upstream.content_type.decode("latin-1"),
+            BACKEND_HEADER: answer.backend.id,
+        },
+    )
+
+
+def cached(body: bytes, backend: Backend) -> web.Response:
+    """An answer from the response cache, in the name of the backend it is cached for."""
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": "application/json",
+            BACKEND_HEADER: backend.id,
+            "x-hxp-cache": "hit",
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """A relayed stream and what it cost: tokens, whether it failed, its time to first byte."""
+
+    response: web.StreamResponse
+    prompt_tokens: int
+    completion_tokens: int
+    failed: bool
+    ttft: float | None
+
+
+class StreamForwarder:
+    """Writes each piece of a stream to the client's transport, counting its SSE events."""
+
+    __slots__ = ("client_gone", "events", "framed", "loop", "tail", "transport", "upstream")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport | None,
+        upstream: UpstreamResponse,
+        first_piece: bytes,
+    ) -> None:
+        self.transport = transport
+        self.upstream = upstream
+        self.loop = asyncio.get_running_loop()
+        self.events = first_piece.count(SSE_DATA)
+        self.tail = first_piece
+        self.client_gone = False
+        # Whether the client gets chunked transfer coding (HTTP/1.1) or raw bytes (HTTP/1.0).
+        self.framed = True
+
+    def forward(self, piece: bytes) -> None:
+        """Runs in the upstream protocol's callback for every piece after the first."""
+        self.events += piece.count(SSE_DATA)
+        self.tail = self.tail[-TAIL_BYTES:] + piece
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            # The client went away; closing the upstream connection stops the generation.
+            self.client_gone = True
+            self.upstream.close()
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if self.framed else piece)
+        if transport.get_write_buffer_size() > STREAM_HIGH_WATER:
+            self.upstream.pause()
+            self.loop.call_later(RESUME_CHECK_S, self.resume_when_drained)
+
+    def resume_when_drained(self) -> None:
+        transport = self.transport
+        if transport is None or transport.get_write_buffer_size() <= STREAM_HIGH_WATER // 4:
+            self.upstream.resume()
+        else:
+            self.loop.call_later(RESUME_CHECK_S, self.resume_when_drained)
+
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens: the stream's usage, else one token per event."""
+        usage = usage_of(self.tail)
+        # Without stream_options.include_usage vLLM sends no usage: count one token per event.
+        return usage if usage else (0, max(0, self.events - 2))
+
+
+async def stream(
+    request: web.Request, answer: Answer, started: float, metrics: RouterMetrics
+) -> Streamed:
+    """Pass an SSE answer through as it arrives; committed once its first bytes are here.
+
+    The backend succeeded once the client has the first piece; a failure after that counts
+    against it unless the client left first.
+    """
+    loop = asyncio.get_running_loop()
+    upstream, live = answer.upstream, answer.live
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": upstream.content_type.decode("latin-1"),
+            "Cache-Control": "no-cache",
+            BACKEND_HEADER: answer.backend.id,
+        }
+    )
+    forwarder = StreamForwarder(request.transport, upstream, answer.first_piece)
+    broken = False
+    ttft = None
+    try:
+        await response.prepare(request)
+        await response.write(answer.first_piece)  # the head and the first piece, through aiohttp
+        ttft = loop.time() - started
+        live.succeeded(loop.time() - answer.started)
+        # aiohttp chose chunked transfer coding for an HTTP/1.1 client (not for 1.0).
+        forwarder.framed = response.headers.get("Transfer-Encoding") == "chunked"
+        await upstream.relay(forwarder.forward)
+    except UpstreamError as exc:
+        broken = True
+        if not forwarder.client_gone:
+            failed(answer.backend, live, metrics, exc.reason)
+            try:
+                await response.write(STREAM_ERROR_EVENT)
+            except ConnectionError:
+                forwarder.client_gone = True
+    except ConnectionError:
+        broken = forwarder.client_gone = True
+    finally:
+        live.stats.outstanding -= 1
+        if ttft is None:  # the client left before the first piece: no verdict on the backend
+            live.breaker.release()
+        upstream.close()
+    if not forwarder.client_gone:
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+    prompt, completion = forwarder.tokens()
+    return Streamed(response, prompt, completion, broken, ttft)

@@ -1,0 +1,139 @@
+"""Claiming a lab's name and network, recording what `up` creates, and what needs no root."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hxp_runtime.lab import lifecycle
+from hxp_runtime.lab.errors import LabError
+from hxp_runtime.lab.image import BaseImage
+from hxp_runtime.lab.lifecycle import HostStatus, Lab
+from hxp_runtime.lab.spec import LabSpec
+from hxp_runtime.lab.state import LabState, load_state, registry_owner, save_state
+
+
+def net(text: str) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(text)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, spec: LabSpec) -> Lab:
+    """A lab whose registry is in tmp_path."""
+    lab = Lab(spec, BaseImage(tmp_path / "cache", "http://a/debian", {}), log=lambda line: None)
+    lab.registry = tmp_path / "run"
+    return lab
+
+
+def machine_has(
+    monkeypatch: pytest.MonkeyPatch, networks: list[str], links: set[str] | None = None
+) -> None:
+    used = [net(n) for n in networks]
+    monkeypatch.setattr(lifecycle, "used_networks", lambda: (used, links or set()))
+
+
+def test_nothing_to_show_or_remove_without_state(lab: Lab, tmp_path: Path) -> None:
+    assert lab.status() is None
+    assert lab.down() is False
+    with pytest.raises(LabError, match="no lab state in"):
+        Lab.recorded(tmp_path / "nowhere", lab.image)
+
+
+def test_host_status_json() -> None:
+    status = HostStatus("web", "10.77.1.10", True, "running")
+    assert status.as_json() == {
+        "name": "web",
+        "address": "10.77.1.10",
+        "running": True,
+        "system_state": "running",
+    }
+
+
+def test_a_new_lab_records_itself_and_the_directories_it_made(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HXP_LAB_RUN", "run-7")
+    machine_has(monkeypatch, ["192.168.1.0/24"], {"eth0"})
+    lab._choose_network(False)
+    assert lab.spec.bridge == "hxpunit0"  # its own network is free: kept
+    state = lab._record_new()
+    assert state.run == "run-7"
+    state_root = lab.spec.state_dir.parent
+    assert state.created_dirs == [str(state_root)]  # tmp_path/state was missing
+    assert load_state(lab.spec.state_dir) == state
+    assert registry_owner(lab.registry, "unit-lab") == lab.spec.state_dir
+
+
+def test_auto_network_moves_the_lab_to_a_free_subnet(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    machine_has(monkeypatch, ["10.77.1.0/24"], {"hxpbr2"})
+    lab._choose_network(True)
+    assert lab.spec.bridge == "hxpbr3"
+    assert [str(h.address) for h in lab.spec.hosts] == ["10.77.3.10", "10.77.3.11"]
+
+
+def test_a_taken_bridge_or_subnet_is_refused(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    machine_has(monkeypatch, [], {"hxpunit0"})
+    with pytest.raises(LabError, match="'hxpunit0' already exists and is not this lab's"):
+        lab._choose_network(False)
+    machine_has(monkeypatch, ["10.99.0.0/16"])
+    with pytest.raises(LabError, match=r"overlaps 10\.99\.0\.0/16.*choose another lab.gateway"):
+        lab._choose_network(False)
+
+
+def test_a_recorded_lab_is_adopted_with_its_network(lab: Lab, spec: LabSpec) -> None:
+    moved = spec.on_network("hxpbr4", ipaddress.IPv4Interface("10.77.4.1/24"))
+    state = LabState.of(moved)
+    assert lab._adopt(state, auto_network=True) is state
+    assert lab.spec.bridge == "hxpbr4"
+    assert lab.spec.secret_files == spec.secret_files  # the state does not record them
+    assert registry_owner(lab.registry, "unit-lab") == spec.state_dir
+
+
+def test_a_recorded_lab_that_differs_from_the_config_is_refused(lab: Lab, spec: LabSpec) -> None:
+    moved = spec.on_network("hxpbr4", ipaddress.IPv4Interface("10.77.4.1/24"))
+    with pytest.raises(LabError, match="run `hxp lab down` on it first"):
+        lab._adopt(LabState.of(moved), auto_network=False)
+    fewer = replace(spec, hosts=spec.hosts[:1])
+    with pytest.raises(LabError, match="other hosts or network"):
+        lab._adopt(LabState.of(fewer), auto_network=True)
+
+
+def test_missing_secret_files_are_created_and_recorded(
+    lab: Lab, spec: LabSpec, tmp_path: Path
+) -> None:
+    present = tmp_path / "secrets/present"
+    present.parent.mkdir()
+    present.write_text("kept")
+    missing = tmp_path / "secrets/new/db"
+    lab.spec = replace(spec, secret_files=(present, missing))
+    state = LabState.of(lab.spec)
+    lab.spec.state_dir.mkdir(parents=True)
+    lab._ensure_secret_files(state)
+    assert present.read_text() == "kept"
+    assert len(missing.read_text()) >= 32
+    assert stat.S_IMODE(missing.stat().st_mode) == 0o600
+    assert stat.S_IMODE(missing.parent.stat().st_mode) == 0o700
+    assert state.created_secret_files == [str(missing)]
+    assert state.created_dirs == [str(missing.parent)]
+    assert load_state(lab.spec.state_dir) == state  # recorded before they were made
+
+
+def test_a_namesake_elsewhere_with_state_blocks_the_name(
+    lab: Lab, spec: LabSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "other/unit-lab"
+    other.mkdir(parents=True)
+    save_state(other, LabState.of(replace(spec, state_dir=other)))
+    lab_elsewhere = Lab(replace(spec, state_dir=other), lab.image)
+    lab_elsewhere.registry = lab.registry
+    lab_elsewhere._register(LabState.of(spec))
+    machine_has(monkeypatch, [])
+    with pytest.raises(LabError, match=f"already up from {other}; change `name`"):
+        lab._claim(auto_network=False)
+    assert not lab.spec.state_dir.exists()

@@ -1,0 +1,69 @@
+"""The daemon's reload handling: one at a time, and none lost before the loop runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from hxp_runtime.router.server import EarlyReload, Gateway, Reloader
+from hxp_runtime.router.settings import RouterSecrets, RouterSettings, load_settings
+
+SLO = {"latency_ms": 1000, "throughput_rps": 10}
+
+
+class SlowGateway:
+    """Records how many applies overlap; each takes a while, as a real one awaits PostgreSQL."""
+
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.secrets = RouterSecrets()
+        self.applied = 0
+        self.running = 0
+        self.most_at_once = 0
+
+    async def apply(self, settings: RouterSettings, secrets: RouterSecrets) -> None:
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        await asyncio.sleep(0.05)
+        self.running -= 1
+        self.applied += 1
+
+
+def settings_file(tmp_path: Path) -> Path:
+    path = tmp_path / "settings.yml"
+    backend = {"name": "a", "served_name": "a", "url": "http://127.0.0.1:9", "slo": SLO}
+    path.write_text(yaml.safe_dump({"backends": [backend]}))
+    return path
+
+
+async def test_reloads_run_one_at_a_time_and_a_burst_folds_into_one_more(tmp_path: Path) -> None:
+    path = settings_file(tmp_path)
+    gateway = SlowGateway(load_settings(path))
+    args = argparse.Namespace(settings=path, secrets=None)
+    reloader = Reloader(args, cast(Gateway, gateway))
+    await asyncio.gather(*(reloader.request() for _ in range(5)))
+    assert gateway.most_at_once == 1
+    assert gateway.applied == 2  # the one running, then one for everything that came meanwhile
+    await reloader.request()
+    assert gateway.applied == 3
+
+
+def test_a_sighup_before_the_loop_runs_is_kept_for_later() -> None:
+    early = EarlyReload()
+    previous: Any = signal.getsignal(signal.SIGHUP)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # pending while blocked, as in a new worker
+        assert not early.take()
+        early.install()  # takes the signal over and unblocks it: the pending one arrives
+        assert early.take()
+        assert not early.take()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
