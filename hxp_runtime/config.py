@@ -576,7 +576,7 @@ class Metrics(Strict):
     web_password: SecretRef
     alerting: Alerting = Field(default_factory=Alerting)
     node_exporter_port: Port = 9100
-    # The exporter's own default, which it listens on when the role passes no port.
+    # One number: the exporter's own default, also what `hxp render` writes without metrics.
     gpu_exporter_port: Port = gpu_exporter.DEFAULT_PORT
 
 
