@@ -5,7 +5,7 @@ Usage: .venv/bin/python benchmarks/vllm_cold_start.py [--rounds 3] [--model NAME
 For each model (default: the four tiny lab models and the MiniLM embeddings model), ROUNDS
 times: start ``vllm serve`` from the vLLM CPU venv (scripts/setup) with the lab's engine
 settings, and time until it is ready as the systemd unit's ExecStartPost defines it
-(hxp_runtime.vllm_ready: /health OK, /v1/models lists it, a one-token request answers); then
+(hxp_runtime.host.vllm_ready: /health OK, /v1/models lists it, a one-token request answers); then
 stop it and wait for its whole process group to exit. One server at a time, as the role starts
 them. Prints each time, the median per model, and the peak memory of the server's processes.
 """

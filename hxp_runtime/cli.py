@@ -9,7 +9,6 @@ included (hxp_runtime.cli_output). FILE ``-`` reads hxp.yml from stdin.
 from __future__ import annotations
 
 import sys
-from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer import rich_utils
 
+from hxp_runtime import __version__
 from hxp_runtime.bundle_cli import bundle_app
 from hxp_runtime.cli_output import (
     EXIT_FAILED,
@@ -64,7 +64,7 @@ JsonFlag = Annotated[bool, typer.Option(JSON_FLAG, help="print machine-readable 
 
 def print_version(wanted: bool) -> None:
     if wanted:
-        print(f"hxp {version('hxp')}")
+        print(f"hxp {__version__}")
         raise typer.Exit(EXIT_OK)
 
 

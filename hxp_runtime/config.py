@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from hxp_runtime.catalog import PRESETS, merge_preset
+from hxp_runtime.host import gpu_exporter
 from hxp_runtime.yamlsource import LineMap, PathKey, YamlSourceError, load_yaml
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
@@ -575,7 +576,8 @@ class Metrics(Strict):
     web_password: SecretRef
     alerting: Alerting = Field(default_factory=Alerting)
     node_exporter_port: Port = 9100
-    gpu_exporter_port: Port = 9835
+    # One number: the exporter's own default, also what `hxp render` writes without metrics.
+    gpu_exporter_port: Port = gpu_exporter.DEFAULT_PORT
 
 
 class Planner(Strict):

@@ -15,7 +15,7 @@ Fixtures (registered by ``tests/conftest.py``):
 ``vllm_servers``
     Session-wide factory. ``vllm_servers(ServerSpec("mixtral"), ServerSpec("phi3",
     max_num_seqs=2))`` starts the servers that are not running yet (in parallel), waits until
-    each is ready (``hxp_runtime.vllm_ready``) and returns them in order. A server is keyed by
+    each is ready (``hxp_runtime.host.vllm_ready``) and returns them in order. A server is keyed by
     its spec, so asking again with an equal spec returns the same running server. All of them
     stop at the end of the session.
 
@@ -44,9 +44,9 @@ from pathlib import Path
 
 import pytest
 
+from hxp_runtime.host.vllm_ready import NotReady, Task, wait_ready
 from hxp_runtime.labmodels import DEFAULT_MODELS_DIR, generate_models
 from hxp_runtime.labmodels import vllm_python as vllm_python_path
-from hxp_runtime.vllm_ready import NotReady, Task, wait_ready
 from tests.dataplane import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +131,7 @@ class VllmServer:
         args = [
             str(self.python),
             "-m",
-            "hxp_runtime.vllm_launcher",
+            "hxp_runtime.host.vllm_launcher",
             "serve",
             str(self.models_dir / spec.model),
             "--host",

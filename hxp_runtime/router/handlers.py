@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from hxp_runtime import __version__
 from hxp_runtime.router import relay
 from hxp_runtime.router.attempts import Answer, attempt
 from hxp_runtime.router.metrics import CONTENT_TYPE
@@ -36,15 +37,13 @@ from hxp_runtime.router.usage import usage_of
 if TYPE_CHECKING:
     from hxp_runtime.router.app import Gateway
 
-VERSION = "0.1.0"
-
 
 class Handlers:
     """The endpoints of one gateway; they read its current runtime on every request."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._openapi = json.dumps(openapi_document(VERSION)).encode()
+        self._openapi = json.dumps(openapi_document(__version__)).encode()
 
     # ------------------------------------------------------------------ the proxy
 

@@ -1,6 +1,6 @@
 """``hxp-router``: the daemon's command line, its worker lifecycle and its supervisor.
 
-    hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check]
+    hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check | --restart-fields]
     hxp-router admin {backends,drain,undrain} ...   (the admin API's client: admin_cli)
 
 A worker is one process: uvloop, one aiohttp server, one :class:`Gateway`. Its lifecycle is
@@ -18,6 +18,9 @@ A reload never kills a process. SIGHUP's default action is to terminate, so a wo
 with SIGHUP blocked (held pending across exec) and takes it over as the first thing it does: a
 SIGHUP that came before the worker could act on it is kept and acted on once it serves.
 Reloads in a worker run one at a time; signals that arrive while one runs fold into one more.
+
+``--restart-fields`` prints the settings a running worker cannot switch to (RESTART_FIELDS): the
+router role runs it on the host to decide between a reload and a restart.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -77,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=None, help="override settings.workers")
     parser.add_argument("--check", action="store_true", help="validate both files and exit")
+    parser.add_argument(
+        "--restart-fields",
+        action="store_true",
+        help="print the settings a reload cannot apply (a JSON list) and exit",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -350,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     early = EarlyReload()
     early.install()  # before anything slow: a SIGHUP now must not end the process
     args = parse_args(argv)
+    if args.restart_fields:
+        # The router role asks the installed router, so the answer matches the code that runs.
+        print(json.dumps(RESTART_FIELDS))
+        return 0
     # Under systemd the journal stamps every line; elsewhere (a terminal, a test) we do.
     stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
     logging.basicConfig(

@@ -11,10 +11,12 @@ import urllib.request
 
 from tests.vllm_servers import REPO, free_port
 
+# The file the vllm role copies, run the way its unit runs it: a script, outside any package.
+SCRIPT = REPO / "roles" / "vllm" / "files" / "gpu_exporter.py"
+
 
 def exporter(port: int) -> list[str]:
-    module = [sys.executable, "-m", "hxp_runtime.gpu_exporter"]
-    return [*module, "--address", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, str(SCRIPT), "--address", "127.0.0.1", "--port", str(port)]
 
 
 def scrape_when_up(port: int, process: subprocess.Popen[str], timeout: float = 15) -> str:

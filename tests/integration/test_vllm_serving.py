@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hxp_runtime.vllm_ready import NotReady, check_ready
+from hxp_runtime.host.vllm_ready import NotReady, check_ready
 from tests.vllm_servers import REPO, ServerSpec, VllmServer, embeddings_spec
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

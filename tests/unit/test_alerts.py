@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hxp_runtime.config import HxpConfig, load_config
-from hxp_runtime.gpu_exporter import NvmlCollector
+from hxp_runtime.host.gpu_exporter import NvmlCollector
 from hxp_runtime.observability.alerts import (
     NULL_RECEIVER,
     RUNBOOK_BASE_URL,

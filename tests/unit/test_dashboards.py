@@ -16,8 +16,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hxp_runtime import gpu_exporter
 from hxp_runtime.config import HxpConfig, Slo, load_config
+from hxp_runtime.host import gpu_exporter
 from hxp_runtime.observability.dashboards import (
     BUILTIN_VARIABLES,
     dashboards,
@@ -144,7 +144,7 @@ def router_metrics() -> set[str]:
 
 
 def gpu_metrics() -> set[str]:
-    """The series names hxp_runtime/gpu_exporter.py exports."""
+    """The series names hxp_runtime/host/gpu_exporter.py exports."""
     return {r.name for r in gpu_exporter.READINGS} | {"hxp_gpu_nvml_up", "hxp_gpu_info"}
 
 

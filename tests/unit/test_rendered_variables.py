@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from hxp_runtime.config import load_config
+from hxp_runtime.host import gpu_exporter
 from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import ROLE_VARS, common_vars, host_vars, postgresql_vars, render_inventory
 from hxp_runtime.router.store import SCHEMA
@@ -152,6 +153,6 @@ def test_no_literal_fallback_for_what_render_writes() -> None:
 def test_gpu_exporter_port_is_rendered_for_every_host(sample: Path) -> None:
     cfg = load_config(sample)
     plan = plan_deployment(cfg)
-    expected = cfg.metrics.gpu_exporter_port if cfg.metrics else 9835
+    expected = cfg.metrics.gpu_exporter_port if cfg.metrics else gpu_exporter.DEFAULT_PORT
     for host in cfg.hosts:
         assert host_vars(cfg, plan, host.name)["hxp_vllm_gpu_exporter_port"] == expected

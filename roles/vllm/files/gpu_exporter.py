@@ -1,1 +1,1 @@
-../../../hxp_runtime/gpu_exporter.py
+../../../hxp_runtime/host/gpu_exporter.py

@@ -1,1 +1,1 @@
-../../../hxp_runtime/vllm_launcher.py
+../../../hxp_runtime/host/vllm_launcher.py

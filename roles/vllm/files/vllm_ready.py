@@ -1,1 +1,1 @@
-../../../hxp_runtime/vllm_ready.py
+../../../hxp_runtime/host/vllm_ready.py

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hxp_runtime.host.gpu_exporter import DEFAULT_PORT
+
 SCENARIO = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 INSTANCES = yaml.safe_load((SCENARIO / "rendered/host_vars/hx-llm-server-01/hxp.yml").read_text())[
     "hxp_vllm_instances"
@@ -152,7 +154,8 @@ def test_api_key_file_is_private(host):
 
 def test_gpu_exporter_runs_and_reports_no_driver(host):
     assert host.service("hxp-gpu-exporter").is_running
-    with urllib.request.urlopen(f"http://{address(host)}:9835/metrics", timeout=10) as answer:
+    url = f"http://{address(host)}:{DEFAULT_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
         assert "hxp_gpu_nvml_up 0.0" in answer.read().decode()
 
 

@@ -6,7 +6,7 @@ import pynvml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hxp_runtime.gpu_exporter import NvmlCollector
+from hxp_runtime.host.gpu_exporter import NvmlCollector
 from tests.nvml_double import FakeGpu, fake_nvml
 
 

@@ -11,7 +11,7 @@ Used as the systemd unit's ``ExecStartPost`` (so the unit turns active only when
 answers, and units ordered ``After=`` it start one at a time), by the integration tests'
 server helper, and by hand::
 
-    python -m hxp_runtime.vllm_ready --url http://127.0.0.1:11400 --model mixtral --timeout 600
+    python -m hxp_runtime.host.vllm_ready --url http://127.0.0.1:11400 --model mixtral --timeout 600
 
 With ``--pid`` (the unit passes ``$MAINPID``) it stops waiting as soon as that process has
 exited: systemd keeps an ExecStartPost running after the main process died, so without it a
@@ -136,7 +136,6 @@ def process_alive(pid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m hxp_runtime.vllm_ready",
         description="Wait until a vLLM server is healthy, lists its model and answers.",
     )
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")

@@ -1,6 +1,6 @@
 """GPU exporter: per-GPU utilisation, memory, temperature and power from NVML, for Prometheus.
 
-    python -m hxp_runtime.gpu_exporter --address 10.0.0.5 --port 9835
+    python -m hxp_runtime.host.gpu_exporter --address 10.0.0.5 --port 9835
 
 Every scrape reads NVML (the NVIDIA driver's management library, through pynvml) afresh: no
 background polling, so the numbers are as old as the scrape. Series (label ``gpu`` = the
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
 
-import pynvml
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+# The port when none is given; hxp.yml's metrics.gpu_exporter_port defaults to it as well.
 DEFAULT_PORT = 9835
 
 
@@ -93,7 +93,11 @@ def cuda_version_string(version: int) -> str:
 class NvmlCollector(Collector):
     """Reads every GPU at scrape time. ``nvml`` is the pynvml module (tests pass it in)."""
 
-    def __init__(self, nvml: ModuleType = pynvml) -> None:
+    def __init__(self, nvml: ModuleType | None = None) -> None:
+        if nvml is None:
+            import pynvml
+
+            nvml = pynvml
         self.nvml = nvml
         self.initialised = False
 
@@ -166,14 +170,17 @@ def serve(address: str, port: int, collector: NvmlCollector, stop: threading.Eve
         collector.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m hxp_runtime.gpu_exporter",
         description="Export per-GPU utilisation, memory, temperature and power (NVML).",
     )
     parser.add_argument("--address", default="127.0.0.1", help="listen address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     stop = threading.Event()
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hxp_runtime.vllm_ready import main
+from hxp_runtime.host.vllm_ready import main
 
 
 def closed_loopback_port() -> int:

@@ -5,7 +5,7 @@ vLLM asks ``importlib.metadata.version("vllm")`` at start-up; the CPU build is d
 launcher answers that question with the installed distribution's version and then hands over
 to vLLM's CLI unchanged::
 
-    python -m hxp_runtime.vllm_launcher serve MODEL_DIR --host 127.0.0.1 --port 11400 ...
+    python -m hxp_runtime.host.vllm_launcher serve MODEL_DIR --host 127.0.0.1 --port 11400 ...
 
 It depends on nothing but the standard library and vLLM, so the ``vllm`` role copies this one
 file next to the venv on the model host. With the GPU distribution (``vllm``) installed it
@@ -48,7 +48,7 @@ def install_vllm_alias() -> None:
 
 def main() -> int:
     # Imported only now: vLLM reads its version while importing, after the alias is in place.
-    from vllm.entrypoints.cli.main import main as vllm_main  # noqa: PLC0415
+    from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv[0] = "vllm"
     vllm_main()

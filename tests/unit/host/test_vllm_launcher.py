@@ -7,7 +7,7 @@ from importlib import metadata
 
 import pytest
 
-from hxp_runtime.vllm_launcher import version_with_vllm_alias
+from hxp_runtime.host.vllm_launcher import version_with_vllm_alias
 
 
 def installed(**versions: str) -> Callable[[str], str]:
