@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from hxp_runtime.config import HxpConfig, Problem
+from hxp_runtime.config import HxpConfig, Problem, apply_change, plan_deployment
 from hxp_runtime.modelinfo import (
     ModelInfoError,
     params_from_config,
     safetensors_param_count,
     shape_from_directory,
 )
-from hxp_runtime.planner import Change, PlanError, PlanProblem, apply_change, plan_deployment
+from hxp_runtime.planner import Change, PlanError, PlanProblem
 from tests.unit.conftest import BASE, line_of
 
 MIXTRAL_WEIGHTS = 46.7e9 * 2 / 2**30
