@@ -31,10 +31,10 @@ from hxp_runtime.cli_output import (
     envelope,
     print_json,
 )
-from hxp_runtime.config import ConfigError, HxpConfig, load_config
+from hxp_runtime.config import ConfigError, HxpConfig, load_config, plan_deployment
 from hxp_runtime.lab.cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
-from hxp_runtime.planner import Plan, plan_deployment
+from hxp_runtime.planner import Plan
 from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
 from hxp_runtime.yamlsource import MAX_BYTES

@@ -33,8 +33,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from hxp_runtime.config import HxpConfig, SecretRef, cross_field_problems
-from hxp_runtime.planner import PlanError, plan_deployment
+from hxp_runtime.config import HxpConfig, SecretRef, cross_field_problems, plan_deployment
+from hxp_runtime.planner import PlanError
 from hxp_runtime.render import Vars, inventory_files
 
 REPO = Path(__file__).resolve().parents[1]

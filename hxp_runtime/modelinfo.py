@@ -1,9 +1,9 @@
 """Read a model's shape from its files: config.json and safetensors headers.
 
-This is the only I/O the planner depends on; it is kept here so that the planner itself stays a
-set of pure functions. Parameter counts come, in order of preference, from the safetensors
-headers (exact), the safetensors index's total size, config.json (computed), or the size
-declared in hxp.yml.
+This is the only I/O sizing a model needs; it is kept here so that the planner itself stays a
+set of pure functions (:mod:`hxp_runtime.config.fit` reads shapes through it, or from the size
+declared in hxp.yml). Parameter counts come, in order of preference, from the safetensors
+headers (exact), the safetensors index's total size, or config.json (computed).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from hxp_runtime.config import Architecture, Model
 
 DTYPE_BYTES = {
     "float32": 4.0,
@@ -138,23 +136,3 @@ def shape_from_directory(directory: Path) -> ModelShape:
         max_position_embeddings=context,
         origin=origin,
     )
-
-
-def shape_from_architecture(arch: Architecture) -> ModelShape:
-    return ModelShape(
-        params=arch.params_b * 1e9,
-        num_layers=arch.num_layers,
-        num_attention_heads=arch.num_attention_heads,
-        num_kv_heads=arch.num_kv_heads,
-        head_dim=arch.head_dim,
-        max_position_embeddings=arch.max_position_embeddings,
-    )
-
-
-def resolve_shape(model: Model, base_dir: Path) -> ModelShape | None:
-    """The model's shape from its local files if given, else its declared architecture."""
-    if model.source.local_path is not None:
-        return shape_from_directory(base_dir / model.source.local_path)
-    if model.architecture is not None:
-        return shape_from_architecture(model.architecture)
-    return None

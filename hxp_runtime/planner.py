@@ -16,27 +16,30 @@ that fraction, and co-located instances can never oversubscribe a GPU.
 
 Rules it reports besides fit, each at the field to change: the tensor-parallel size, explicit or
 implied by ``gpus`` (a count or a list), divides the attention heads; an explicit
-gpu_memory_utilization covers the model's need; max_model_len stays within the model's context
-(max_position_embeddings, or what engine.rope_scaling extends it to).
+gpu_memory_utilization covers the model's need.
 
 A model that does not fit gets suggestions: single changes to its entry (quantization, more
 GPUs, a shorter context, fewer sequences). Each is kept only after planning its host again with
 the change applied: the model then places and no model that placed before stops placing, so a
 suggestion is exact, not an estimate that ignores the GPUs' other tenants.
 
-Everything here is a pure function of its arguments; file reading lives in modelinfo.
+Everything here is a pure function of its arguments, which are plain data: each model entry
+with its shape already resolved (:class:`SizedModel`), the hosts' GPUs and the planner's
+settings. Reading hxp.yml and model files, and resolving hosts and shapes, is
+:mod:`hxp_runtime.config.fit`'s; this module imports nothing of the config package, so that the
+config can call it without an import cycle.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
-from hxp_runtime.config import HostGroup, HxpConfig, Model, PathKey, resolve_host
-from hxp_runtime.modelinfo import ModelInfoError, ModelShape, resolve_shape
+from hxp_runtime.modelinfo import ModelShape
+from hxp_runtime.yamlsource import PathKey
 
 GIB = float(2**30)
 QUANT_BYTES = {"awq": 0.5, "gptq": 0.5, "bitsandbytes": 0.5, "fp8": 1.0, "int8": 1.0}
@@ -52,6 +55,72 @@ OWN_HOST_GPU_COUNTS = (1, 2, 4, 8, 16)
 
 # A change to one model entry of hxp.yml: a field ("gpus", "engine.quantization") -> new value.
 Change = Mapping[str, int | str]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    placement: Literal["best-fit", "spread"]
+    max_gpu_utilization: float
+    overhead_gib_per_gpu: float
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    index: int
+    name: str
+    memory_gib: float
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    accelerator: Literal["nvidia", "cpu"]
+    gpus: tuple[GpuSpec, ...]
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """The engine fields of a model entry that size and place it (hxp.yml's names)."""
+
+    dtype: str
+    quantization: str | None
+    kv_cache_dtype: str
+    max_model_len: int
+    max_num_seqs: int
+    tensor_parallel_size: int | None
+    gpu_memory_utilization: float | None
+
+
+@dataclass(frozen=True)
+class SizedModel:
+    """A model entry as the planner reads it: its host resolved and its shape known."""
+
+    position: int  # in hxp.yml's models list; problems name models[position]
+    name: str
+    host: str
+    port: int
+    task: str
+    gpus: str | int | list[int]  # "auto", a count, or GPU indexes
+    engine: EngineSpec
+    shape: ModelShape
+
+
+def with_change(model: SizedModel, change: Change) -> SizedModel:
+    """``model`` as the planner would read it with ``change`` written into its hxp.yml entry."""
+    engine: dict[str, Any] = {}
+    entry: dict[str, Any] = {}
+    for key, value in change.items():
+        section, _, leaf = key.rpartition(".")
+        if section not in ("", "engine"):
+            raise ValueError(f"the planner does not read {key!r}")
+        (engine if section else entry)[leaf] = value
+    return replace(model, engine=replace(model.engine, **engine), **entry)
+
+
+# --------------------------------------------------------------------------- outputs
 
 
 @dataclass(frozen=True)
@@ -73,18 +142,6 @@ class PlanError(Exception):
     def __init__(self, problems: list[PlanProblem]) -> None:
         self.problems = problems
         super().__init__("; ".join(p.message for p in problems))
-
-
-def apply_change(model: Model, change: Change) -> Model:
-    """``model`` as hxp.yml would give it with ``change`` written into its entry."""
-    data = model.model_dump()
-    for key, value in change.items():
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return Model.model_validate(data)
 
 
 # --------------------------------------------------------------------------- sizing
@@ -137,12 +194,10 @@ def estimate_memory(
     return MemoryEstimate(weights, kv, overhead_gib_per_gpu)
 
 
-def _estimate_for(
-    model: Model, shape: ModelShape, overhead: float, **change: object
-) -> MemoryEstimate:
-    engine = model.engine.model_copy(update=change)
+def _estimate(model: SizedModel, overhead: float) -> MemoryEstimate:
+    engine = model.engine
     return estimate_memory(
-        shape,
+        model.shape,
         dtype=engine.dtype,
         quantization=engine.quantization,
         kv_cache_dtype=engine.kv_cache_dtype,
@@ -267,16 +322,31 @@ def _choose_gpus(
     return sorted(fitting[:count], key=lambda g: g.index)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Demand:
-    position: int
-    model: Model
-    shape: ModelShape
+    model: SizedModel
     estimate: MemoryEstimate
 
     @property
+    def position(self) -> int:
+        return self.model.position
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.model.shape
+
+    @property
     def path(self) -> PathKey:
-        return ("models", self.position)
+        return ("models", self.model.position)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """The GPUs a model got, its tensor-parallel size and its need per GPU."""
+
+    gpus: list[GpuState]
+    tensor_parallel_size: int
+    need_gib: float
 
 
 @dataclass(frozen=True)
@@ -296,48 +366,6 @@ class _HostPlan:
 
 
 # --------------------------------------------------------------------------- rules
-
-
-def _context_problem(model: Model, shape: ModelShape, position: int) -> PlanProblem | None:
-    """max_model_len beyond the model's context: vLLM refuses to start (positions past the
-    trained ones give nonsense) unless engine.rope_scaling extends the context."""
-    engine = model.engine
-    wanted = engine.max_model_len
-    trained = shape.max_position_embeddings
-    rope = engine.rope_scaling
-    source = (
-        "architecture.max_position_embeddings"
-        if shape.origin == "declared"
-        else "max_position_embeddings in its config.json"
-    )
-    path = ("models", position, "engine", "max_model_len")
-    if rope is None:
-        if trained is None or wanted <= trained:
-            return None
-        return PlanProblem(
-            path,
-            f"max_model_len {wanted} is above the {trained}-token context of model "
-            f"{model.name!r} ({source}); lower max_model_len to {trained} or less, or, for a "
-            f"RoPE model, extend the context with engine.rope_scaling (e.g. rope_type: yarn, "
-            f"factor: {_factor_for(wanted, trained)})",
-        )
-    original = rope.original_max_position_embeddings or trained
-    if original is None:
-        return None
-    limit = int(rope.factor * original)
-    if wanted <= limit:
-        return None
-    return PlanProblem(
-        path,
-        f"max_model_len {wanted} is above the {limit} tokens engine.rope_scaling gives model "
-        f"{model.name!r} (factor {rope.factor:g} x {original}); lower max_model_len to {limit} "
-        f"or less, or raise engine.rope_scaling.factor to {_factor_for(wanted, original)}",
-    )
-
-
-def _factor_for(length: int, original: int) -> float:
-    """The smallest RoPE factor (two decimals) that stretches ``original`` to ``length``."""
-    return math.ceil(length / original * 100) / 100
 
 
 def _parallelism_problem(demand: _Demand, host_gpu_count: int) -> PlanProblem | None:
@@ -409,7 +437,7 @@ def _place_cpu_host(host_name: str, demands: list[_Demand]) -> list[Instance]:
     ]
 
 
-def _sizes_to_try(model: Model, heads: int, host_gpu_count: int) -> list[int]:
+def _sizes_to_try(model: SizedModel, heads: int, host_gpu_count: int) -> list[int]:
     if model.engine.tensor_parallel_size:
         return [model.engine.tensor_parallel_size]
     if isinstance(model.gpus, list):
@@ -421,7 +449,7 @@ def _sizes_to_try(model: Model, heads: int, host_gpu_count: int) -> list[int]:
 
 def _fit(
     demand: _Demand, sizes: list[int], gpus: dict[int, GpuState], placement: str
-) -> tuple[list[GpuState], int, float] | None:
+) -> _Placement | None:
     """The first size in ``sizes`` the model fits with: its GPUs, that size, its need per GPU."""
     wanted = demand.model.gpus
     for size in sizes:
@@ -429,28 +457,44 @@ def _fit(
         if isinstance(wanted, list):
             chosen = [gpus[i] for i in wanted]
             if all(g.has_room(need) for g in chosen):
-                return chosen, size, need
+                return _Placement(chosen, size, need)
         else:
             count = wanted if isinstance(wanted, int) else size
             picked = _choose_gpus(list(gpus.values()), count, need, placement)
             if picked is not None:
-                return picked, size, need
+                return _Placement(picked, size, need)
     return None
 
 
-def _place_host(cfg: HxpConfig, host_name: str, demands: list[_Demand]) -> _HostPlan:
-    host = cfg.host(host_name)
-    settings = cfg.planner
+def _place_host(settings: PlannerSettings, host: HostSpec, demands: list[_Demand]) -> _HostPlan:
+    """Give the host's models their GPUs, then each its gpu_memory_utilization and start
+    wave, then check that no GPU is promised beyond max_gpu_utilization."""
     if host.accelerator == "cpu":
-        return _HostPlan(_place_cpu_host(host_name, demands), [], [])
-
+        return _HostPlan(_place_cpu_host(host.name, demands), [], [])
     gpus = {
-        g.index: GpuState(g.index, g.name, g.memory_gb, settings.max_gpu_utilization)
+        g.index: GpuState(g.index, g.name, g.memory_gib, settings.max_gpu_utilization)
         for g in host.gpus
     }
     plan = _HostPlan([], [], [])
-    placed: dict[str, tuple[list[GpuState], int, float]] = {}
-    # Explicit placements first, then the largest models first (first-fit decreasing).
+    placed = _assign_gpus(settings, host.name, demands, gpus, plan)
+    plan.instances = _gpu_instances(host.name, demands, placed, plan.problems)
+    plan.usage = _gpu_usage(host.name, gpus, plan.instances)
+    plan.problems.extend(_oversubscribed(settings, host.name, plan.usage))
+    return plan
+
+
+def _assign_gpus(
+    settings: PlannerSettings,
+    host_name: str,
+    demands: list[_Demand],
+    gpus: dict[int, GpuState],
+    plan: _HostPlan,
+) -> dict[str, _Placement]:
+    """Each model that fits -> its placement; the others' problems go to ``plan``.
+
+    Explicit placements first, then the largest models first (first-fit decreasing).
+    """
+    placed: dict[str, _Placement] = {}
     ordered = sorted(
         demands,
         key=lambda d: (not isinstance(d.model.gpus, list), -d.estimate.per_gpu_gib(1), d.position),
@@ -461,47 +505,66 @@ def _place_host(cfg: HxpConfig, host_name: str, demands: list[_Demand]) -> _Host
             plan.problems.append(problem)
             continue
         sizes = _sizes_to_try(d.model, d.shape.num_attention_heads, len(gpus))
-        result = _fit(d, sizes, gpus, settings.placement)
-        if result is None:
+        placement = _fit(d, sizes, gpus, settings.placement)
+        if placement is None:
             size = max(sizes) if d.model.gpus == "auto" else sizes[0]
-            plan.problems.append(_unfit_problem(cfg, host_name, d, size, gpus))
+            plan.problems.append(_unfit_problem(settings, host_name, d, size, gpus))
             plan.unfit[d.path] = _Unfit(d, size)
             continue
-        chosen_gpus, size, need = result
-        for gpu in chosen_gpus:
-            gpu.add(d.model.name, need, d.model.engine.gpu_memory_utilization)
-        placed[d.model.name] = (chosen_gpus, size, need)
+        for gpu in placement.gpus:
+            gpu.add(d.model.name, placement.need_gib, d.model.engine.gpu_memory_utilization)
+        placed[d.model.name] = placement
+    return placed
 
+
+def _gpu_instances(
+    host_name: str,
+    demands: list[_Demand],
+    placed: dict[str, _Placement],
+    problems: list[PlanProblem],
+) -> list[Instance]:
+    """The placed models in hxp.yml's order; instances that share a GPU start one after
+    another. Problems of explicit gpu_memory_utilization values go to ``problems``."""
+    instances: list[Instance] = []
     started: dict[int, int] = {}  # gpu index -> last start wave on it
     for d in sorted(demands, key=lambda d: d.position):
-        if d.model.name not in placed:
+        placement = placed.get(d.model.name)
+        if placement is None:
             continue
-        chosen_gpus, size, need = placed[d.model.name]
-        problem = _utilization_problem(d, need, chosen_gpus)
+        problem = _utilization_problem(d, placement.need_gib, placement.gpus)
         if problem is not None:
-            plan.problems.append(problem)
-        utilization = _utilization(d.model, need, chosen_gpus)
-        wave = 1 + max((started.get(g.index, 0) for g in chosen_gpus), default=0)
-        for g in chosen_gpus:
+            problems.append(problem)
+        wave = 1 + max((started.get(g.index, 0) for g in placement.gpus), default=0)
+        for g in placement.gpus:
             started[g.index] = wave
-        plan.instances.append(
-            Instance(
-                model=d.model.name,
-                host=host_name,
-                port=d.model.port,
-                device="cuda",
-                gpu_ids=tuple(g.index for g in chosen_gpus),
-                tensor_parallel_size=size,
-                weights_gib=d.estimate.weights_gib,
-                kv_gib=d.estimate.kv_gib,
-                need_per_gpu_gib=need,
-                gpu_memory_utilization=utilization,
-                headroom_gib=min(g.memory_gib for g in chosen_gpus) * utilization - need,
-                start_order=wave,
-                shape_origin=d.shape.origin,
-            )
-        )
-    plan.usage = [
+        instances.append(_gpu_instance(host_name, d, placement, wave))
+    return instances
+
+
+def _gpu_instance(host_name: str, demand: _Demand, placement: _Placement, wave: int) -> Instance:
+    need, chosen = placement.need_gib, placement.gpus
+    utilization = _utilization(demand.model, need, chosen)
+    return Instance(
+        model=demand.model.name,
+        host=host_name,
+        port=demand.model.port,
+        device="cuda",
+        gpu_ids=tuple(g.index for g in chosen),
+        tensor_parallel_size=placement.tensor_parallel_size,
+        weights_gib=demand.estimate.weights_gib,
+        kv_gib=demand.estimate.kv_gib,
+        need_per_gpu_gib=need,
+        gpu_memory_utilization=utilization,
+        headroom_gib=min(g.memory_gib for g in chosen) * utilization - need,
+        start_order=wave,
+        shape_origin=demand.shape.origin,
+    )
+
+
+def _gpu_usage(
+    host_name: str, gpus: dict[int, GpuState], instances: list[Instance]
+) -> list[GpuUsage]:
+    return [
         GpuUsage(
             host=host_name,
             index=g.index,
@@ -509,31 +572,37 @@ def _place_host(cfg: HxpConfig, host_name: str, demands: list[_Demand]) -> _Host
             memory_gib=g.memory_gib,
             planned_gib=g.used_gib,
             utilization_sum=round(
-                sum(i.gpu_memory_utilization or 0 for i in plan.instances if g.index in i.gpu_ids),
+                sum(i.gpu_memory_utilization or 0 for i in instances if g.index in i.gpu_ids),
                 4,
             ),
             tenants=tuple(g.tenants),
         )
         for g in gpus.values()
     ]
-    for row in plan.usage:
+
+
+def _oversubscribed(
+    settings: PlannerSettings, host_name: str, usage: list[GpuUsage]
+) -> Iterator[PlanProblem]:
+    """GPUs whose tenants' explicit gpu_memory_utilization values add up to too much."""
+    for row in usage:
         if row.utilization_sum > settings.max_gpu_utilization + 1e-9:
-            plan.problems.append(
-                PlanProblem(
-                    ("models",),
-                    f"GPU {row.index} on {host_name}: gpu_memory_utilization of "
-                    f"{', '.join(row.tenants)} adds up to {row.utilization_sum:.2f}, "
-                    "above planner.max_gpu_utilization "
-                    f"{settings.max_gpu_utilization:.2f}; lower the explicit values",
-                )
+            yield PlanProblem(
+                ("models",),
+                f"GPU {row.index} on {host_name}: gpu_memory_utilization of "
+                f"{', '.join(row.tenants)} adds up to {row.utilization_sum:.2f}, "
+                "above planner.max_gpu_utilization "
+                f"{settings.max_gpu_utilization:.2f}; lower the explicit values",
             )
-    return plan
 
 
 def _unfit_problem(
-    cfg: HxpConfig, host_name: str, demand: _Demand, size: int, gpus: dict[int, GpuState]
+    settings: PlannerSettings,
+    host_name: str,
+    demand: _Demand,
+    size: int,
+    gpus: dict[int, GpuState],
 ) -> PlanProblem:
-    settings = cfg.planner
     estimate = demand.estimate
     best = max(g.free_gib for g in gpus.values())
     return PlanProblem(
@@ -541,7 +610,7 @@ def _unfit_problem(
         f"model {demand.model.name!r} does not fit on {host_name}: it needs "
         f"{estimate.per_gpu_gib(size):.1f} GiB per GPU with tensor_parallel_size {size} "
         f"(weights {estimate.weights_gib:.1f} GiB + KV cache {estimate.kv_gib:.1f} GiB, "
-        f"split {size} ways, + {settings.overhead_gb_per_gpu:.1f} GiB overhead) but "
+        f"split {size} ways, + {settings.overhead_gib_per_gpu:.1f} GiB overhead) but "
         f"at most {best:.1f} GiB is free on a GPU ({settings.max_gpu_utilization:.0%}"
         " of its memory, less what other models use)",
     )
@@ -551,7 +620,7 @@ def _ceil(value: float) -> float:
     return math.ceil(value * 1000 - 1e-9) / 1000
 
 
-def _utilization(model: Model, need: float, chosen: list[GpuState]) -> float:
+def _utilization(model: SizedModel, need: float, chosen: list[GpuState]) -> float:
     """need / memory (rounded up), plus this instance's share of each GPU's spare fraction.
 
     The spare fraction is shared among the tenants the planner sets utilization for, in
@@ -568,22 +637,28 @@ def _utilization(model: Model, need: float, chosen: list[GpuState]) -> float:
 # --------------------------------------------------------------------------- suggestions
 
 
-def _trial(
-    cfg: HxpConfig, host_name: str, demands: list[_Demand], before: _HostPlan, unfit: _Unfit
-) -> Callable[[Change], Instance | None]:
+@dataclass(frozen=True)
+class _Host:
+    """One host's planning problem: what a suggestion is tried against."""
+
+    settings: PlannerSettings
+    spec: HostSpec
+    demands: list[_Demand]
+
+
+def _trial(host: _Host, before: _HostPlan, unfit: _Unfit) -> Callable[[Change], Instance | None]:
     """Plans the host again with a change to the unfit model: its instance if that model then
     places, every model placed before still does, and no problem is new."""
     target = unfit.demand
     placed_before = {i.model for i in before.instances} | {target.model.name}
     allowed = Counter(p.path for p in before.problems if p.path != target.path)
-    overhead = cfg.planner.overhead_gb_per_gpu
+    overhead = host.settings.overhead_gib_per_gpu
 
     def placed_with(change: Change) -> Instance | None:
-        model = apply_change(target.model, change)
-        changed = replace(
-            target, model=model, estimate=_estimate_for(model, target.shape, overhead)
-        )
-        after = _place_host(cfg, host_name, [changed if d is target else d for d in demands])
+        model = with_change(target.model, change)
+        changed = _Demand(model, _estimate(model, overhead))
+        demands = [changed if d is target else d for d in host.demands]
+        after = _place_host(host.settings, host.spec, demands)
         instances = {i.model: i for i in after.instances}
         if placed_before <= instances.keys() and Counter(p.path for p in after.problems) <= allowed:
             return instances[model.name]
@@ -608,36 +683,52 @@ def _largest_value(
     return low
 
 
-def _suggestions(
-    cfg: HxpConfig, host_name: str, demands: list[_Demand], before: _HostPlan, unfit: _Unfit
+def _suggestions(host: _Host, before: _HostPlan, unfit: _Unfit) -> Iterator[Suggestion]:
+    placed_with = _trial(host, before, unfit)
+    yield from _quantization_suggestion(placed_with, unfit.demand.model)
+    yield from _more_gpus_suggestion(placed_with, host.spec, unfit)
+    yield from _smaller_batch_suggestions(placed_with, unfit.demand.model.engine)
+
+
+def _quantization_suggestion(
+    placed_with: Callable[[Change], Instance | None], model: SizedModel
 ) -> Iterator[Suggestion]:
-    placed_with = _trial(cfg, host_name, demands, before, unfit)
-    model, engine = unfit.demand.model, unfit.demand.model.engine
-    if engine.quantization is None:
-        for quantization in SUGGESTED_QUANTIZATIONS:
-            change: Change = {"engine.quantization": quantization}
-            if instance := placed_with(change):
-                yield Suggestion(
-                    f"quantization: {quantization} "
-                    f"(needs {instance.need_per_gpu_gib:.1f} GiB per GPU)",
-                    change,
-                )
-                break
-    gpu_count = len(cfg.host(host_name).gpus)
-    for size in valid_tp_sizes(unfit.demand.shape.num_attention_heads, gpu_count):
+    if model.engine.quantization is not None:
+        return
+    for quantization in SUGGESTED_QUANTIZATIONS:
+        change: Change = {"engine.quantization": quantization}
+        if instance := placed_with(change):
+            yield Suggestion(
+                f"quantization: {quantization} (needs {instance.need_per_gpu_gib:.1f} GiB per GPU)",
+                change,
+            )
+            return
+
+
+def _more_gpus_suggestion(
+    placed_with: Callable[[Change], Instance | None], host: HostSpec, unfit: _Unfit
+) -> Iterator[Suggestion]:
+    model = unfit.demand.model
+    for size in valid_tp_sizes(model.shape.num_attention_heads, len(host.gpus)):
         # The size already tried, unless the model named its GPUs: others may have room.
         if size < unfit.tensor_parallel_size or (
             size == unfit.tensor_parallel_size and not isinstance(model.gpus, list)
         ):
             continue
-        change = {"gpus": size, "engine.tensor_parallel_size": size}
+        change: Change = {"gpus": size, "engine.tensor_parallel_size": size}
         if instance := placed_with(change):
             yield Suggestion(
                 f"gpus: {size} with tensor_parallel_size: {size} "
                 f"(needs {instance.need_per_gpu_gib:.1f} GiB per GPU)",
                 change,
             )
-            break
+            return
+
+
+def _smaller_batch_suggestions(
+    placed_with: Callable[[Change], Instance | None], engine: EngineSpec
+) -> Iterator[Suggestion]:
+    """The longest context, then the most sequences, the model places with."""
     length = _largest_value(placed_with, "engine.max_model_len", 16, engine.max_model_len - 1)
     if length is not None:
         yield Suggestion(
@@ -652,11 +743,10 @@ def _suggestions(
         )
 
 
-def _larger_host(cfg: HxpConfig, host_name: str, demand: _Demand) -> str | None:
+def _larger_host(host: _Host, demand: _Demand) -> str | None:
     """A host of more GPUs like this one's largest that the model would fit alone: no change
     to its entry gives that, so it is part of the message, not a suggestion."""
-    host = cfg.host(host_name)
-    usable = max(g.memory_gb for g in host.gpus) * cfg.planner.max_gpu_utilization
+    usable = max(g.memory_gib for g in host.spec.gpus) * host.settings.max_gpu_utilization
     count = next(
         (
             n
@@ -666,14 +756,12 @@ def _larger_host(cfg: HxpConfig, host_name: str, demand: _Demand) -> str | None:
         ),
         None,
     )
-    if count is None or count <= len(host.gpus):
+    if count is None or count <= len(host.spec.gpus):
         return None
     return f"a host with {count} such GPUs (tensor_parallel_size: {count})"
 
 
-def _with_suggestions(
-    cfg: HxpConfig, host_name: str, demands: list[_Demand], plan: _HostPlan
-) -> list[PlanProblem]:
+def _with_suggestions(host: _Host, plan: _HostPlan) -> list[PlanProblem]:
     """The host's problems, those of models that do not fit with what would make them fit."""
     problems = []
     for problem in plan.problems:
@@ -681,50 +769,37 @@ def _with_suggestions(
         if unfit is None:
             problems.append(problem)
             continue
-        suggestions = tuple(_suggestions(cfg, host_name, demands, plan, unfit))
+        suggestions = tuple(_suggestions(host, plan, unfit))
         more_gpus = any("gpus" in s.change for s in suggestions)
-        larger_host = None if more_gpus else _larger_host(cfg, host_name, unfit.demand)
+        larger_host = None if more_gpus else _larger_host(host, unfit.demand)
         hints = [s.text for s in suggestions] + ([larger_host] if larger_host else [])
         message = problem.message + (f"; what would fit: {'; '.join(hints)}" if hints else "")
         problems.append(replace(problem, message=message, suggestions=suggestions))
     return problems
 
 
-def plan_deployment(cfg: HxpConfig) -> Plan:
-    """Place every model of ``cfg``; raise PlanError listing every model that does not fit."""
-    problems: list[PlanProblem] = []
+# --------------------------------------------------------------------------- the plan
+
+
+def plan_models(
+    settings: PlannerSettings, hosts: Mapping[str, HostSpec], models: Sequence[SizedModel]
+) -> Plan:
+    """Place every model on its host; raise PlanError listing every model that does not fit,
+    with what would make it fit."""
     by_host: dict[str, list[_Demand]] = {}
-    for position, model in enumerate(cfg.models):
-        host = resolve_host(cfg, model.host, HostGroup.LLM)
-        if host is None:
-            continue  # reported by the config's host rule
-        try:
-            shape = resolve_shape(model, cfg.base_dir)
-        except ModelInfoError as exc:
-            problems.append(PlanProblem(("models", position, "source", "local_path"), str(exc)))
-            continue
-        if shape is None:
-            problems.append(
-                PlanProblem(
-                    ("models", position),
-                    f"cannot size model {model.name!r}: give source.local_path (a directory with "
-                    "config.json), an architecture: block, or a preset",
-                )
-            )
-            continue
-        context = _context_problem(model, shape, position)
-        if context is not None:
-            problems.append(context)
-        estimate = _estimate_for(model, shape, cfg.planner.overhead_gb_per_gpu)
-        by_host.setdefault(host, []).append(_Demand(position, model, shape, estimate))
+    for model in models:
+        demand = _Demand(model, _estimate(model, settings.overhead_gib_per_gpu))
+        by_host.setdefault(model.host, []).append(demand)
     instances: list[Instance] = []
     usage: list[GpuUsage] = []
-    for host, demands in by_host.items():
-        placement = _place_host(cfg, host, demands)
+    problems: list[PlanProblem] = []
+    for host_name, demands in by_host.items():
+        host = _Host(settings, hosts[host_name], demands)
+        placement = _place_host(settings, host.spec, demands)
         instances.extend(placement.instances)
         usage.extend(placement.usage)
-        problems.extend(_with_suggestions(cfg, host, demands, placement))
+        problems.extend(_with_suggestions(host, placement))
     if problems:
         raise PlanError(problems)
-    order = {m.name: i for i, m in enumerate(cfg.models)}
-    return Plan(tuple(sorted(instances, key=lambda i: order[i.model])), tuple(usage))
+    positions = {m.name: m.position for m in models}
+    return Plan(tuple(sorted(instances, key=lambda i: positions[i.model])), tuple(usage))

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from hxp_runtime.config import load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.render import Vars, inventory_files
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hxp_runtime.config import load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.render import render_inventory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -51,6 +51,14 @@ def load_file_module(name: str, path: Path) -> ModuleType:
     return module
 
 
+Problems = Callable[[str], list[Problem]]
+
+
+def only(problems: list[Problem]) -> Problem:
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
 def line_of(text: str, needle: str) -> int:
     """1-based line of the only line containing ``needle``."""
     hits = [n for n, line in enumerate(text.splitlines(), start=1) if needle in line]

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hxp_runtime.config import HxpConfig, load_config
+from hxp_runtime.config import HxpConfig, load_config, plan_deployment
 from hxp_runtime.host.gpu_exporter import NvmlCollector
 from hxp_runtime.observability.alerts import (
     NULL_RECEIVER,
@@ -28,7 +28,6 @@ from hxp_runtime.observability.alerts import (
     alert_rules,
     alertmanager_config,
 )
-from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import router_vars
 from hxp_runtime.router.metrics import RouterMetrics, slo_thresholds_s
 from hxp_runtime.router.settings import RouterSettings

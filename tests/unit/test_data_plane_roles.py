@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hxp_runtime.config import load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.render import postgresql_vars, qdrant_vars, redis_vars
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from hxp_runtime.config import load_config
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.deploy import Progress, run_playbook
-from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import render_inventory
 from tests.unit.conftest import BASE
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import pynvml
 
-from hxp_runtime.config import HxpConfig
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import HxpConfig, plan_deployment
 from hxp_runtime.render import vllm_instance_vars
 from tests.nvml_double import FakeGpu, fake_nvml
 from tests.unit.conftest import load_file_module

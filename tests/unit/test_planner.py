@@ -1,4 +1,5 @@
-"""Planner maths against hand-computed cases (GiB = 2**30 bytes).
+"""Planner maths against hand-computed cases (GiB = 2**30 bytes): through hxp.yml (the models
+sized by hxp_runtime.config.fit) and on plain data (plan_models, no config at all).
 
 Mixtral-8x7B: 46.7e9 parameters, 32 layers, 8 KV heads of 128, 32 attention heads.
   fp16 weights = 46.7e9 * 2 / 2**30 = 86.9855 GiB
@@ -14,19 +15,32 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hxp_runtime.config import HxpConfig, Problem
+from hxp_runtime.config import HxpConfig, Problem, apply_change, plan_deployment
 from hxp_runtime.modelinfo import (
     ModelInfoError,
+    ModelShape,
     params_from_config,
     safetensors_param_count,
     shape_from_directory,
 )
-from hxp_runtime.planner import Change, PlanError, PlanProblem, apply_change, plan_deployment
+from hxp_runtime.planner import (
+    Change,
+    EngineSpec,
+    GpuSpec,
+    HostSpec,
+    PlanError,
+    PlannerSettings,
+    PlanProblem,
+    SizedModel,
+    plan_models,
+    with_change,
+)
 from tests.unit.conftest import BASE, line_of
 
 MIXTRAL_WEIGHTS = 46.7e9 * 2 / 2**30
@@ -125,6 +139,75 @@ def test_phi3_on_80gb_gpu() -> None:
     assert inst.need_per_gpu_gib == pytest.approx(PHI3_WEIGHTS + 24 + 2)  # 33.12
     assert inst.gpu_memory_utilization == 0.92
     assert inst.headroom_gib == pytest.approx(80 * 0.92 - (PHI3_WEIGHTS + 26))
+
+
+PHI3_SHAPE = ModelShape(
+    params=3.82e9, num_layers=32, num_attention_heads=32, num_kv_heads=32, head_dim=96
+)
+SETTINGS = PlannerSettings(placement="best-fit", max_gpu_utilization=0.92, overhead_gib_per_gpu=2)
+
+
+def sized_phi3(name: str = "phi3", host: str = "llm-1", **engine: Any) -> SizedModel:
+    fields: dict[str, Any] = {
+        "dtype": "float16",
+        "quantization": None,
+        "kv_cache_dtype": "auto",
+        "max_model_len": 4096,
+        "max_num_seqs": 16,
+        "tensor_parallel_size": None,
+        "gpu_memory_utilization": None,
+    }
+    return SizedModel(
+        position=0,
+        name=name,
+        host=host,
+        port=11403,
+        task="generate",
+        gpus="auto",
+        engine=EngineSpec(**{**fields, **engine}),
+        shape=PHI3_SHAPE,
+    )
+
+
+def gpu_host(name: str, gpu_gib: float, count: int) -> HostSpec:
+    return HostSpec(name, "nvidia", tuple(GpuSpec(i, "GPU", gpu_gib) for i in range(count)))
+
+
+def test_plan_models_places_plain_data() -> None:
+    plan = plan_models(SETTINGS, {"llm-1": gpu_host("llm-1", 80, 1)}, [sized_phi3()])
+    inst = plan.instance("phi3")
+    assert inst.need_per_gpu_gib == pytest.approx(PHI3_WEIGHTS + 24 + 2)
+    assert (inst.gpu_ids, inst.gpu_memory_utilization, inst.start_order) == ((0,), 0.92, 1)
+
+
+def test_plan_models_names_the_entry_by_its_position_and_suggests_changes() -> None:
+    model = replace(sized_phi3(), position=3)
+    with pytest.raises(PlanError) as caught:
+        plan_models(SETTINGS, {"llm-1": gpu_host("llm-1", 24, 1)}, [model])
+    (problem,) = caught.value.problems
+    assert problem.path == ("models", 3)
+    assert changes(problem) == [{"engine.max_model_len": 2212}, {"engine.max_num_seqs": 8}]
+
+
+def test_plan_models_keeps_each_host_to_itself() -> None:
+    hosts = {"a": gpu_host("a", 80, 1), "b": HostSpec("b", "cpu", ())}
+    models = [sized_phi3("on-a", "a"), replace(sized_phi3("on-b", "b"), position=1)]
+    plan = plan_models(SETTINGS, hosts, models)
+    assert [(i.model, i.host, i.device) for i in plan.instances] == [
+        ("on-a", "a", "cuda"),
+        ("on-b", "b", "cpu"),
+    ]
+    assert [g.host for g in plan.gpus] == ["a"]
+
+
+def test_with_change_reads_hxp_yml_keys() -> None:
+    model = sized_phi3()
+    changed = with_change(model, {"gpus": 2, "engine.tensor_parallel_size": 2})
+    assert (changed.gpus, changed.engine.tensor_parallel_size) == (2, 2)
+    assert changed.engine.max_model_len == model.engine.max_model_len
+    assert with_change(model, {"engine.max_num_seqs": 4}).engine.max_num_seqs == 4
+    with pytest.raises(ValueError, match=r"does not read 'slo\.latency_ms'"):
+        with_change(model, {"slo.latency_ms": 5})
 
 
 def test_phi3_does_not_fit_24gb_with_16_sequences_and_suggests_shorter_context() -> None:

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hxp_runtime.catalog import PRESETS
-from hxp_runtime.config import HxpConfig, cross_field_problems
-from hxp_runtime.planner import PlanError, PlanProblem, plan_deployment
+from hxp_runtime.config import HxpConfig, cross_field_problems, plan_deployment
+from hxp_runtime.planner import PlanError, PlanProblem
 
 Entry = dict[str, Any]
 # No wall-clock deadline: on a loaded machine an example can wait for a CPU for seconds.

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hxp_runtime.config import HxpConfig, load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import HxpConfig, load_config, plan_deployment
 from hxp_runtime.render import inventory_files
 
 REPO = Path(__file__).resolve().parents[2]

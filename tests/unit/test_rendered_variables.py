@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hxp_runtime.config import load_config
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.host import gpu_exporter
-from hxp_runtime.planner import plan_deployment
 from hxp_runtime.render import ROLE_VARS, common_vars, host_vars, postgresql_vars, render_inventory
 from hxp_runtime.router.store import SCHEMA
 

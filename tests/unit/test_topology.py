@@ -6,8 +6,7 @@ import html
 from pathlib import Path
 
 from hxp_runtime import topology as topo
-from hxp_runtime.config import load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.render import inventory_files
 
 REPO = Path(__file__).resolve().parents[2]

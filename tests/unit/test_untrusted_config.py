@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hxp_runtime.config import ConfigError, Problem, load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import ConfigError, Problem, load_config, plan_deployment
 from hxp_runtime.render import render_inventory
 from tests.unit.conftest import BASE, line_of
 

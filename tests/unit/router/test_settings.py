@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp_runtime.config import load_config
-from hxp_runtime.planner import plan_deployment
+from hxp_runtime.config import load_config, plan_deployment
 from hxp_runtime.render import router_vars
 from hxp_runtime.router.settings import (
     RouterSettings,

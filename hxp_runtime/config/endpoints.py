@@ -1,0 +1,66 @@
+"""Where a deployment's services run and listen: the host each one resolves to and every
+(host, port) it takes. The rules check these; the renderer opens the firewall for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from hxp_runtime.config.schema import HostGroup, HxpConfig
+from hxp_runtime.yamlsource import PathKey
+
+
+def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | None:
+    """The host a service runs on: the one named, or the only host in its group."""
+    if wanted is not None:
+        return wanted
+    members = cfg.hosts_in(group)
+    return members[0].name if len(members) == 1 else None
+
+
+def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, PathKey]]:
+    """Every (host, port) a deployment listens on, with a label and the field that sets it."""
+    llm_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    for i, model in enumerate(cfg.models):
+        yield (
+            resolve_host(cfg, model.host, HostGroup.LLM),
+            model.port,
+            (f"model {model.name}"),
+            ("models", i, "port"),
+        )
+    yield llm_host, cfg.router.port, "router", ("router", "port")
+    if cfg.database:
+        db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
+        yield db, cfg.database.port, "postgresql", ("database", "port")
+        yield db, cfg.database.exporter_port, "postgres exporter", ("database", "exporter_port")
+    if cfg.vector_db:
+        vec = resolve_host(cfg, cfg.vector_db.host, HostGroup.VECTOR)
+        yield vec, cfg.vector_db.http_port, "qdrant http", ("vector_db", "http_port")
+        yield vec, cfg.vector_db.grpc_port, "qdrant grpc", ("vector_db", "grpc_port")
+    if cfg.cache:
+        cache = resolve_host(cfg, cfg.cache.host, HostGroup.CACHE)
+        yield cache, cfg.cache.port, "redis", ("cache", "port")
+        yield cache, cfg.cache.exporter_port, "redis exporter", ("cache", "exporter_port")
+    if cfg.metrics:
+        mon = resolve_host(cfg, cfg.metrics.host, HostGroup.METRICS)
+        m = cfg.metrics
+        yield mon, m.prometheus_port, "prometheus", ("metrics", "prometheus_port")
+        yield mon, m.alertmanager_port, "alertmanager", ("metrics", "alertmanager_port")
+        yield mon, m.grafana_port, "grafana", ("metrics", "grafana_port")
+        for host in cfg.hosts:
+            yield (
+                host.name,
+                m.node_exporter_port,
+                "node exporter",
+                ("metrics", "node_exporter_port"),
+            )
+        for host in cfg.hosts_in(HostGroup.LLM):
+            if host.accelerator == "nvidia":
+                yield (
+                    host.name,
+                    m.gpu_exporter_port,
+                    "gpu exporter",
+                    (
+                        "metrics",
+                        "gpu_exporter_port",
+                    ),
+                )

@@ -1,0 +1,651 @@
+"""The schema of an hxp deployment (hxp.yml): pydantic v2 models, ``extra="forbid"``.
+
+Each field checks only itself here; rules that span fields live in :mod:`.rules`, and
+:mod:`.loader` turns a file into a checked :class:`HxpConfig` or every problem at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+from hxp_runtime.catalog import PRESETS, merge_preset
+from hxp_runtime.host import gpu_exporter
+from hxp_runtime.yamlsource import PathKey
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=63)]
+# Names pg_hba.conf or PostgreSQL give a meaning of their own: a database or login role named so
+# would widen access (pg_hba's "all") or take over a built-in role.
+_RESERVED_SQL_NAMES = frozenset(
+    {"all", "sameuser", "samerole", "samegroup", "replication", "public", "postgres",
+     "prometheus", "template0", "template1"}
+)  # fmt: skip
+
+
+def _not_reserved_sql(name: str) -> str:
+    if name in _RESERVED_SQL_NAMES or name.startswith("pg_"):
+        raise ValueError(
+            f"{name!r} is reserved by PostgreSQL or pg_hba.conf (or used by the exporter); "
+            "choose another name"
+        )
+    return name
+
+
+SqlName = Annotated[
+    str, Field(pattern=r"^[a-z_][a-z0-9_]*$", max_length=63), AfterValidator(_not_reserved_sql)
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_PATH_RE = re.compile(r"^/[A-Za-z0-9._/@+-]*\Z")
+# Model names clients send (served names, aliases): what OpenAI-style ids are made of, and
+# nothing systemd or a shell would read as a specifier, variable, quote or escape.
+_MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*\Z")
+
+
+def _one_line(value: str) -> str:
+    # Such values end up in systemd units and environment files, which are line oriented: a
+    # newline there would start a directive of the attacker's choosing.
+    if _CONTROL_CHARS.search(value):
+        raise ValueError(
+            "control characters (newline, tab, NUL...) are not allowed here: the value is "
+            "written into unit and configuration files; remove them"
+        )
+    return value
+
+
+def _host_path(value: str) -> str:
+    if not _HOST_PATH_RE.match(value) or "/../" in f"{value}/":
+        raise ValueError(
+            "must be an absolute path on the host made of letters, digits and . _ - / @ + "
+            "(no spaces, quotes or '..'), e.g. /srv/models/phi-3-mini"
+        )
+    return value
+
+
+def _model_id(value: str) -> str:
+    if not _MODEL_ID_RE.match(value):
+        raise ValueError(
+            "a model name clients use is made of letters, digits and . _ : / @ + - (no spaces, "
+            "quotes, $, % or backslashes), e.g. mistralai/Mixtral-8x7B-Instruct-v0.1"
+        )
+    return value
+
+
+def _no_backslash(value: str) -> str:
+    # systemd unquotes ExecStart itself and reads a backslash as an escape even inside quotes.
+    if "\\" in value:
+        raise ValueError("backslashes are not allowed in engine arguments; remove them")
+    return value
+
+
+# Any string that reaches a host's files: one line, bounded.
+Text = Annotated[str, Field(max_length=1024), AfterValidator(_one_line)]
+ModelId = Annotated[str, Field(max_length=256), AfterValidator(_model_id)]
+EngineArg = Annotated[Text, AfterValidator(_no_backslash)]
+HostPath = Annotated[str, Field(max_length=4096), AfterValidator(_host_path)]
+UserName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class SecretScheme(StrEnum):
+    ENV = "env"  # environment variable on the controller at deploy time
+    FILE = "file"  # file on the controller (absolute path)
+    VAULT = "vault"  # Ansible variable, typically from an ansible-vault encrypted vars file
+
+
+REFERENCE_HINT = (
+    "give a secret reference instead of the value: env:VARIABLE, file:/absolute/path "
+    "or vault:ansible_variable"
+)
+_SECRET_RE = re.compile(r"^(env|file|vault):(.+)\Z", re.DOTALL)
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class SecretRef(Strict):
+    """Where a secret lives. hxp.yml never holds a secret value itself.
+
+    Written as ``scheme:value`` or as a mapping ``{scheme: ..., value: ...}``; both forms go
+    through the same checks, and no message ever repeats what was given (it may be a value
+    pasted in by mistake).
+    """
+
+    scheme: SecretScheme
+    value: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return data
+        if not isinstance(data, str):
+            raise ValueError(f"a secret reference must be a string; {REFERENCE_HINT}")
+        match = _SECRET_RE.match(data)
+        if not match:
+            raise ValueError(f"plaintext secret is not allowed; {REFERENCE_HINT}")
+        scheme, value = match.groups()
+        return {"scheme": scheme, "value": value}
+
+    @model_validator(mode="after")
+    def _check_value(self) -> SecretRef:
+        if self.scheme is SecretScheme.ENV and not _ENV_RE.match(self.value):
+            raise ValueError(
+                "after env: comes an environment variable name (letters, digits, _; "
+                f"not starting with a digit); {REFERENCE_HINT}"
+            )
+        if self.scheme is SecretScheme.FILE and (
+            not self.value.startswith("/") or "\x00" in self.value
+        ):
+            raise ValueError("after file: comes an absolute path (starting with /)")
+        if self.scheme is SecretScheme.VAULT and not _ENV_RE.match(self.value):
+            raise ValueError(
+                "after vault: comes an Ansible variable name (letters, digits, _; "
+                "not starting with a digit)"
+            )
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.scheme.value}:{self.value}"
+
+    def unresolvable(self) -> str | None:
+        """Why this reference cannot be resolved on this machine now, or None.
+
+        vault: references are resolved by Ansible from the vault files of the run and are not
+        checked here.
+        """
+        if self.scheme is SecretScheme.ENV:
+            if not os.environ.get(self.value):
+                return (
+                    f"the environment variable {self.value} is not set (or empty) on this "
+                    "machine; export it before rendering or deploying, or change the reference"
+                )
+        elif self.scheme is SecretScheme.FILE:
+            path = Path(self.value)
+            if not path.is_file():
+                return (
+                    f"the secret file {self.value!r} does not exist; create it (mode 0600) "
+                    "or change the reference"
+                )
+            if not os.access(path, os.R_OK):
+                return f"the secret file {self.value!r} is not readable by this user"
+        return None
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+class HostGroup(StrEnum):
+    LLM = "llm"
+    DATABASE = "database"
+    VECTOR = "vector"
+    METRICS = "metrics"
+    CACHE = "cache"
+
+
+class Gpu(Strict):
+    index: Annotated[int, Field(ge=0)]
+    name: Text = "NVIDIA GPU"
+    memory_gb: PositiveFloat = Field(description="GPU memory in GiB, as nvidia-smi reports it")
+
+
+class Host(Strict):
+    name: Name
+    address: ipaddress.IPv4Address
+    ssh_user: UserName = "root"
+    ssh_port: Port = 22
+    groups: list[HostGroup] = Field(min_length=1)
+    accelerator: Literal["nvidia", "cpu"] = "nvidia"
+    gpus: list[Gpu] = Field(default_factory=list)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _ipv4_only(cls, value: Any) -> Any:
+        # IPv6 is refused rather than half supported: the lab, the firewall-free flows and the
+        # URLs hxp writes (http://ADDRESS:PORT) are built and tested on IPv4 only.
+        if isinstance(value, str):
+            try:
+                address = ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    "not an IP address; give the host's IPv4 address, e.g. 192.0.2.10"
+                ) from None
+            if address.version == 6:
+                raise ValueError(
+                    "IPv6 host addresses are not supported; give the host's IPv4 address "
+                    "(hxp's roles, URLs and lab are built and tested on IPv4)"
+                )
+        return value
+
+    def gpu_by_index(self) -> dict[int, Gpu]:
+        return {gpu.index: gpu for gpu in self.gpus}
+
+
+# --------------------------------------------------------------------------- models
+
+
+class ModelSource(Strict):
+    path: HostPath | None = Field(None, description="model directory on the LLM host")
+    artifact: Text | None = Field(None, description="name of a model directory in the bundle")
+    local_path: Path | None = Field(
+        None, description="the same model's directory on the controller, read to size it"
+    )
+    hf_id: Text | None = Field(None, description="where the weights come from; informational")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> ModelSource:
+        if self.path and self.artifact:
+            raise ValueError("give source.path or source.artifact, not both")
+        return self
+
+
+class Architecture(Strict):
+    """A declared model size, used when no config.json is at hand."""
+
+    params_b: PositiveFloat = Field(description="parameters, in billions")
+    num_layers: Annotated[int, Field(ge=1)]
+    num_attention_heads: Annotated[int, Field(ge=1)]
+    num_kv_heads: Annotated[int, Field(ge=1)]
+    head_dim: Annotated[int, Field(ge=1)]
+    max_position_embeddings: Annotated[int, Field(ge=1)] | None = None
+
+
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+Quantization = Literal["awq", "gptq", "fp8", "int8", "bitsandbytes"]
+KvCacheDtype = Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"]
+# Engine flags hxp sets itself; giving them again in extra_args would contradict the plan.
+MANAGED_ENGINE_FLAGS = frozenset(
+    {
+        "--host",
+        "--port",
+        "--served-model-name",
+        "--tensor-parallel-size",
+        "--gpu-memory-utilization",
+        "--max-model-len",
+        "--max-num-seqs",
+        "--dtype",
+        "--quantization",
+        "--kv-cache-dtype",
+        "--api-key",
+        "--hf-overrides",
+        "--config",
+        "--runner",
+        "--kv-cache-memory-bytes",
+        "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
+    }
+)
+
+
+class RopeScaling(Strict):
+    """Opt-in context extension (passed to vLLM as --hf-overrides): lets max_model_len exceed
+    the model's max_position_embeddings, up to factor x original_max_position_embeddings."""
+
+    # llama3 and longrope need further fields (frequency factors) that hxp does not take yet.
+    rope_type: Literal["yarn", "dynamic", "linear"] = "yarn"
+    factor: Annotated[float, Field(gt=1, le=64)]
+    original_max_position_embeddings: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="defaults to the model's max_position_embeddings"
+    )
+
+
+class Engine(Strict):
+    dtype: Dtype = "auto"
+    quantization: Quantization | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_model_len: Annotated[int, Field(ge=16)] = 4096
+    max_num_seqs: Annotated[int, Field(ge=1)] = 16
+    kv_cache_dtype: KvCacheDtype = "auto"
+    enable_prefix_caching: bool = True
+    rope_scaling: RopeScaling | None = None
+    extra_args: list[EngineArg] = Field(default_factory=list)
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_managed_flags(cls, args: list[str]) -> list[str]:
+        # vLLM's parser reads --api_key as --api-key and --hf-overrides.x=... as --hf-overrides.
+        given = {a.split("=", 1)[0].split(".", 1)[0].replace("_", "-") for a in args}
+        clashes = sorted(given & MANAGED_ENGINE_FLAGS)
+        if clashes:
+            raise ValueError(
+                f"{', '.join(clashes)} is set by hxp from the model's own fields; "
+                "set the field instead of passing the flag"
+            )
+        return args
+
+
+class Slo(Strict):
+    latency_ms: PositiveFloat
+    throughput_rps: PositiveFloat
+    # Share of requests that must finish within latency_ms; alerts fire on its error budget.
+    objective: Annotated[float, Field(ge=0.5, lt=1)] = 0.99
+
+
+class Model(Strict):
+    name: Name
+    preset: str | None = None
+    task: Literal["generate", "embed"] = "generate"
+    served_name: ModelId | None = None
+    aliases: list[ModelId] = Field(default_factory=list)
+    host: str | None = Field(None, description="defaults to the only host in group llm")
+    source: ModelSource = Field(default_factory=ModelSource)
+    port: Port
+    gpus: Literal["auto"] | Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=0)]] = "auto"
+    engine: Engine = Field(default_factory=Engine)
+    architecture: Architecture | None = None
+    memory_limit_gb: PositiveFloat
+    cpu_cores: Annotated[int, Field(ge=1)]
+    categories: list[Text] = Field(default_factory=list)
+    slo: Slo
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        preset = data["preset"]
+        if preset not in PRESETS:
+            raise ValueError(
+                f"unknown preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}"
+            )
+        return merge_preset(PRESETS[preset], data)
+
+    @property
+    def routing_name(self) -> str:
+        return self.served_name or self.name
+
+    @property
+    def unit_name(self) -> str:
+        return f"hxp-vllm-{self.name}"
+
+
+# --------------------------------------------------------------------------- router
+
+
+class Strategy(StrEnum):
+    EXPLICIT = "explicit"
+    HIERARCHICAL = "hierarchical"
+    SEMANTIC = "semantic"
+    ADAPTIVE = "adaptive"
+    LEAST_OUTSTANDING = "least_outstanding"
+    POWER_OF_TWO = "power_of_two"
+
+
+class Category(Strict):
+    description: str = ""
+    examples: list[str] = Field(
+        default_factory=list, description="prompts whose embeddings form the prototype"
+    )
+    keywords: list[Text] = Field(default_factory=list)
+
+    @field_validator("keywords")
+    @classmethod
+    def _no_blank_keyword(cls, keywords: list[str]) -> list[str]:
+        if any(not k.strip() for k in keywords):
+            raise ValueError("a blank keyword matches every prompt; remove it")
+        return keywords
+
+
+class ApiKeyRef(Strict):
+    name: Name
+    secret: SecretRef
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+
+
+class RateLimit(Strict):
+    requests_per_minute: Annotated[int, Field(ge=1)] = 600
+    tokens_per_minute: Annotated[int, Field(ge=1)] = 200_000
+
+
+class ResponseCache(Strict):
+    enabled: bool = False
+    ttl_s: Annotated[int, Field(ge=1)] = 300
+
+
+class HealthCheck(Strict):
+    enabled: bool = True
+    interval_s: PositiveFloat = 10
+    timeout_s: PositiveFloat = 2
+
+
+class CircuitBreaker(Strict):
+    failure_threshold: Annotated[int, Field(ge=1)] = 5
+    open_s: PositiveFloat = 30
+    half_open_requests: Annotated[int, Field(ge=1)] = 1
+
+
+class Retries(Strict):
+    attempts: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff_ms: Annotated[int, Field(ge=0)] = 50
+
+
+class Semantic(Strict):
+    embedding_model: Text | None = Field(None, description="a model with task: embed")
+    temperature: PositiveFloat = 0.1
+
+
+class RouterPolicy(Strict):
+    """The router fields its daemon reads itself (hxp_runtime.router.settings extends them)."""
+
+    port: Port = 8000
+    workers: Annotated[int, Field(ge=1, le=64)] = 4
+    timeout_s: PositiveFloat = 300
+    drain_timeout_s: PositiveFloat = Field(30, description="SIGTERM: in-flight requests' grace")
+    strategies: list[Strategy] = Field(
+        default_factory=lambda: [Strategy.EXPLICIT, Strategy.LEAST_OUTSTANDING], min_length=1
+    )
+    default_model: Text | None = None
+    categories: dict[Text, Category] = Field(default_factory=dict)
+    fallbacks: dict[Text, list[Text]] = Field(default_factory=dict)
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    cache: ResponseCache = Field(default_factory=ResponseCache)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
+    retries: Retries = Field(default_factory=Retries)
+    semantic: Semantic = Field(default_factory=Semantic)
+    decision_cache_size: Annotated[int, Field(ge=0)] = 4096
+    slo: Slo = Field(default_factory=lambda: Slo(latency_ms=100, throughput_rps=1000))
+
+
+class Router(RouterPolicy):
+    host: str | None = None
+    api_keys: list[ApiKeyRef] = Field(default_factory=list)
+    upstream_api_key: SecretRef | None = Field(
+        None, description="key the vLLM servers require (--api-key); health checks send it"
+    )
+
+
+# --------------------------------------------------------------------------- data plane
+
+
+class Database(Strict):
+    host: str | None = None
+    port: Port = 5433
+    name: SqlName = "citadel_ai"
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 20
+    router_user: SqlName = "hxp_router"
+    router_password: SecretRef
+    exporter_port: Port = 9187
+    backup_dir: HostPath = "/var/backups/hxp/postgresql"
+
+
+class Distance(StrEnum):
+    COSINE = "Cosine"
+    DOT = "Dot"
+    EUCLID = "Euclid"
+    MANHATTAN = "Manhattan"
+
+
+class Collection(Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=255)]
+    vector_size: Annotated[int, Field(ge=1, le=65536)]
+    distance: Distance = Distance.COSINE
+
+
+class VectorDb(Strict):
+    host: str | None = None
+    http_port: Port = 6333
+    grpc_port: Port = 6334
+    prefer_grpc: bool = True
+    api_key: SecretRef
+    collections: list[Collection] = Field(default_factory=list)
+    snapshot_dir: HostPath = "/var/backups/hxp/qdrant"
+
+
+class Cache(Strict):
+    host: str | None = None
+    port: Port = 6379
+    password: SecretRef
+    maxmemory_mb: Annotated[int, Field(ge=16)] = 1024
+    maxmemory_policy: Literal["allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu"] = (
+        "allkeys-lru"
+    )
+    persistence: bool = False
+    exporter_port: Port = 9121
+
+
+class Receiver(Strict):
+    """Where Alertmanager sends notifications: a webhook (Alertmanager's webhook format)."""
+
+    name: Name
+    webhook_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+    send_resolved: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name == "null":
+            raise ValueError(
+                "'null' is the receiver hxp routes info alerts to; choose another name"
+            )
+        return name
+
+
+class Alerting(Strict):
+    # No receiver: alerts are visible in Alertmanager and Grafana but sent nowhere.
+    receivers: list[Receiver] = Field(default_factory=list)
+    group_wait_s: Annotated[int, Field(ge=0, le=3600)] = 30
+    group_interval_s: Annotated[int, Field(ge=1, le=86400)] = 300
+    repeat_interval_s: Annotated[int, Field(ge=60, le=604800)] = 14400
+
+
+class Metrics(Strict):
+    host: str | None = None
+    prometheus_port: Port = 9090
+    alertmanager_port: Port = 9093
+    grafana_port: Port = 3000
+    scrape_interval_s: Annotated[int, Field(ge=1)] = 15
+    health_check_interval_s: Annotated[int, Field(ge=1)] = 10
+    retention_days: Annotated[int, Field(ge=1)] = 15
+    retention_size_gb: PositiveFloat | None = Field(
+        None, description="Prometheus deletes the oldest data beyond this size"
+    )
+    grafana_admin_password: SecretRef
+    # Basic auth of Prometheus's and Alertmanager's web endpoints; Grafana's datasource uses it.
+    web_user: Name = "hxp"
+    web_password: SecretRef
+    alerting: Alerting = Field(default_factory=Alerting)
+    node_exporter_port: Port = 9100
+    # One number: the exporter's own default, also what `hxp render` writes without metrics.
+    gpu_exporter_port: Port = gpu_exporter.DEFAULT_PORT
+
+
+class Planner(Strict):
+    placement: Literal["best-fit", "spread"] = "best-fit"
+    max_gpu_utilization: Annotated[float, Field(gt=0, le=0.99)] = 0.92
+    overhead_gb_per_gpu: Annotated[float, Field(ge=0)] = 2.0
+
+
+class Bundle(Strict):
+    path: Path = Field(description="bundle directory on the controller (holds manifest.json)")
+
+
+class LabSettings(Strict):
+    bridge: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,15}$")] = "hxpbr0"
+    gateway: ipaddress.IPv4Interface = ipaddress.IPv4Interface("10.77.0.1/24")
+    state_dir: Path = Path(".lab")
+    apt_proxy_port: Port = 3142
+
+
+# --------------------------------------------------------------------------- the deployment
+
+
+class HxpConfig(Strict):
+    version: Literal[1] = 1
+    name: Name
+    hosts: list[Host] = Field(min_length=1)
+    models: list[Model] = Field(default_factory=list)
+    router: Router = Field(default_factory=Router)
+    database: Database | None = None
+    vector_db: VectorDb | None = None
+    cache: Cache | None = None
+    metrics: Metrics | None = None
+    planner: Planner = Field(default_factory=Planner)
+    bundle: Bundle | None = None
+    lab: LabSettings | None = None
+
+    _source_file: Path | None = PrivateAttr(None)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory relative paths in the file (source.local_path, bundle.path) start from."""
+        return self._source_file.parent if self._source_file else Path.cwd()
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def hosts_in(self, group: HostGroup) -> list[Host]:
+        return [h for h in self.hosts if group in h.groups]
+
+    def model(self, name: str) -> Model:
+        return next(m for m in self.models if m.name == name)
+
+    def routing_index(self) -> dict[str, Model]:
+        """Every name a client may ask for (model name, served name, alias) -> model."""
+        index: dict[str, Model] = {}
+        for model in self.models:
+            for alias in (model.name, model.routing_name, *model.aliases):
+                index.setdefault(alias, model)
+        return index
+
+    def secret_refs(self) -> list[SecretRef]:
+        return [ref for _, ref in walk_secret_refs(self)]
+
+
+def walk_secret_refs(node: Any, path: PathKey = ()) -> Iterator[tuple[PathKey, SecretRef]]:
+    """Every secret reference under ``node`` with the path of its field."""
+    if isinstance(node, SecretRef):
+        yield path, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from walk_secret_refs(getattr(node, name), (*path, name))
+    elif isinstance(node, list | tuple):
+        for i, item in enumerate(node):
+            yield from walk_secret_refs(item, (*path, i))
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from walk_secret_refs(item, (*path, key))
