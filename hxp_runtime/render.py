@@ -194,7 +194,9 @@ def _backends(cfg: HxpConfig, plan: Plan) -> list[Vars]:
 
 def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     router = cfg.router
-    settings = router.model_dump(mode="json", exclude={"api_keys", "upstream_api_key", "host"})
+    settings = router.model_dump(
+        mode="json", exclude={"api_keys", "upstream_api_key", "admin_key", "host"}
+    )
     # The gateway listens on its host's address (hxp_runtime.router.settings.RouterSettings).
     settings["listen_host"] = _address(cfg, resolve_host(cfg, router.host, HostGroup.LLM))
     settings["backends"] = _backends(cfg, plan)
@@ -223,6 +225,7 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
             for key in router.api_keys
         ],
         "hxp_router_upstream_api_key": _secret(cfg, router.upstream_api_key),
+        "hxp_router_admin_key": _secret(cfg, router.admin_key),
         "hxp_router_database_password": _secret(
             cfg, cfg.database.router_password if cfg.database else None
         ),

@@ -28,6 +28,8 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
             ("models", i, "port"),
         )
     yield llm_host, cfg.router.port, "router", ("router", "port")
+    # Loopback only, but a server on the host's address with the same port would still clash.
+    yield llm_host, cfg.router.admin_port, "router admin API", ("router", "admin_port")
     if cfg.database:
         db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
         yield db, cfg.database.port, "postgresql", ("database", "port")

@@ -469,6 +469,11 @@ class RouterPolicy(Strict):
     semantic: Semantic = Field(default_factory=Semantic)
     decision_cache_size: Annotated[int, Field(ge=0)] = 4096
     slo: Slo = Field(default_factory=lambda: Slo(latency_ms=100, throughput_rps=1000))
+    admin_port: Port = Field(
+        8001,
+        description="loopback port of the router's admin API (backend state, drain, undrain); "
+        "it listens only when router.admin_key is set",
+    )
 
 
 class Router(RouterPolicy):
@@ -476,6 +481,11 @@ class Router(RouterPolicy):
     api_keys: list[ApiKeyRef] = Field(default_factory=list)
     upstream_api_key: SecretRef | None = Field(
         None, description="key the vLLM servers require (--api-key); health checks send it"
+    )
+    admin_key: SecretRef | None = Field(
+        None,
+        description="bearer key of the router's loopback admin API, at least 16 characters "
+        "(none: no admin API)",
     )
 
 

@@ -86,11 +86,6 @@ class RouterSettings(RouterPolicy):
     auth_cache_ttl_s: PositiveFloat = Field(30, description="how long a looked-up key is trusted")
     load_poll_interval_s: PositiveFloat = Field(1, description="vLLM /metrics polling period")
     usage_flush_interval_s: PositiveFloat = 5
-    admin_port: Port = Field(
-        8001,
-        description="loopback port of the admin API; it listens only when the secrets file "
-        "holds an admin_key",
-    )
 
     @model_validator(mode="after")
     def _references(self) -> RouterSettings:

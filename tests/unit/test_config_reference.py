@@ -42,7 +42,7 @@ def test_router_port_reaches_the_router_settings_file(entries: dict[str, ref.Ent
         Path("inventory/sample/hxp.yml"),
         ("router", "port"),
         8000,
-        8001,
+        7999,  # 8001 is taken: the router's admin port on the same host
     )
     assert entry.measured.variables["hxp_router_settings"] == {".port"}
     assert "hxp_host_listen_ports" in entry.measured.variables

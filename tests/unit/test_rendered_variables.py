@@ -155,3 +155,20 @@ def test_gpu_exporter_port_is_rendered_for_every_host(sample: Path) -> None:
     expected = cfg.metrics.gpu_exporter_port if cfg.metrics else gpu_exporter.DEFAULT_PORT
     for host in cfg.hosts:
         assert host_vars(cfg, plan, host.name)["hxp_vllm_gpu_exporter_port"] == expected
+
+
+def test_router_admin_key_goes_to_the_secrets_file_and_its_port_to_settings() -> None:
+    from hxp_runtime.render import router_vars
+    from hxp_runtime.router.settings import RouterSettings
+
+    sample = REPO / "inventory" / "sample" / "hxp.yml"
+    cfg = load_config(sample)
+    assert cfg.router.admin_key is not None
+    rendered = router_vars(cfg, plan_deployment(cfg))
+    # A lookup at run time, never the value, and never in the world-readable settings file.
+    assert "lookup('hxp_secret'" in str(rendered["hxp_router_admin_key"])
+    assert "admin_key" not in rendered["hxp_router_settings"]
+    settings = RouterSettings.model_validate(rendered["hxp_router_settings"])
+    assert settings.admin_port == cfg.router.admin_port
+    role_vars = (REPO / "roles/router/vars/main.yml").read_text()
+    assert 'admin_key: "{{ hxp_router_admin_key }}"' in role_vars

@@ -102,3 +102,18 @@ def test_gpu_index_that_does_not_exist(problems_of: Problems) -> None:
     assert p.field == "models[0].gpus[0]"
     assert "GPU 3 does not exist" in p.message
     assert p.line == line_of(text, "gpus: [3]")
+
+
+def test_router_admin_port_on_a_model_port(problems_of: Problems) -> None:
+    text = BASE.replace("router:\n", "router:\n  admin_port: 11403\n")
+    p = only(problems_of(text))
+    assert p.field == "router.admin_port"
+    assert "port 11403 on host 'llm-1' is already used by model phi3" in p.message
+    assert p.line == line_of(text, "admin_port: 11403")
+
+
+def test_router_admin_key_must_be_a_secret_reference(problems_of: Problems) -> None:
+    text = BASE.replace("router:\n", "router:\n  admin_key: plain-text-key-0123456789\n")
+    p = only(problems_of(text))
+    assert p.field == "router.admin_key"
+    assert "plain-text-key" not in p.message
