@@ -3,7 +3,9 @@
 Exit codes: 0 success, 1 the configuration (or what it describes) is invalid, 2 usage error
 (unknown option, missing argument, a FILE that does not exist or is a directory). With --json
 every command prints one envelope of the shape hxp.cli/1 on stdout, failures and usage errors
-included (hxp_runtime.cli_output). FILE ``-`` reads hxp.yml from stdin.
+included (hxp_runtime.cli_output); `hxp loadtest --json` prints its report object instead, the
+shape load checks read, and only its usage errors as the envelope. FILE ``-`` reads hxp.yml
+from stdin.
 """
 
 from __future__ import annotations
@@ -437,8 +439,7 @@ def loadtest(
     """Send bounded load through the router; report ok/failed by cause, latency, backends.
 
     Stops at --requests or --duration, whichever comes first. Exit 0 when no request failed,
-    1 otherwise. With --json stdout holds the report object itself (not the hxp.cli/1
-    envelope: load checks read its keys directly); usage errors are the envelope.
+    1 otherwise. --json prints the report object itself; usage errors are the hxp.cli/1 envelope.
     """
     import asyncio  # noqa: PLC0415 - only this command runs an event loop
 

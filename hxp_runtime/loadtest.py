@@ -287,7 +287,7 @@ async def send_one(send: Send, model: str, index: int, started: float) -> Outcom
             model,
             time.monotonic() - sent,
             None,
-            Cause.OTHER,
+            str(Cause.OTHER),
             short(f"{type(exc).__name__}: {exc}"),
         )
     return Outcome(t, model, time.monotonic() - sent, answered.backend)

@@ -27,6 +27,8 @@ from hxp_runtime.loadtest import (
     summarise,
     timeline_lines,
 )
+from hxp_runtime.router.app import Gateway
+from hxp_runtime.router.settings import RouterSecrets, RouterSettings
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "loadtest-key-0123456789abcdef"
@@ -44,6 +46,7 @@ CHAT = {
     ],
     "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
 }
+SLO = {"latency_ms": 1000, "throughput_rps": 10}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -61,9 +64,12 @@ class Server:
     runner: web.AppRunner
 
 
-async def start(handler: Handler, served: Served) -> Server:
+async def start(handler: Handler, served: Served, key: str | None) -> Server:
+    """A server on loopback; ``key``: the API key every request must carry, if any."""
+
     async def recorded(request: web.Request) -> web.StreamResponse:
-        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        if key is not None:
+            assert request.headers["Authorization"] == f"Bearer {key}"
         served.bodies.append(await request.json())
         return await handler(request)
 
@@ -77,15 +83,15 @@ async def start(handler: Handler, served: Served) -> Server:
     return Server(f"http://127.0.0.1:{runner.addresses[0][1]}", served, runner)
 
 
-Serve = Callable[[Handler], Awaitable[Server]]
+Serve = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     servers: list[Server] = []
 
-    async def serve(handler: Handler) -> Server:
-        servers.append(await start(handler, Served()))
+    async def serve(handler: Handler, key: str | None = KEY) -> Server:
+        servers.append(await start(handler, Served(), key))
         return servers[-1]
 
     yield serve
@@ -135,6 +141,47 @@ async def test_counts_add_up_and_backends_come_from_the_header(serve: Serve) -> 
     assert sum(b["ok"] for b in report["timeline"]) == 40
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
     assert report["client"] == "hxp" and report["retries"] == 0
+
+
+async def test_by_backend_counts_what_each_replica_behind_a_real_router_served(
+    serve: Serve,
+) -> None:
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response(CHAT)
+
+    # The router sends its own upstream key (none here), not the client's.
+    first, second = await serve(chat, key=None), await serve(chat, key=None)
+    settings = RouterSettings.model_validate(
+        {
+            "backends": [
+                {"name": "chat", "served_name": "m", "url": server.url, "slo": SLO}
+                for server in (first, second)
+            ],
+            "health_check": {"enabled": False},
+        }
+    )
+    secrets = RouterSecrets.model_validate({"api_keys": [{"name": "load", "secret": KEY}]})
+    runner = web.AppRunner(Gateway(settings, secrets).build_app(), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        router = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        report = summarise(
+            await run_load(spec(router, models=["chat"], requests=40, concurrency=4))
+        )
+    finally:
+        await runner.cleanup()
+    assert report["ok"] == 40
+    # The router names a model's second replica chat-2.
+    assert report["by_backend"] == {
+        name: count
+        for name, count in (
+            ("chat", len(first.served.bodies)),
+            ("chat-2", len(second.served.bodies)),
+        )
+        if count
+    }
 
 
 async def test_a_server_that_stops_mid_run_gives_connect_failures(serve: Serve) -> None:
