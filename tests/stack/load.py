@@ -30,8 +30,8 @@ GRACE_S = 90.0
 
 
 def router_url(cfg: HxpConfig) -> str:
-    name = resolve_host(cfg, None, HostGroup.LLM)
-    assert name is not None, "the lab config has no single llm host for the router"
+    name = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    assert name is not None, "the config names no router host and has no single llm host"
     return f"http://{cfg.host(name).address}:{cfg.router.port}"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from hxp_runtime.config import HostGroup, SecretRef, load_config, resolve_host
 from hxp_runtime.loadtest import (
     NO_BACKEND,
     Client,
@@ -29,6 +30,7 @@ from hxp_runtime.loadtest import (
 )
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings
+from tests.stack.load import start_load
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "loadtest-key-0123456789abcdef"
@@ -480,3 +482,32 @@ def test_a_key_others_can_read_is_warned_about(key_file: Path) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     done = hxp(nobody, "--key-file", key_file, "--model", "m", "--requests", "1")
     assert "chmod 600" in done.stderr and KEY not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
+def test_start_load_runs_against_the_configured_router(
+    fast_backend: str, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = load_config(REPO / "inventory/lab/hxp.yml")
+    port = int(fast_backend.rsplit(":", 1)[1])
+    router_host = lab.host(resolve_host(lab, lab.router.host, HostGroup.LLM) or "")
+    key = lab.router.api_keys[0].model_copy(
+        update={"secret": SecretRef(scheme="file", value=str(key_file))}
+    )
+    cfg = lab.model_copy(
+        update={
+            "hosts": [
+                h.model_copy(update={"address": "127.0.0.1"}) if h is router_host else h
+                for h in lab.hosts
+            ],
+            "router": lab.router.model_copy(update={"port": port, "api_keys": [key]}),
+        }
+    )
+    run = start_load(cfg, models=["hermes", "minilm"], concurrency=2, duration_s=0.5)
+    command = run.process.args
+    assert isinstance(command, list)
+    assert command[command.index("minilm") - 1] == "--embeddings-model"  # task: embed
+    assert command[command.index("hermes") - 1] == "--model"
+    report = run.wait()
+    assert report["sent"] == report["ok"] > 0 and report["failed"] == {}
+    assert "load (hxp client, retries 0):" in capsys.readouterr().out
