@@ -3,7 +3,9 @@
 Exit codes: 0 success, 1 the configuration (or what it describes) is invalid, 2 usage error
 (unknown option, missing argument, a FILE that does not exist or is a directory). With --json
 every command prints one envelope of the shape hxp.cli/1 on stdout, failures and usage errors
-included (hxp_runtime.cli_output). FILE ``-`` reads hxp.yml from stdin.
+included (hxp_runtime.cli_output); `hxp loadtest --json` prints its report object instead, the
+shape load checks read, and only its usage errors as the envelope. FILE ``-`` reads hxp.yml
+from stdin.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from hxp_runtime.cli_output import (
 from hxp_runtime.config import ConfigError, HxpConfig, load_config, plan_deployment
 from hxp_runtime.lab.cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
+from hxp_runtime.loadtest import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DURATION_S,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TIMEOUT_S,
+    Client,
+)
 from hxp_runtime.planner import Plan
 from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
@@ -371,6 +380,95 @@ def deploy(
         )
         return
     out.print("[green]deploy finished[/]")
+
+
+def read_key_file(report: Report, key_file: Path) -> str:
+    """The API key in ``key_file`` (first line); a key others can read gets a warning."""
+    try:
+        key = key_file.read_text(encoding="utf-8").strip()
+        mode = key_file.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"cannot read the API key: {getattr(exc, 'strerror', None) or exc}"
+        report.fail([CliProblem(Kind.USAGE, problem, "--key-file", str(key_file))], EXIT_USAGE)
+    if not key:
+        problem = "the key file is empty; write the router API key into it"
+        report.fail([CliProblem(Kind.USAGE, problem, "--key-file", str(key_file))], EXIT_USAGE)
+    if mode & 0o077:
+        err.print(
+            f"[yellow]warning:[/] {escape(str(key_file))} can be read by other users "
+            f"(mode {mode & 0o777:04o}); chmod 600 it",
+            highlight=False,
+        )
+    return key
+
+
+@app.command()
+def loadtest(
+    url: Annotated[str, typer.Argument(help="the router's base URL, http://HOST:PORT")],
+    key_file: Annotated[
+        Path, typer.Option("--key-file", help="file holding a router API key (mode 0600)")
+    ],
+    models: Annotated[
+        list[str], typer.Option("--model", help="a model to send to; repeat for several")
+    ],
+    embeddings_models: Annotated[
+        list[str] | None,
+        typer.Option("--embeddings-model", help="a model sent /v1/embeddings; repeatable"),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="requests in flight at once")
+    ] = DEFAULT_CONCURRENCY,
+    requests: Annotated[int | None, typer.Option(min=1, help="stop after this many")] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="stop sending after this many seconds (default 10)"),
+    ] = None,
+    client: Annotated[Client, typer.Option(help="hxp: aiohttp, never retries")] = Client.HXP,
+    no_retries: Annotated[
+        bool, typer.Option("--no-retries", help="openai client with max_retries=0")
+    ] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="stream chat answers (SSE)")] = False,
+    max_tokens: Annotated[int, typer.Option(min=1)] = DEFAULT_MAX_TOKENS,
+    timeout: Annotated[
+        float, typer.Option(min=0.001, help="seconds one request may take")
+    ] = DEFAULT_TIMEOUT_S,
+    as_json: Annotated[
+        bool, typer.Option(JSON_FLAG, help="print the report as one JSON object")
+    ] = False,
+) -> None:
+    """Send bounded load through the router; report ok/failed by cause, latency, backends.
+
+    Stops at --requests or --duration, whichever comes first. Exit 0 when no request failed,
+    1 otherwise. --json prints the report object itself; usage errors are the hxp.cli/1 envelope.
+    """
+    import asyncio  # noqa: PLC0415 - only this command runs an event loop
+
+    from hxp_runtime.loadtest import LoadSpec, human_report, run_load, summarise  # noqa: PLC0415
+
+    report = Report("loadtest", as_json)
+    if not url.startswith(("http://", "https://")):
+        problem = "give the router's base URL as http://HOST:PORT"
+        report.fail([CliProblem(Kind.USAGE, problem, "URL", url)], EXIT_USAGE)
+    spec = LoadSpec(
+        url=url,
+        key=read_key_file(report, key_file),
+        models=list(dict.fromkeys([*models, *(embeddings_models or [])])),
+        embeddings_models=frozenset(embeddings_models or []),
+        concurrency=concurrency,
+        requests=requests,
+        duration_s=DEFAULT_DURATION_S if requests is None and duration is None else duration,
+        client=client,
+        retries=not no_retries,
+        stream=stream,
+        max_tokens=max_tokens,
+        timeout_s=timeout,
+    )
+    result = summarise(asyncio.run(run_load(spec)))
+    if as_json:
+        print_json(result)
+    else:
+        out.print(human_report(result), highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED if result["sent"] != result["ok"] else EXIT_OK)
 
 
 # typer vendors click privately (typer._click): its errors are caught as the public
