@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hxp_runtime.router.attempts import Answer, failed
+from hxp_runtime.router.errors import error_body, upstream_error
 from hxp_runtime.router.metrics import RouterMetrics
 from hxp_runtime.router.strategies import Backend
 from hxp_runtime.router.upstream import STREAM_HIGH_WATER, UpstreamError, UpstreamResponse
@@ -24,9 +25,8 @@ from hxp_runtime.router.usage import usage_of
 
 BACKEND_HEADER = "x-hxp-backend"
 SSE_DATA = b"data: "
-STREAM_ERROR_EVENT = (
-    b'data: {"error": {"message": "the backend failed in the middle of the answer", '
-    b'"type": "server_error", "param": null, "code": "upstream_failed"}}\n\n'
+STREAM_ERROR_EVENT = b"data: %b\n\n" % error_body(
+    502, "The backend failed in the middle of the answer.", "upstream_failed"
 )
 # Enough of a stream's end to hold its last event, where vLLM puts the usage.
 TAIL_BYTES = 512
@@ -34,8 +34,12 @@ RESUME_CHECK_S = 0.005
 
 
 def buffered(answer: Answer) -> web.Response:
-    """A complete answer (or an error status), as the backend sent it."""
+    """A complete answer as the backend sent it; an error status in the router's shape."""
     upstream = answer.upstream
+    if upstream.status >= 400:
+        response = upstream_error(upstream.status, upstream.body)
+        response.headers[BACKEND_HEADER] = answer.backend.id
+        return response
     return web.Response(
         status=upstream.status,
         body=upstream.body,
