@@ -7,7 +7,10 @@ text. The complaint quotes the offending input, and for an oversize header that 
 value: the first 100 characters of an ``Authorization`` token went to the journal. Here the
 gateway's connections use :class:`EdgeProtocol` instead, which answers in the router's error
 format (431 for a line or header too long, 400 for the rest) and logs one line naming the
-problem and the peer, never the input.
+problem and the peer, never the input. aiohttp has no public hook for this: the classes here
+lean on its internals (``Server._kwargs``, ``RequestHandler._current_request`` and
+``_messages``, ``_ErrInfo``), which is why aiohttp is pinned and ``tests/unit/router/test_edge``
+sends every kind of broken request through them.
 
 :func:`configure_logging` is the daemon's logging: one line per record, and every line (a
 traceback included) passed through :func:`~hxp_runtime.router.auth.redact`, for a credential
@@ -34,7 +37,7 @@ MAX_LINE_BYTES = 8190
 
 
 # What the parser's complaint starts with -> the answer. Only the start is read: the rest of a
-# complaint quotes the input (the C parser quotes the line, the Python one the header value).
+# complaint quotes the input.
 _COMPLAINTS = (
     ("Too many headers", 431, "too_many_headers", "The request has too many header fields."),
     ("Received HTTPS traffic", 400, "tls_on_plain_http", "TLS was sent to a plain HTTP port."),
