@@ -103,6 +103,31 @@ def upstream_error(status: int, body: bytes) -> web.Response:
     return error_response(status, message, code or "upstream_error", param=param)
 
 
+# How a backend's error event starts inside a stream (vLLM sends one when generation fails
+# after the head went out); a JSON string value cannot hold these bytes unescaped.
+UPSTREAM_ERROR_EVENT = b'data: {"error"'
+
+
+def upstream_error_events(piece: bytes) -> bytes:
+    """``piece`` of an SSE stream with every backend error event in the router's shape.
+
+    The status is the one the backend put in the event (vLLM's ``code``), else 500.
+    """
+    events = piece.split(b"\n\n")
+    for i, event in enumerate(events):
+        if not event.startswith(UPSTREAM_ERROR_EVENT):
+            continue
+        data = event.removeprefix(b"data: ")
+        try:
+            found = json.loads(data)["error"].get("code")
+        except (ValueError, KeyError, AttributeError):
+            found = None
+        status = found if isinstance(found, int) and 400 <= found <= 599 else 500
+        message, param, code = upstream_details(status, data)
+        events[i] = b"data: " + error_body(status, message, code or "upstream_error", param)
+    return b"\n\n".join(events)
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase

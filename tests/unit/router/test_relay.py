@@ -196,6 +196,40 @@ async def test_a_stream_s_usage_is_read_from_its_end() -> None:
     assert (relayed[0].prompt_tokens, relayed[0].completion_tokens) == (7, 2)
 
 
+VLLM_STREAM_ERROR = (
+    b'data: {"error": {"message": "Engine died: out of KV cache blocks", '
+    b'"type": "InternalServerError", "param": null, "code": 500}}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [event(0), event(1) + VLLM_STREAM_ERROR + b"data: [DONE]\n\n"],  # a later piece
+        [event(0) + event(1) + VLLM_STREAM_ERROR, b"data: [DONE]\n\n"],  # the first piece
+    ],
+)
+async def test_a_backends_error_event_in_a_stream_is_passed_on_in_the_routers_shape(
+    events: list[bytes],
+) -> None:
+    async with (
+        server(chunked(*events)) as (upstream, _, _),
+        gateway(Setup([upstream])) as (url, _),
+    ):
+        response, body = await post(url)
+    assert response.status == 200
+    first, second, error_event, done, _ = body.split(b"\n\n")
+    assert (first + b"\n\n", second + b"\n\n", done) == (event(0), event(1), b"data: [DONE]")
+    assert json.loads(error_event.removeprefix(b"data: ")) == {
+        "error": {
+            "message": "Engine died: out of KV cache blocks",
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_error",
+        }
+    }
+
+
 async def test_a_backend_failing_mid_stream_ends_it_with_an_error_event() -> None:
     wire = chunked(event(0), event(1))[:-1]  # no final chunk: the backend dies
     async with (
