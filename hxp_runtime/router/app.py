@@ -111,7 +111,9 @@ class Gateway:
         app = web.Application(handler_args={"tcp_keepalive": True})
         for path, endpoint in PROXIED:
             app.router.add_post(
-                path, partial(handlers.proxy, endpoint=endpoint, path=path.encode())
+                path,
+                partial(handlers.proxy, endpoint=endpoint, path=path.encode()),
+                expect_handler=handlers.expect,
             )
         app.router.add_get("/v1/models", handlers.models)
         app.router.add_get("/health", handlers.health)

@@ -12,7 +12,7 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from hxp_runtime import __version__
 from hxp_runtime.router import relay
@@ -25,6 +25,7 @@ from hxp_runtime.router.pipeline import (
     Rejected,
     admit,
     authenticate,
+    body_too_large,
     cached_answer,
     draining,
     parse,
@@ -88,6 +89,24 @@ class Handlers:
         if answer.streaming:
             return await self._relay_stream(request, key, answer, started)
         return self._relay_buffered(key, answer, cached.key, started)
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """``Expect: 100-continue``: a body declared too large is refused before it is sent."""
+        runtime = self.gateway.runtime
+        length = request.content_length
+        if runtime is not None and length is not None and length > runtime.settings.max_body_bytes:
+            started = asyncio.get_running_loop().time()
+            return self._reject(
+                started, body_too_large(runtime.settings.max_body_bytes).response, ""
+            )
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            return error_response(
+                417, "Only 'Expect: 100-continue' is understood.", "expectation_failed"
+            )
+        if request.version >= HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the interim answer is not the response's start
+        return None
 
     def _reject(self, started: float, response: web.Response, model: str) -> web.Response:
         elapsed = asyncio.get_running_loop().time() - started

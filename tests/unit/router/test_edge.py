@@ -203,6 +203,30 @@ async def test_an_oversize_body_is_refused_before_any_backend_by_length_or_by_st
     assert (backend.posts, backend.connections) == ([], connections)
 
 
+async def test_a_body_declared_too_large_is_refused_before_the_client_sends_it(
+    edge: tuple[str, Backend],
+) -> None:
+    url, backend = edge
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    for length, first_line in ((LIMIT, b"HTTP/1.1 100 Continue"), (20 * LIMIT, b"HTTP/1.1 413 ")):
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer %b\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (KEY.encode(), length)
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(first_line), head
+        if length == LIMIT:  # told to go on: send the body, get the answer, keep the connection
+            writer.write(chat(LIMIT))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+        size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(size)
+    assert error_of(body)["code"] == "request_too_large"
+    writer.close()
+    assert len(backend.posts) == 1
+
+
 # --------------------------------------------------------------------------- hostile requests
 
 SECRET = secrets.token_urlsafe(7000)  # longer than a header field may be
@@ -257,6 +281,7 @@ HOSTILE = {
     "bad UTF-8": (post(b'{"model": "chat", "messages": "\xff\xfe\xfd"}'), 400, "invalid_json"),
     "deep nesting": (post(b"[" * 200_000 + b"]" * 200_000), 400, "invalid_json"),
     "not an object": (post(b'"' + SECRET[:40].encode() + b'"'), 400, "invalid_request"),
+    "unknown Expect": (post(chat(), b"Expect: magic"), 417, "expectation_failed"),
     "unknown key": (post(chat(), key=SECRET[:64]), 401, "invalid_api_key"),
     "unknown path": (
         b"GET /v1/secrets HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n",
