@@ -455,6 +455,11 @@ class RouterPolicy(Strict):
     workers: Annotated[int, Field(ge=1, le=64)] = 4
     timeout_s: PositiveFloat = 300
     drain_timeout_s: PositiveFloat = Field(30, description="SIGTERM: in-flight requests' grace")
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = Field(
+        8 * 1024**2,
+        description="largest request body the router accepts (bytes, after decompression); "
+        "a larger one is answered 413 before any backend is asked",
+    )
     strategies: list[Strategy] = Field(
         default_factory=lambda: [Strategy.EXPLICIT, Strategy.LEAST_OUTSTANDING], min_length=1
     )

@@ -106,18 +106,22 @@ class Gateway:
 
     def build_app(self) -> web.Application:
         handlers = Handlers(self)
-        app = web.Application(
-            client_max_size=32 * 1024 * 1024, handler_args={"tcp_keepalive": True}
-        )
+        # The proxied endpoints read their bodies themselves, up to router.max_body_bytes
+        # (pipeline.read_body): aiohttp's client_max_size is not theirs.
+        app = web.Application(handler_args={"tcp_keepalive": True})
         for path, endpoint in PROXIED:
             app.router.add_post(
-                path, partial(handlers.proxy, endpoint=endpoint, path=path.encode())
+                path,
+                partial(handlers.proxy, endpoint=endpoint, path=path.encode()),
+                expect_handler=handlers.expect,
             )
         app.router.add_get("/v1/models", handlers.models)
         app.router.add_get("/health", handlers.health)
         app.router.add_get("/ready", handlers.ready)
         app.router.add_get("/metrics", handlers.metrics)
         app.router.add_get("/openapi.json", handlers.openapi)
+        # Last, so that it answers only what nothing above did, in the router's error format.
+        app.router.add_route("*", "/{path:.*}", handlers.unknown)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._cleanup)

@@ -20,7 +20,7 @@ from typing import Any
 
 from hxp_runtime.config import Retries
 from hxp_runtime.router.backends import BackendRuntime
-from hxp_runtime.router.errors import error_response
+from hxp_runtime.router.errors import error_response, upstream_message
 from hxp_runtime.router.metrics import RouterMetrics
 from hxp_runtime.router.pipeline import ClientRequest, Rejected, Routed
 from hxp_runtime.router.strategies import Backend, Decision
@@ -212,7 +212,8 @@ async def attempt(
         if upstream.status >= 500:
             live.stats.outstanding -= 1
             failed(backend, live, metrics, "status")
-            failure = UpstreamError("status", f"HTTP {upstream.status}: {upstream.body[:200]!r}")
+            message = upstream_message(upstream.status, upstream.body)
+            failure = UpstreamError("status", f"HTTP {upstream.status}: {message}")
             continue
         if backend.model != routed.primary:
             metrics.fallbacks.labels(backend.model, backend.id).inc()

@@ -5,12 +5,16 @@ Keys from hxp.yml (the secrets file) are hashed once at start-up; keys made with
 for ``ttl_s`` (a revoked key stops working within that time). Unknown keys are remembered
 for the same time so that a client retrying a bad key cannot hammer the database. When
 PostgreSQL is unreachable, keys already seen keep working and unknown keys are refused.
+
+No key reaches a log or an error message: :func:`redact` blanks what looks like one in text
+that may quote a request (a parser's complaint, a backend's error message).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -24,6 +28,21 @@ BEARER = "Bearer "
 MAX_NEGATIVE_ENTRIES = 10_000
 
 Lookup = Callable[[str], Awaitable[ApiKey | None]]
+
+# A header or parameter that carries a credential ("Authorization: ...", "api_key=..."), in any
+# quoting a message or a repr may have, and a scheme's credential on its own ("Bearer sk-...";
+# eight characters at least, so that "bearer of bad news" stays as it is).
+_CREDENTIAL = re.compile(
+    r"(?i)(\b(?:authorization|x-api-key|api[-_]?key|password|secret)[\"']?\s*[:=]\s*[\"']?"
+    r"(?:(?:bearer|basic)\s+)?)[^\s'\",;&]+"
+    r"|(\b(?:bearer|basic)\s+)[^\s'\",;&]{8,}"
+)
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential it seems to quote replaced by ``[redacted]``."""
+    return _CREDENTIAL.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
 
 
 class Miss:

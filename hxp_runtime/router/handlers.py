@@ -1,6 +1,6 @@
 """The gateway's HTTP endpoints: the proxied OpenAI endpoints and the plain ones.
 
-A proxied request reads top to bottom as its steps: authenticate -> parse -> admit -> route
+A proxied request reads top to bottom as its steps: authenticate -> read -> parse -> admit -> route
 -> cached answer (``pipeline``) -> attempts (``attempts``) -> relay (``relay``). A step that
 refuses raises :class:`~hxp_runtime.router.pipeline.Rejected`; the answer the router gives
 itself is counted like any other, against the model once routing chose one.
@@ -12,11 +12,12 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from hxp_runtime import __version__
 from hxp_runtime.router import relay
 from hxp_runtime.router.attempts import Answer, attempt
+from hxp_runtime.router.errors import error_response
 from hxp_runtime.router.metrics import CONTENT_TYPE
 from hxp_runtime.router.openapi import openapi_document
 from hxp_runtime.router.pipeline import (
@@ -24,9 +25,11 @@ from hxp_runtime.router.pipeline import (
     Rejected,
     admit,
     authenticate,
+    body_too_large,
     cached_answer,
     draining,
     parse,
+    read_body,
     route,
 )
 from hxp_runtime.router.settings import AUTO_MODEL
@@ -59,7 +62,7 @@ class Handlers:
             key = await authenticate(
                 gateway.keys, gateway.settings.require_api_key, request.headers.get("Authorization")
             )
-            call = parse(endpoint, path, await request.read())
+            call = parse(endpoint, path, await read_body(request, runtime.settings.max_body_bytes))
             await admit(gateway.limiter, key, gateway.settings.rate_limit)
             routed = await route(
                 runtime.table,
@@ -87,6 +90,24 @@ class Handlers:
             return await self._relay_stream(request, key, answer, started)
         return self._relay_buffered(key, answer, cached.key, started)
 
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """``Expect: 100-continue``: a body declared too large is refused before it is sent."""
+        runtime = self.gateway.runtime
+        length = request.content_length
+        if runtime is not None and length is not None and length > runtime.settings.max_body_bytes:
+            started = asyncio.get_running_loop().time()
+            return self._reject(
+                started, body_too_large(runtime.settings.max_body_bytes).response, ""
+            )
+        if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+            return error_response(
+                417, "Only 'Expect: 100-continue' is understood.", "expectation_failed"
+            )
+        if request.version >= HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the interim answer is not the response's start
+        return None
+
     def _reject(self, started: float, response: web.Response, model: str) -> web.Response:
         elapsed = asyncio.get_running_loop().time() - started
         self.gateway.metrics.observe(model, "", response.status, elapsed)
@@ -106,12 +127,14 @@ class Handlers:
         gateway = self.gateway
         backend, status, body = answer.backend, answer.upstream.status, answer.upstream.body
         self._account(key, backend.model, body, error=status >= 400)
+        response = relay.buffered(answer)
         elapsed = asyncio.get_running_loop().time() - started
-        gateway.metrics.observe(backend.model, backend.id, status, elapsed)
+        # The status the client got: a backend's refusal of the router's key is the router's 502.
+        gateway.metrics.observe(backend.model, backend.id, response.status, elapsed)
         cache = gateway.cache
         if cache_key is not None and status == 200 and cache is not None:
             gateway.spawn(cache.put(cache_key, body))
-        return relay.buffered(answer)
+        return response
 
     async def _relay_stream(
         self, request: web.Request, key: ApiKey, answer: Answer, started: float
@@ -139,6 +162,25 @@ class Handlers:
             self.gateway.limiter.charge_tokens(key.name, prompt + completion)
 
     # ------------------------------------------------------------------ plain endpoints
+
+    async def unknown(self, request: web.Request) -> web.Response:
+        """Any other method or path: 405 for a known path, else 404 (aiohttp's are text)."""
+        allowed = sorted(
+            route.method
+            for resource in request.app.router.resources()
+            if resource.canonical == request.path
+            for route in resource
+        )
+        if allowed:
+            return error_response(
+                405,
+                f"{request.method} is not allowed here; use {', '.join(allowed)}.",
+                "method_not_allowed",
+                {"Allow": ", ".join(allowed)},
+            )
+        return error_response(
+            404, "No such endpoint; /openapi.json lists them.", "unknown_endpoint"
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "draining" if self.gateway.draining else "ok"})

@@ -12,11 +12,15 @@ _ERROR = {
 _ERRORS = {
     str(status): {**_ERROR, "description": meaning}
     for status, meaning in {
-        400: "The request body is not valid JSON or not a valid request",
+        400: "The request body is not valid JSON or not a valid request, or the request is "
+        "not valid HTTP",
         401: "Missing, unknown or revoked API key",
         404: "Unknown model",
+        413: "The request body is larger than router.max_body_bytes",
+        422: "The backend refused the request (its message is kept)",
         429: "The key's rate limit is exhausted (see Retry-After)",
-        502: "The backends failed to answer",
+        431: "The request line or a header field is too long, or there are too many headers",
+        502: "The backends failed to answer, or refused the router's own key",
         503: "No healthy backend serves the model, or the router is draining",
         504: "The request's deadline passed",
     }.items()

@@ -1,12 +1,13 @@
 """The request path before any backend is asked, as named steps.
 
 A proxied request goes through, in order: :func:`authenticate` (a dict hit for a known key),
-:func:`parse` (the body as an OpenAI request), :func:`admit` (the key's rate limits, a
-counter while its lease lasts), :func:`route` (model choice through the strategies, an LRU hit
-plus live ordering) and :func:`cached_answer` (the response cache, temperature 0 only). Each
-step either returns what the next one needs or raises :class:`Rejected` with the answer the
-router gives itself; the handler turns that into the response and its metrics. The attempts
-at the backends (``attempts``) and the relay of their answer (``relay``) follow.
+:func:`read_body` (at most ``max_body_bytes``), :func:`parse` (the body as an OpenAI request),
+:func:`admit` (the key's rate limits, a counter while its lease lasts), :func:`route` (model
+choice through the strategies, an LRU hit plus live ordering) and :func:`cached_answer` (the
+response cache, temperature 0 only). Each step either returns what the next one needs or raises
+:class:`Rejected` with the answer the router gives itself; the handler turns that into the
+response and its metrics. The attempts at the backends (``attempts``) and the relay of their
+answer (``relay``) follow.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from hxp_runtime.config import RateLimit, Strategy
 from hxp_runtime.router import cache as response_cache
@@ -122,6 +124,47 @@ async def authenticate(keys: KeyStore, required: bool, authorization: str | None
     return key
 
 
+# --------------------------------------------------------------------------- read the body
+
+
+def body_too_large(limit: int) -> Rejected:
+    response = error_response(
+        413,
+        f"The request body is larger than this router accepts ({limit} bytes, "
+        "router.max_body_bytes).",
+        "request_too_large",
+    )
+    # The client may still be sending: aiohttp reads the rest away, then closes.
+    response.force_close()
+    return Rejected(response)
+
+
+async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole body, refused with 413 once it is known to exceed ``limit`` bytes.
+
+    A Content-Length over the limit is refused before a byte is read; a chunked (or
+    compressed) body is refused as soon as what arrived passes it, never buffered further.
+    """
+    length = request.content_length
+    if length is not None and length > limit:
+        raise body_too_large(limit)
+    content = request.content
+    pieces = []
+    size = 0
+    try:
+        while piece := await content.readany():
+            size += len(piece)
+            if size > limit:
+                raise body_too_large(limit)
+            pieces.append(piece)
+    except RequestPayloadError:
+        log.warning("bad request from %s: the body's framing is broken", request.remote)
+        raise Rejected(
+            error_response(400, "The request body's framing is broken.", "malformed_body")
+        ) from None
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
 # --------------------------------------------------------------------------- parse
 
 
@@ -131,6 +174,10 @@ def parse(endpoint: Endpoint, path: bytes, body: bytes) -> ClientRequest:
     except ValueError as exc:
         raise Rejected(
             error_response(400, f"The body is not valid JSON: {exc}", "invalid_json")
+        ) from None
+    except RecursionError:
+        raise Rejected(
+            error_response(400, "The body's JSON nests too deeply.", "invalid_json")
         ) from None
     if type(payload) is not dict:
         raise Rejected(error_response(400, "The body must be a JSON object.", "invalid_request"))

@@ -4,8 +4,9 @@ A stream is committed to the client only here, once its first bytes arrived (``a
 the head and the first piece go through aiohttp, every further piece goes from the upstream
 protocol's callback straight to the client's transport, without a task switch, and the
 upstream socket pauses while the client's write buffer is full. A backend that fails in the
-middle of a stream gets an SSE error event after what was already sent; a client that goes
-away closes the upstream connection, which stops the generation.
+middle of a stream gets an SSE error event after what was already sent, and an error event the
+backend sends itself is passed on in the router's shape; a client that goes away closes the
+upstream connection, which stops the generation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hxp_runtime.router.attempts import Answer, failed
+from hxp_runtime.router.errors import (
+    UPSTREAM_ERROR_EVENT,
+    error_body,
+    upstream_error,
+    upstream_error_events,
+)
 from hxp_runtime.router.metrics import RouterMetrics
 from hxp_runtime.router.strategies import Backend
 from hxp_runtime.router.upstream import STREAM_HIGH_WATER, UpstreamError, UpstreamResponse
@@ -24,9 +31,8 @@ from hxp_runtime.router.usage import usage_of
 
 BACKEND_HEADER = "x-hxp-backend"
 SSE_DATA = b"data: "
-STREAM_ERROR_EVENT = (
-    b'data: {"error": {"message": "the backend failed in the middle of the answer", '
-    b'"type": "server_error", "param": null, "code": "upstream_failed"}}\n\n'
+STREAM_ERROR_EVENT = b"data: %b\n\n" % error_body(
+    502, "The backend failed in the middle of the answer.", "upstream_failed"
 )
 # Enough of a stream's end to hold its last event, where vLLM puts the usage.
 TAIL_BYTES = 512
@@ -34,8 +40,12 @@ RESUME_CHECK_S = 0.005
 
 
 def buffered(answer: Answer) -> web.Response:
-    """A complete answer (or an error status), as the backend sent it."""
+    """A complete answer as the backend sent it; an error status in the router's shape."""
     upstream = answer.upstream
+    if upstream.status >= 400:
+        response = upstream_error(upstream.status, upstream.body)
+        response.headers[BACKEND_HEADER] = answer.backend.id
+        return response
     return web.Response(
         status=upstream.status,
         body=upstream.body,
@@ -91,6 +101,8 @@ class StreamForwarder:
 
     def forward(self, piece: bytes) -> None:
         """Runs in the upstream protocol's callback for every piece after the first."""
+        if UPSTREAM_ERROR_EVENT in piece:
+            piece = upstream_error_events(piece)
         self.events += piece.count(SSE_DATA)
         self.tail = self.tail[-TAIL_BYTES:] + piece
         transport = self.transport
@@ -140,7 +152,10 @@ async def stream(
     ttft = None
     try:
         await response.prepare(request)
-        await response.write(answer.first_piece)  # the head and the first piece, through aiohttp
+        first_piece = answer.first_piece
+        if UPSTREAM_ERROR_EVENT in first_piece:
+            first_piece = upstream_error_events(first_piece)
+        await response.write(first_piece)  # the head and the first piece, through aiohttp
         ttft = loop.time() - started
         live.succeeded(loop.time() - answer.started)
         # aiohttp chose chunked transfer coding for an HTTP/1.1 client (not for 1.0).

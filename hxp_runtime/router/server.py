@@ -47,6 +47,7 @@ from aiohttp import web
 from hxp_runtime.router import admin_cli
 from hxp_runtime.router.admin import ADMIN_HOST, AdminApi
 from hxp_runtime.router.app import Gateway
+from hxp_runtime.router.edge import EdgeRunner, configure_logging
 from hxp_runtime.router.metrics import MULTIPROC_ENV
 from hxp_runtime.router.settings import (
     DEFAULT_SECRETS,
@@ -146,7 +147,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     shared = SharedState(shared_directory(args))
     gateway = Gateway(settings, secrets, shared)
-    runner = web.AppRunner(
+    runner = EdgeRunner(
         gateway.build_app(),
         access_log=None,
         handle_signals=False,
@@ -165,7 +166,7 @@ async def serve(
     )
     admin: web.AppRunner | None = None
     if secrets.admin_key is not None:
-        admin = web.AppRunner(
+        admin = EdgeRunner(
             AdminApi(gateway, shared).build_app(), access_log=None, handle_signals=False
         )
         await admin.setup()
@@ -363,13 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         # The router role asks the installed router, so the answer matches the code that runs.
         print(json.dumps(RESTART_FIELDS))
         return 0
-    # Under systemd the journal stamps every line; elsewhere (a terminal, a test) we do.
-    stamp = "" if "JOURNAL_STREAM" in os.environ else "%(asctime)s "
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format=stamp + "%(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, journal="JOURNAL_STREAM" in os.environ)
     try:
         settings, secrets = load_files(args)
     except SettingsError as exc:

@@ -229,6 +229,14 @@ def test_errors_are_openai_shaped(router: RouterProcess) -> None:
     assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError):
         api.embeddings.create(model="chat", input="x")
+    # vLLM's own refusal reaches the client in the router's shape, vLLM's message kept.
+    with pytest.raises(openai.BadRequestError) as too_long:
+        api.chat.completions.create(model="chat", messages=HELLO, max_tokens=10**7)  # type: ignore[arg-type]
+    refused = too_long.value
+    assert isinstance(refused.body, dict)
+    assert set(refused.body) == {"message", "type", "param", "code"}
+    assert (refused.type, refused.code) == ("invalid_request_error", "upstream_error")
+    assert "max_tokens" in refused.message or "context" in refused.message
     status, _, body = call("GET", router.url + "/openapi.json")
     assert status == 200 and "/v1/chat/completions" in json.loads(body)["paths"]
 

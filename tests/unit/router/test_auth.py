@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from hxp_runtime.router.auth import MISS, KeyStore
+from hxp_runtime.router.auth import MISS, KeyStore, redact
 from hxp_runtime.router.store import ApiKey
 
 
@@ -39,3 +39,14 @@ async def test_without_a_database_an_unknown_key_is_refused() -> None:
     keys = KeyStore({}, None, ttl_s=10)
     assert keys.cached("Bearer anything") is None
     assert await keys.authenticate("Bearer anything") is None
+
+
+def test_redact_blanks_credentials_and_leaves_prose_alone() -> None:
+    token = "sk-" + "a1b2c3d4" * 4
+    quoted = f"Got more than 8190 bytes when reading: b'Authorization: Bearer {token}'."
+    expected = "Got more than 8190 bytes when reading: b'Authorization: Bearer [redacted]'."
+    assert redact(quoted) == expected
+    assert redact(f'{{"api_key": "{token}"}}') == '{"api_key": "[redacted]"}'
+    assert redact(f"retry with Bearer {token} later") == "retry with Bearer [redacted] later"
+    prose = "the bearer of bad news asked for 5 tokens; basic usage"
+    assert redact(prose) == prose

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from hxp_runtime.router import relay
@@ -72,14 +73,83 @@ async def post(url: str) -> tuple[aiohttp.ClientResponse, bytes]:
 
 
 async def test_a_buffered_answer_keeps_status_body_and_content_type() -> None:
-    refusal = b"HTTP/1.1 422 Unprocessable\r\ncontent-type: application/problem+json\r\n"
-    async with server(refusal + b"content-length: 2\r\n\r\n{}") as (url, _, _):
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
+    async with server(head + b"content-length: 2\r\n\r\n{}") as (url, _, _):
         setup = Setup([url])
         answer = await setup.attempt({"model": "primary"})
         setup.close()
     response = relay.buffered(answer)
-    assert (response.status, response.body) == (422, b"{}")
-    assert response.headers["Content-Type"] == "application/problem+json"
+    assert (response.status, response.body) == (200, b"{}")
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    assert response.headers[BACKEND_HEADER] == "primary"
+
+
+# vLLM's ErrorResponse (vllm/entrypoints/serve/engine/protocol.py) as its JSONResponse sends it.
+VLLM_CONTEXT_ERROR = (
+    b'{"error":{"message":"This model\'s maximum context length is 2048 tokens. However, you '
+    b'requested 4096 tokens in the messages, Please reduce the length of the messages.",'
+    b'"type":"BadRequestError","param":null,"code":400}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("status_line", "content_type", "body", "expected"),
+    [
+        (
+            b"400 Bad Request",
+            b"application/json",
+            VLLM_CONTEXT_ERROR,
+            (400, "invalid_request_error", "upstream_error", "maximum context length is 2048"),
+        ),
+        (
+            b"404 Not Found",
+            b"application/json",
+            b'{"error":{"message":"The model `gpt-9` does not exist.","type":"NotFoundError",'
+            b'"param":"model","code":404}}',
+            (404, "invalid_request_error", "upstream_error", "The model `gpt-9` does not exist."),
+        ),
+        (
+            b"422 Unprocessable Entity",
+            b"application/json",
+            b'{"detail":[{"loc":["body","messages"],"msg":"Field required"}]}',
+            (422, "invalid_request_error", "upstream_error", "Field required"),
+        ),
+        (
+            b"429 Too Many Requests",
+            b"text/plain",
+            b"slow down, the queue is full\n",
+            (429, "rate_limit_error", "upstream_error", "slow down, the queue is full"),
+        ),
+        (
+            b"401 Unauthorized",
+            b"application/json",
+            b'{"error":"Unauthorized"}',
+            (502, "server_error", "upstream_auth_failed", "HTTP 401: Unauthorized"),
+        ),
+        (
+            b"400 Bad Request",
+            b"text/plain",
+            b"rejected: authorization: Bearer upstream-secret-0123456789",
+            (400, "invalid_request_error", "upstream_error", "authorization: Bearer [redacted]"),
+        ),
+    ],
+)
+async def test_a_backend_error_reaches_the_client_in_the_routers_shape(
+    status_line: bytes, content_type: bytes, body: bytes, expected: tuple[int, str, str, str]
+) -> None:
+    head = b"HTTP/1.1 %b\r\ncontent-type: %b\r\n" % (status_line, content_type)
+    async with server(head + b"content-length: %d\r\n\r\n%b" % (len(body), body)) as (url, _, _):
+        setup = Setup([url])
+        answer = await setup.attempt({"model": "primary"})
+        setup.close()
+    response = relay.buffered(answer)
+    assert isinstance(response.body, bytes)
+    error = json.loads(response.body)["error"]
+    status, kind, code, message = expected
+    assert (response.status, error["type"], error["code"]) == (status, kind, code)
+    assert message in error["message"] and "upstream-secret" not in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert response.headers["Content-Type"] == "application/json"
     assert response.headers[BACKEND_HEADER] == "primary"
 
 
@@ -124,6 +194,40 @@ async def test_a_stream_s_usage_is_read_from_its_end() -> None:
         _, body = await post(url)
     assert body == b"".join(events)
     assert (relayed[0].prompt_tokens, relayed[0].completion_tokens) == (7, 2)
+
+
+VLLM_STREAM_ERROR = (
+    b'data: {"error": {"message": "Engine died: out of KV cache blocks", '
+    b'"type": "InternalServerError", "param": null, "code": 500}}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [event(0), event(1) + VLLM_STREAM_ERROR + b"data: [DONE]\n\n"],  # a later piece
+        [event(0) + event(1) + VLLM_STREAM_ERROR, b"data: [DONE]\n\n"],  # the first piece
+    ],
+)
+async def test_a_backends_error_event_in_a_stream_is_passed_on_in_the_routers_shape(
+    events: list[bytes],
+) -> None:
+    async with (
+        server(chunked(*events)) as (upstream, _, _),
+        gateway(Setup([upstream])) as (url, _),
+    ):
+        response, body = await post(url)
+    assert response.status == 200
+    first, second, error_event, done, _ = body.split(b"\n\n")
+    assert (first + b"\n\n", second + b"\n\n", done) == (event(0), event(1), b"data: [DONE]")
+    assert json.loads(error_event.removeprefix(b"data: ")) == {
+        "error": {
+            "message": "Engine died: out of KV cache blocks",
+            "type": "server_error",
+            "param": None,
+            "code": "upstream_error",
+        }
+    }
 
 
 async def test_a_backend_failing_mid_stream_ends_it_with_an_error_event() -> None:
