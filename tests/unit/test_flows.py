@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from hxp_runtime.config import ConfigError, load_config, plan_deployment, service_endpoints
@@ -17,6 +18,9 @@ from hxp_runtime.render import inventory_files
 REPO = Path(__file__).resolve().parents[2]
 LAB = REPO / "inventory/lab/hxp.yml"
 SAMPLE = REPO / "inventory/sample/hxp.yml"
+CLI_SCHEMA = json.loads(
+    (REPO / "hxp_runtime/data/cli-output.schema.json").read_text(encoding="utf-8")
+)
 
 
 def matrix(path: Path = LAB):  # type: ignore[no-untyped-def]
@@ -120,6 +124,19 @@ def test_plan_prints_the_flows_as_json() -> None:
         text=True,
         check=True,
     )
-    flows = json.loads(answer.stdout)["result"]["flows"]
+    document = json.loads(answer.stdout)
+    jsonschema.validate(document, CLI_SCHEMA, cls=jsonschema.Draft202012Validator)
     _, expected = matrix(LAB)
-    assert flows == [f.as_json() for f in expected]
+    assert document["result"]["flows"] == [f.as_json() for f in expected]
+
+
+def test_plan_prints_the_flows_as_a_table() -> None:
+    answer = subprocess.run(
+        [sys.executable, "-m", "hxp_runtime.cli", "plan", "--flows", str(SAMPLE)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [line for line in answer.stdout.splitlines() if "hx-postgres-server-01" in line]
+    assert any("5433/tcp" in r and "192.168.10.29/32" in r for r in rows), answer.stdout
+    assert any("22/tcp" in r and "192.168.10.5/32" in r for r in rows), answer.stdout
