@@ -34,6 +34,7 @@ from hxp_runtime.cli_output import (
     print_json,
 )
 from hxp_runtime.config import ConfigError, HxpConfig, load_config, plan_deployment
+from hxp_runtime.flows import Flow, flow_matrix
 from hxp_runtime.lab.cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
 from hxp_runtime.loadtest import (
@@ -187,15 +188,27 @@ def plan_table(title: str, columns: dict[str, JustifyMethod]) -> Table:
 
 
 @app.command()
-def plan(file: ConfigFile, as_json: JsonFlag = False) -> None:
+def plan(
+    file: ConfigFile,
+    as_json: JsonFlag = False,
+    flows: Annotated[
+        bool, typer.Option("--flows", help="also show the flow matrix the firewall admits")
+    ] = False,
+) -> None:
     """Show where each model runs: GPUs, tensor parallelism, memory, start order."""
     report = report_for("plan", file, as_json)
     cfg = load_or_exit(report, file)
     result = plan_deployment(cfg)
+    matrix = flow_matrix(cfg, result) if flows else None
     if as_json:
-        report.succeed(plan_json(result))
+        answer = plan_json(result)
+        if matrix is not None:
+            answer["flows"] = [f.as_json() for f in matrix]
+        report.succeed(answer)
         return
     console = table_console()
+    if matrix is not None:
+        print_flows(console, cfg, matrix)
     table = plan_table(
         f"GPU plan for {cfg.name}",
         {
@@ -246,6 +259,19 @@ def plan(file: ConfigFile, as_json: JsonFlag = False) -> None:
         "sizes in GiB (2^30 bytes); KV = worst case (max_model_len x max_num_seqs); "
         "headroom = room vLLM gets beyond the planned need"
     )
+
+
+def print_flows(console: Console, cfg: HxpConfig, matrix: list[Flow]) -> None:
+    table = plan_table(
+        f"Flows of {cfg.name}",
+        dict.fromkeys(("source", "from", "to", "port", "why"), "left"),
+    )
+    for f in matrix:
+        to = f"{f.destination} (egress)" if f.egress else f.destination
+        table.add_row(
+            f.source, ", ".join(f.networks) or "-", to, f"{f.port}/{f.protocol}", f.reason
+        )
+    console.print(table)
 
 
 def write_inventory_or_exit(

@@ -197,7 +197,9 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Path | ipaddress.IPv4Address | ipaddress.IPv4Interface):
+    if isinstance(
+        value, Path | ipaddress.IPv4Address | ipaddress.IPv4Interface | ipaddress.IPv4Network
+    ):
         return str(value)
     return value
 

@@ -34,6 +34,7 @@ from hxp_runtime.config import (
     service_endpoints,
     walk_secret_refs,
 )
+from hxp_runtime.flows import firewall_settings, flow_matrix, inbound
 from hxp_runtime.observability.alerts import alert_rules, alertmanager_config
 from hxp_runtime.observability.dashboards import dashboards
 from hxp_runtime.observability.scrape import QDRANT_KEY_FILE, WEB_PASSWORD_FILE, scrape_configs
@@ -114,6 +115,8 @@ def common_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_secret_refs": secret_refs(cfg),
         # Absolute: ansible-runner does not run from where hxp.yml was given.
         "hxp_bundle_path": str((cfg.base_dir / cfg.bundle.path).resolve()) if cfg.bundle else None,
+        # Role firewall: each host's share of the flow matrix is in its host_vars.
+        "hxp_firewall_enabled": firewall_settings(cfg).enabled,
     }
 
 
@@ -359,6 +362,8 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
         "hxp_host_listen_ports": sorted(
             {port for where, port, _, _ in service_endpoints(cfg) if where == host}
         ),
+        # The flows of the matrix (hxp_runtime.flows) that end here: all role firewall admits.
+        "hxp_firewall_inbound": inbound(flow_matrix(cfg, plan), host),
     }
 
 

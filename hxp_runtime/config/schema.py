@@ -606,6 +606,23 @@ class LabSettings(Strict):
     apt_proxy_port: Port = 3142
 
 
+class Firewall(Strict):
+    """nftables on every host (role firewall): inbound traffic is dropped unless a flow of the
+    matrix (hxp_runtime.flows) admits it, from its source addresses only."""
+
+    enabled: bool = True
+    client_networks: list[ipaddress.IPv4Network] = Field(
+        default_factory=lambda: [ipaddress.IPv4Network("0.0.0.0/0")],
+        description="networks whose clients may reach the router's public port (default: any "
+        "address; the port is guarded by API keys)",
+    )
+    controller: list[ipaddress.IPv4Network] = Field(
+        default_factory=list,
+        description="addresses hxp deploys from: SSH to every host, the operators' web "
+        "interfaces (default: the lab's gateway in a lab; elsewhere, give it)",
+    )
+
+
 # --------------------------------------------------------------------------- the deployment
 
 
@@ -622,6 +639,7 @@ class HxpConfig(Strict):
     planner: Planner = Field(default_factory=Planner)
     bundle: Bundle | None = None
     lab: LabSettings | None = None
+    firewall: Firewall | None = None
 
     _source_file: Path | None = PrivateAttr(None)
 

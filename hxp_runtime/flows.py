@@ -1,0 +1,201 @@
+"""The flow matrix: every connection a deployment needs, computed from hxp.yml and its plan.
+
+One :class:`Flow` per (source, destination host, port): who opens it (an hxp host, the API
+clients' networks or the controller hxp deploys from), the source addresses, the destination,
+and why. Role firewall admits exactly the flows whose destination is its host, from their source
+addresses only, and drops every other inbound connection; ``hxp plan --flows`` prints the matrix
+and ``hxp render`` writes each host's inbound flows (``hxp_firewall_inbound``).
+
+Sources:
+
+- ``clients``: ``firewall.client_networks`` (default any address: the router's public port is
+  the deployment's front door, guarded by API keys; narrow it to the networks of the
+  applications). Qdrant serves the same applications.
+- ``controller``: ``firewall.controller``, or, in a lab, the lab's gateway (the controller's
+  address on the lab bridge). It gets SSH on every host and the operators' interfaces.
+- an hxp host: its address (``/32``).
+
+Services that only listen on loopback (the router's admin API) and vLLM's internal worker ports
+need no flow: the firewall leaves loopback alone and drops the rest. hxp runs every model on one
+host (tensor parallelism within it), so there are no multi-node engine flows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from hxp_runtime.config import Firewall, HostGroup, HxpConfig, resolve_host
+from hxp_runtime.observability.scrape import scrape_configs
+from hxp_runtime.planner import Plan
+
+CLIENTS = "clients"
+CONTROLLER = "controller"
+TCP = "tcp"
+
+
+@dataclass(frozen=True)
+class Flow:
+    source: str  # an hxp host, CLIENTS or CONTROLLER
+    networks: tuple[str, ...]  # source addresses, CIDR
+    destination: str  # an hxp host, or ``URL-host:port`` for an egress flow
+    address: str  # destination address
+    port: int
+    reason: str
+    protocol: str = TCP
+    # Leaves the deployment (Alertmanager's webhooks): informational, no host admits it.
+    egress: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "networks": list(self.networks),
+            "destination": self.destination,
+            "address": self.address,
+            "port": self.port,
+            "protocol": self.protocol,
+            "reason": self.reason,
+            "egress": self.egress,
+        }
+
+
+def firewall_settings(cfg: HxpConfig) -> Firewall:
+    return cfg.firewall if cfg.firewall is not None else Firewall(enabled=False)
+
+
+def controller_networks(cfg: HxpConfig) -> tuple[str, ...]:
+    given = firewall_settings(cfg).controller
+    if given:
+        return tuple(str(n) for n in given)
+    if cfg.lab is not None:
+        return (str(ipaddress.IPv4Network(cfg.lab.gateway.ip)),)
+    return ()
+
+
+def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
+    fw = firewall_settings(cfg)
+    address = {h.name: str(h.address) for h in cfg.hosts}
+    by_address = {a: name for name, a in address.items()}
+    own = {name: (f"{a}/32",) for name, a in address.items()}
+    clients = tuple(str(n) for n in fw.client_networks)
+    controller = controller_networks(cfg)
+
+    def to(source: str, networks: tuple[str, ...], host: str, port: int, why: str) -> Flow:
+        return Flow(source, networks, host, address[host], port, why)
+
+    for host in cfg.hosts:
+        yield to(CONTROLLER, controller, host.name, host.ssh_port, "SSH: deploy and operate")
+    router = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    if router is not None:
+        yield to(CLIENTS, clients, router, cfg.router.port, "OpenAI API")
+        yield to(CONTROLLER, controller, router, cfg.router.port, "OpenAI API: smoke checks")
+        for inst in plan.instances:
+            yield to(router, own[router], inst.host, inst.port, f"model {inst.model}")
+        if cfg.database is not None:
+            db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
+            if db is not None:
+                yield to(router, own[router], db, cfg.database.port, "PostgreSQL: keys, usage")
+        if cfg.cache is not None:
+            cache = resolve_host(cfg, cfg.cache.host, HostGroup.CACHE)
+            if cache is not None:
+                yield to(router, own[router], cache, cfg.cache.port, "Redis: limits, cache")
+    if cfg.vector_db is not None:
+        vector = resolve_host(cfg, cfg.vector_db.host, HostGroup.VECTOR)
+        if vector is not None:
+            yield to(CLIENTS, clients, vector, cfg.vector_db.http_port, "Qdrant REST")
+            yield to(CLIENTS, clients, vector, cfg.vector_db.grpc_port, "Qdrant gRPC")
+    yield from _metrics_flows(cfg, plan, address, by_address, controller)
+
+
+def _metrics_flows(
+    cfg: HxpConfig,
+    plan: Plan,
+    address: dict[str, str],
+    by_address: dict[str, str],
+    controller: tuple[str, ...],
+) -> Iterator[Flow]:
+    m = cfg.metrics
+    monitor = resolve_host(cfg, m.host, HostGroup.METRICS) if m else None
+    if m is None or monitor is None:
+        return
+    source = (f"{address[monitor]}/32",)
+    # Exactly what Prometheus is configured to scrape.
+    for job in scrape_configs(cfg, plan):
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, port = target.rsplit(":", 1)
+                yield Flow(
+                    monitor,
+                    source,
+                    by_address[host],
+                    host,
+                    int(port),
+                    f"Prometheus scrapes {job['job_name']}",
+                )
+    yield Flow(monitor, source, monitor, address[monitor], m.alertmanager_port, "alerts")
+    yield Flow(monitor, source, monitor, address[monitor], m.prometheus_port, "Grafana: PromQL")
+    for port, name in (
+        (m.grafana_port, "Grafana"),
+        (m.prometheus_port, "Prometheus"),
+        (m.alertmanager_port, "Alertmanager"),
+    ):
+        yield Flow(CONTROLLER, controller, monitor, address[monitor], port, f"{name}: operators")
+    for receiver in m.alerting.receivers:
+        url = urlsplit(receiver.webhook_url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        yield Flow(
+            monitor,
+            source,
+            f"{url.hostname}:{port}",
+            str(url.hostname),
+            port,
+            f"Alertmanager notifies {receiver.name}",
+            egress=True,
+        )
+
+
+def flow_matrix(cfg: HxpConfig, plan: Plan) -> list[Flow]:
+    """Every flow of the deployment, one per (source, destination, port), in a stable order."""
+    merged: dict[tuple[str, str, int, str], Flow] = {}
+    for flow in _flows(cfg, plan):
+        key = (flow.source, flow.destination, flow.port, flow.protocol)
+        if key in merged:
+            # One port, two reasons (Prometheus's own page scraped and queried by Grafana).
+            kept = merged[key]
+            reason = kept.reason if flow.reason in kept.reason else f"{kept.reason}; {flow.reason}"
+            merged[key] = replace(kept, reason=reason)
+        else:
+            merged[key] = flow
+    return sorted(
+        merged.values(), key=lambda f: (f.egress, f.destination, f.port, f.source != CONTROLLER)
+    )
+
+
+def inbound(flows: list[Flow], host: str) -> list[dict[str, Any]]:
+    """What role firewall admits on ``host``: the flows that end there."""
+    return [
+        {
+            "source": f.source,
+            "networks": list(f.networks),
+            "port": f.port,
+            "protocol": f.protocol,
+            "reason": f.reason,
+        }
+        for f in flows
+        if f.destination == host and not f.egress
+    ]
+
+
+def allowed(flows: list[Flow], source_address: str, host: str, port: int) -> bool:
+    """Whether a connection from ``source_address`` to ``host``:``port`` is in the matrix."""
+    src = ipaddress.IPv4Address(source_address)
+    return any(
+        f.destination == host
+        and f.port == port
+        and not f.egress
+        and any(src in ipaddress.IPv4Network(n) for n in f.networks)
+        for f in flows
+    )
