@@ -43,6 +43,7 @@ class Kind(StrEnum):
     LAB = "lab"  # the lab cannot be used: no root, a host that does not start
     DEPLOY = "deploy"  # a playbook task failed, or changed something under --expect-no-changes
     DATABASE = "database"  # PostgreSQL (API keys) is unreachable or refused the operation
+    STATUS = "status"  # `hxp status`: something of the deployment is down, not ready or alerting
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from hxp_runtime.config.rules.ports import port_problems
 from hxp_runtime.config.rules.router import router_problems
 from hxp_runtime.config.rules.secrets import secret_problems
 from hxp_runtime.config.rules.services import service_host_problems
+from hxp_runtime.config.rules.status import expected_problems
 from hxp_runtime.config.schema import HxpConfig
 
 __all__ = ["cross_field_problems", "secret_problems"]
@@ -30,6 +31,7 @@ _RULES = (
     port_problems,
     router_problems,
     gpu_problems,
+    expected_problems,
 )
 
 
