@@ -414,14 +414,16 @@ def status(
         report.fail([CliProblem(Kind.CONFIG, problem, "(secret)")], EXIT_USAGE)
     if not as_json:
         print_status(verdict.as_json(), seconds)
+    result = {**verdict.as_json(), "seconds": seconds}
     if not verdict.healthy:
         report.fail(
             [CliProblem(Kind.STATUS, line, "(deployment)") for line in verdict.degraded],
             EXIT_FAILED,
             human=f"[bold red]degraded[/] ({len(verdict.degraded)} reasons above)",
+            result=result,
         )
     if as_json:
-        report.succeed({**verdict.as_json(), "seconds": seconds})
+        report.succeed(result)
         return
     out.print(f"[green]healthy[/] ({seconds:.2f} s)", highlight=False)
 

@@ -111,12 +111,18 @@ class Report:
         print_json(envelope(self.command, self.file, EXIT_OK, result, []))
 
     def fail(
-        self, problems: Sequence[CliProblem], exit_code: int, *, human: str | None = None
+        self,
+        problems: Sequence[CliProblem],
+        exit_code: int,
+        *,
+        human: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> NoReturn:
-        """Report ``problems`` and exit; ``human`` (rich markup) replaces the per-problem lines."""
+        """Report ``problems`` and exit; ``human`` (rich markup) replaces the per-problem lines;
+        ``result``: what the command saw anyway (`hxp status` when degraded)."""
         err = Console(stderr=True)
         if self.as_json:
-            print_json(envelope(self.command, self.file, exit_code, None, problems))
+            print_json(envelope(self.command, self.file, exit_code, result, problems))
         elif human is not None:
             err.print(human, highlight=False, soft_wrap=True)
         else:

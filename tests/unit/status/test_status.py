@@ -332,8 +332,11 @@ def test_status_of_unreachable_hosts_is_degraded_in_the_envelope(
     closed = tmp_path / "closed.yml"  # every host on a closed port of this machine
     closed.write_text("all:\n  vars: {ansible_host: 127.0.0.1, ansible_port: 1}\n")
     done = hxp("status", cfg_file, "--inventory", closed, "--json")
-    problems = done.envelope("status")["problems"]
+    envelope = done.envelope("status")
+    problems = envelope["problems"]
     assert done.code == 1
+    assert envelope["result"]["degraded"] == [p["message"] for p in problems]
+    assert [h["reachable"] for h in envelope["result"]["hosts"]] == [False, False, False]
     assert [p["message"].split(":")[0] for p in problems] == [
         "host llm-1",
         "host vec-1",
