@@ -402,6 +402,10 @@ def deploy(
                 "check": check,
                 "changed": changed,
                 "hosts": {host: dict(counts) for host, counts in progress.counts.items()},
+                "skipped": [
+                    {"service": s.service, "host": s.host, "reason": s.reason}
+                    for s in progress.skipped
+                ],
             }
         )
         return
@@ -495,6 +499,113 @@ def loadtest(
     else:
         out.print(human_report(result), highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_FAILED if result["sent"] != result["ok"] else EXIT_OK)
+
+
+@app.command()
+def status(
+    file: ConfigFile,
+    extra_inventory: Annotated[
+        list[Path] | None,
+        typer.Option("--inventory", help="another inventory with SSH settings (as for deploy)"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show every host, unit, model, router backend and firing alert; exit 1 when degraded.
+
+    One SSH connection per host, all at once, with the SSH settings deploy uses (the lab's
+    inventory is merged in for a config with a `lab:` section). status.expected in hxp.yml
+    declares what is knowingly off.
+    """
+    from hxp_runtime.status.survey import survey  # noqa: PLC0415 - only this command needs it
+    from hxp_runtime.status.targets import SecretUnavailable  # noqa: PLC0415 - as above
+
+    report = report_for("status", file, as_json)
+    cfg = load_or_exit(report, file)
+    inventories = list(extra_inventory or [])
+    lab = None if cfg.lab is None else lab_inventory(report, file)
+    if lab is not None and lab.is_file():
+        inventories.insert(0, lab)
+    missing = [p for p in inventories if not p.is_file()]
+    if missing:
+        problem = "inventory not found; check --inventory"
+        report.fail(
+            [CliProblem(Kind.USAGE, problem, "--inventory", str(p)) for p in missing], EXIT_USAGE
+        )
+    try:
+        verdict, seconds = survey(cfg, inventories)
+    except SecretUnavailable as exc:
+        problem = f"cannot read a secret status needs: {exc}"
+        report.fail([CliProblem(Kind.CONFIG, problem, "(secret)")], EXIT_USAGE)
+    if not as_json:
+        print_status(verdict.as_json(), seconds)
+    result = {**verdict.as_json(), "seconds": seconds}
+    if not verdict.healthy:
+        report.fail(
+            [CliProblem(Kind.STATUS, line, "(deployment)") for line in verdict.degraded],
+            EXIT_FAILED,
+            human=f"[bold red]degraded[/] ({len(verdict.degraded)} reasons above)",
+            result=result,
+        )
+    if as_json:
+        report.succeed(result)
+        return
+    out.print(f"[green]healthy[/] ({seconds:.2f} s)", highlight=False)
+
+
+def print_status(view: dict[str, Any], seconds: float) -> None:
+    from hxp_runtime.status.verdict import when  # noqa: PLC0415 - only `hxp status` needs it
+
+    console = table_console()
+    units = plan_table(
+        "Units", dict.fromkeys(("host", "unit", "active", "since", "restarts"), "left")
+    )
+    models = plan_table(
+        "Models", dict.fromkeys(("model", "host", "ready", "served", "root"), "left")
+    )
+    for host in view["hosts"]:
+        if not host["reachable"]:
+            units.add_row(host["name"], "-", f"unreachable: {host['error']}", "-", "-")
+            continue
+        for unit in host["units"]:
+            units.add_row(
+                host["name"],
+                unit["unit"],
+                f"{unit.get('active')} ({unit.get('sub')})",
+                when(unit.get("since")),
+                str(unit.get("restarts")),
+            )
+        for model in host["models"]:
+            models.add_row(
+                model["model"],
+                host["name"],
+                "ready" if model["ready"] else str(model["problem"]),
+                ", ".join(str(s["id"]) for s in model["served"]),
+                ", ".join(str(s["root"]) for s in model["served"]),
+            )
+    console.print(units)
+    console.print(models)
+    if view["backends"] is not None:
+        backends = plan_table(
+            "Router backends",
+            dict.fromkeys(
+                ("backend", "healthy", "breaker", "in flight", "EWMA ms", "draining"), "left"
+            ),
+        )
+        for name, state in view["backends"].items():
+            backends.add_row(
+                name,
+                str(state.get("healthy")),
+                str(state.get("breaker")),
+                str(state.get("in_flight")),
+                str(state.get("latency_ms")),
+                str(state.get("draining")),
+            )
+        console.print(backends)
+    for line in view["expected"]:
+        console.print(f"[dim]expected:[/] {escape(line)}", highlight=False)
+    for line in view["degraded"]:
+        console.print(f"[red]degraded:[/] {escape(line)}", highlight=False)
+    console.print(f"surveyed in {seconds:.2f} s", highlight=False)
 
 
 # typer vendors click privately (typer._click): its errors are caught as the public

@@ -43,6 +43,7 @@ class Kind(StrEnum):
     LAB = "lab"  # the lab cannot be used: no root, a host that does not start
     DEPLOY = "deploy"  # a playbook task failed, or changed something under --expect-no-changes
     DATABASE = "database"  # PostgreSQL (API keys) is unreachable or refused the operation
+    STATUS = "status"  # `hxp status`: something of the deployment is down, not ready or alerting
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,18 @@ class Report:
         print_json(envelope(self.command, self.file, EXIT_OK, result, []))
 
     def fail(
-        self, problems: Sequence[CliProblem], exit_code: int, *, human: str | None = None
+        self,
+        problems: Sequence[CliProblem],
+        exit_code: int,
+        *,
+        human: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> NoReturn:
-        """Report ``problems`` and exit; ``human`` (rich markup) replaces the per-problem lines."""
+        """Report ``problems`` and exit; ``human`` (rich markup) replaces the per-problem lines;
+        ``result``: what the command saw anyway (`hxp status` when degraded)."""
         err = Console(stderr=True)
         if self.as_json:
-            print_json(envelope(self.command, self.file, exit_code, None, problems))
+            print_json(envelope(self.command, self.file, exit_code, result, problems))
         elif human is not None:
             err.print(human, highlight=False, soft_wrap=True)
         else:

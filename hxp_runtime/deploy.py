@@ -17,10 +17,35 @@ from typing import Any
 
 import ansible_runner
 from rich.console import Console
+from rich.markup import escape
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The ansible-playbook installed beside this Python, so a venv works without being on PATH.
 VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A service a role set up without running it (its binary is not in the bundle), as the
+    role reported it through ``set_stats`` (roles/bundle/tasks/skipped.yml)."""
+
+    service: str
+    host: str
+    reason: str
+
+    def line(self) -> str:
+        return f"skipped: {self.service} on {self.host}: {self.reason}"
+
+
+def skipped_services(stats_data: dict[str, Any]) -> list[Skipped]:
+    """The ``skipped_services`` records of a run's ``playbook_on_stats`` event, each once."""
+    records = (stats_data.get("artifact_data") or {}).get("skipped_services") or []
+    found = {
+        Skipped(str(r["service"]), str(r["host"]), str(r["reason"]).strip())
+        for r in records
+        if isinstance(r, dict) and {"service", "host", "reason"} <= r.keys()
+    }
+    return sorted(found, key=lambda s: (s.service, s.host))
 
 
 @dataclass
@@ -31,12 +56,15 @@ class Progress:
     counts: dict[str, Counter[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     changes: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event", "")
         data = event.get("event_data", {})
         host = data.get("host", "")
-        if kind == "playbook_on_play_start":
+        if kind == "playbook_on_stats":
+            self.skipped = skipped_services(data)
+        elif kind == "playbook_on_play_start":
             self.console.print(f"[bold]PLAY[/] {data.get('play', '')}", highlight=False)
         elif kind == "playbook_on_task_start":
             self.console.print(f"  [dim]task[/] {data.get('task', '')}", highlight=False)
@@ -128,5 +156,7 @@ def run_playbook(
             f"{k}={counts[k]}" for k in ("ok", "changed", "failed", "unreachable", "skipped")
         )
         console.print(f"{host:30} {summary}", highlight=False)
+    for skipped in progress.skipped:
+        console.print(f"[yellow]{escape(skipped.line())}[/]", highlight=False)
     console.print(f"event log: {result.config.artifact_dir}", highlight=False)
     return int(result.rc or 0), progress

@@ -10,7 +10,7 @@
 Importers use the names below; the modules' layout is the package's own.
 """
 
-from hxp_runtime.config.endpoints import resolve_host, service_endpoints
+from hxp_runtime.config.endpoints import resolve_host, service_endpoints, service_hosts
 from hxp_runtime.config.fit import (
     apply_change,
     plan_deployment,
@@ -44,6 +44,8 @@ from hxp_runtime.config.schema import (
     Dtype,
     Engine,
     EngineArg,
+    ExpectedAlert,
+    ExpectedService,
     Firewall,
     Gpu,
     HealthCheck,
@@ -72,8 +74,10 @@ from hxp_runtime.config.schema import (
     SecretRef,
     SecretScheme,
     Semantic,
+    Service,
     Slo,
     SqlName,
+    StatusSettings,
     Strategy,
     Strict,
     Text,
@@ -105,6 +109,8 @@ __all__ = [
     "Dtype",
     "Engine",
     "EngineArg",
+    "ExpectedAlert",
+    "ExpectedService",
     "Firewall",
     "Gpu",
     "HealthCheck",
@@ -135,8 +141,10 @@ __all__ = [
     "SecretRef",
     "SecretScheme",
     "Semantic",
+    "Service",
     "Slo",
     "SqlName",
+    "StatusSettings",
     "Strategy",
     "Strict",
     "Text",
@@ -153,6 +161,7 @@ __all__ = [
     "resolve_host",
     "resolve_shape",
     "service_endpoints",
+    "service_hosts",
     "shape_from_architecture",
     "walk_secret_refs",
 ]

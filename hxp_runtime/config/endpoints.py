@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.config.schema import HostGroup, HxpConfig
+from hxp_runtime.config.schema import HostGroup, HxpConfig, Service
 from hxp_runtime.yamlsource import PathKey
 
 
@@ -66,3 +66,32 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
                         "gpu_exporter_port",
                     ),
                 )
+
+
+def service_hosts(cfg: HxpConfig) -> dict[Service, list[str]]:
+    """The hosts each deployed service runs on (vllm: the hosts of the models)."""
+    placed: dict[Service, list[str | None]] = {
+        Service.VLLM: [resolve_host(cfg, m.host, HostGroup.LLM) for m in cfg.models],
+        Service.ROUTER: [resolve_host(cfg, cfg.router.host, HostGroup.LLM)],
+        Service.GPU_EXPORTER: [
+            h.name for h in cfg.hosts_in(HostGroup.LLM) if h.accelerator == "nvidia"
+        ],
+    }
+    if cfg.database:
+        db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
+        placed[Service.POSTGRESQL] = placed[Service.POSTGRES_EXPORTER] = [db]
+    if cfg.cache:
+        cache = resolve_host(cfg, cfg.cache.host, HostGroup.CACHE)
+        placed[Service.REDIS] = placed[Service.REDIS_EXPORTER] = [cache]
+    if cfg.vector_db:
+        placed[Service.QDRANT] = [resolve_host(cfg, cfg.vector_db.host, HostGroup.VECTOR)]
+    if cfg.metrics:
+        mon = resolve_host(cfg, cfg.metrics.host, HostGroup.METRICS)
+        for service in (Service.PROMETHEUS, Service.ALERTMANAGER, Service.GRAFANA):
+            placed[service] = [mon]
+        placed[Service.NODE_EXPORTER] = [h.name for h in cfg.hosts]
+    hosts = {
+        service: list(dict.fromkeys(h for h in names if h is not None))
+        for service, names in placed.items()
+    }
+    return {service: names for service, names in hosts.items() if names}

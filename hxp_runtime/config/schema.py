@@ -623,6 +623,63 @@ class Firewall(Strict):
     )
 
 
+# --------------------------------------------------------------------------- status
+
+
+class Service(StrEnum):
+    """A service hxp runs on a host, as `hxp status` and status.expected name it."""
+
+    ROUTER = "router"
+    VLLM = "vllm"
+    GPU_EXPORTER = "gpu-exporter"
+    POSTGRESQL = "postgresql"
+    POSTGRES_EXPORTER = "postgres-exporter"
+    REDIS = "redis"
+    REDIS_EXPORTER = "redis-exporter"
+    QDRANT = "qdrant"
+    PROMETHEUS = "prometheus"
+    ALERTMANAGER = "alertmanager"
+    GRAFANA = "grafana"
+    NODE_EXPORTER = "node-exporter"
+
+
+class ExpectedService(Strict):
+    """A service knowingly not running: `hxp status` lists it as expected, not degraded."""
+
+    service: Service = Field(description="the service, as `hxp status` names it")
+    host: str | None = Field(
+        None, description="only on this host (a name from hosts); null: on every host"
+    )
+    state: Literal["skipped", "stopped"] = Field(
+        "skipped",
+        description=(
+            "skipped: the deploy set it up without its binary (not in the bundle); "
+            "stopped: installed, but its units are not running"
+        ),
+    )
+    reason: Text = Field(description="why; `hxp status` prints it")
+
+
+class ExpectedAlert(Strict):
+    """A Prometheus alert that knowingly fires (for example for a service that is skipped)."""
+
+    alert: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=200)] = Field(
+        description="the alert's name (its alertname label)"
+    )
+    reason: Text = Field(description="why it fires; `hxp status` prints it")
+
+
+class StatusSettings(Strict):
+    """What `hxp status` accepts as knowingly off in this deployment."""
+
+    expected: list[ExpectedService] = Field(
+        default_factory=list, description="services knowingly not running"
+    )
+    expected_alerts: list[ExpectedAlert] = Field(
+        default_factory=list, description="alerts knowingly firing"
+    )
+
+
 # --------------------------------------------------------------------------- the deployment
 
 
@@ -640,6 +697,7 @@ class HxpConfig(Strict):
     bundle: Bundle | None = None
     lab: LabSettings | None = None
     firewall: Firewall | None = None
+    status: StatusSettings = Field(default_factory=StatusSettings)
 
     _source_file: Path | None = PrivateAttr(None)
 

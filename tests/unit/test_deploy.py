@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
+import ansible_runner
 import pytest
 from rich.console import Console
 
 from hxp_runtime.config import load_config, plan_deployment
-from hxp_runtime.deploy import Progress, run_playbook
+from hxp_runtime.deploy import PROJECT_ROOT, Progress, Skipped, run_playbook
 from hxp_runtime.render import render_inventory
 from tests.unit.conftest import BASE
 
@@ -80,3 +82,61 @@ def test_validation_play_stops_at_a_secret_that_does_not_resolve(
     assert rc != 0
     assert "secret reference env:HXP_REDIS_PASSWORD" in progress.failures[0]
     assert "not set" in progress.failures[0]
+
+
+SKIP_PLAY = """\
+- name: Set up a service without its binary
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Record whether the service was skipped
+      ansible.builtin.include_role:
+        name: bundle
+        tasks_from: skipped
+      vars:
+        hxp_bundle_skipped_service: qdrant
+        hxp_bundle_skipped_reason: "{{ reason }}"
+        hxp_bundle_skipped_dir: "{{ marker_dir }}"
+"""
+
+
+def _skip_run(tmp_path: Path, reason: str) -> tuple[Progress, str]:
+    """The bundle role's `skipped` entry point, run on localhost by ansible-runner."""
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "skip.yml").write_text(SKIP_PLAY)
+    (tmp_path / "runner").mkdir(exist_ok=True)
+    buffer = io.StringIO()
+    progress = Progress(Console(file=buffer, width=200))
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path / "runner"),
+        project_dir=str(project),
+        playbook="skip.yml",
+        inventory="localhost ansible_connection=local",
+        extravars={
+            "reason": reason,
+            "marker_dir": str(tmp_path / "skipped"),
+            "ansible_python_interpreter": sys.executable,
+        },
+        envvars={"ANSIBLE_ROLES_PATH": str(PROJECT_ROOT / "roles")},
+        event_handler=progress,
+        quiet=True,
+    )
+    assert result.rc == 0, buffer.getvalue()
+    return progress, buffer.getvalue()
+
+
+def test_a_skipped_service_is_in_the_runs_stats_and_on_the_host(tmp_path: Path) -> None:
+    reason = "the bundle holds no artifact qdrant"
+    progress, _ = _skip_run(tmp_path, reason)
+    assert progress.skipped == [Skipped("qdrant", "localhost", reason)]
+    assert progress.skipped[0].line() == f"skipped: qdrant on localhost: {reason}"
+    marker = tmp_path / "skipped" / "qdrant"
+    assert marker.read_text() == reason + "\n"
+    assert progress.counts["localhost"]["changed"] == 2  # the directory and the marker
+    again, _ = _skip_run(tmp_path, reason)
+    assert again.skipped == progress.skipped
+    assert again.counts["localhost"]["changed"] == 0, again.changes
+    installed, _ = _skip_run(tmp_path, "")
+    assert installed.skipped == [] and not marker.exists()
+    assert installed.changes == ["localhost: Remove the marker of a service that is installed now"]

@@ -17,6 +17,7 @@ from hxp_runtime.config.rules.ports import port_problems
 from hxp_runtime.config.rules.router import router_problems
 from hxp_runtime.config.rules.secrets import secret_problems
 from hxp_runtime.config.rules.services import service_host_problems
+from hxp_runtime.config.rules.status import expected_problems
 from hxp_runtime.config.schema import HxpConfig
 
 __all__ = ["cross_field_problems", "secret_problems"]
@@ -32,6 +33,7 @@ _RULES = (
     router_problems,
     gpu_problems,
     firewall_problems,
+    expected_problems,
 )
 
 

@@ -3,6 +3,9 @@ line."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from hxp_runtime.config import HxpConfig
 from tests.unit.conftest import BASE, Problems, line_of, only
 
 
@@ -117,3 +120,38 @@ def test_router_admin_key_must_be_a_secret_reference(problems_of: Problems) -> N
     p = only(problems_of(text))
     assert p.field == "router.admin_key"
     assert "plain-text-key" not in p.message
+
+
+STATUS = """
+status:
+  expected:
+    - {service: SERVICE, host: HOST, reason: "knowingly off"}
+"""
+
+
+def test_expected_service_on_an_unknown_host(problems_of: Problems) -> None:
+    text = BASE + STATUS.replace("SERVICE", "redis").replace("HOST", "db-9")
+    problem = only(problems_of(text))
+    assert problem.field == "status.expected[0].host"
+    assert "no host 'db-9'" in problem.message
+    assert problem.line == line_of(text, "db-9")
+
+
+def test_expected_service_the_deployment_does_not_run(problems_of: Problems) -> None:
+    text = BASE + STATUS.replace("SERVICE", "qdrant").replace("HOST", "db-1")
+    problem = only(problems_of(text))
+    assert problem.field == "status.expected[0].service"
+    assert "runs no qdrant" in problem.message
+
+
+def test_expected_service_on_a_host_it_does_not_run_on(problems_of: Problems) -> None:
+    text = BASE + STATUS.replace("SERVICE", "redis").replace("HOST", "db-1")
+    problem = only(problems_of(text))
+    assert problem.field == "status.expected[0].host"
+    assert "redis does not run on db-1 (it runs on llm-1)" in problem.message
+
+
+def test_expected_service_where_it_runs_is_valid(load_text: Callable[[str], HxpConfig]) -> None:
+    cfg = load_text(BASE + STATUS.replace("SERVICE", "redis").replace("HOST", "llm-1"))
+    [expected] = cfg.status.expected
+    assert (expected.service, expected.state, expected.host) == ("redis", "skipped", "llm-1")
