@@ -9,10 +9,21 @@ accepting, lets requests in flight finish for up to ``drain_timeout_s``, writes 
 and closes its clients. On SIGHUP it re-reads both files and switches to them without closing
 a connection (an invalid file is refused and logged; the old settings stay).
 
-With ``workers`` > 1 the first process is a supervisor: it starts that many workers, each
-binding the same port with SO_REUSEPORT (the kernel spreads connections), forwards SIGTERM and
-SIGHUP to them, restarts a worker that dies, and aggregates nothing itself (metrics go through
-prometheus-client's multiprocess directory).
+With ``workers`` > 1 the first process is a supervisor: it starts that many workers, forwards
+SIGTERM and SIGHUP to them, restarts a worker that dies, and aggregates nothing itself (metrics
+go through prometheus-client's multiprocess directory).
+
+The listening socket. Under systemd it comes from ``hxp-router.socket`` (socket activation, the
+sd_listen_fds protocol: ``LISTEN_PID``/``LISTEN_FDS``, the socket at fd 3): the supervisor hands
+that one socket to every worker, and it outlives the process, so a restart or an upgrade (a new
+package, then a restart) leaves new connections waiting in its backlog instead of refused.
+Started without one (a test, a manual run) every worker binds the port itself with
+SO_REUSEPORT, and a stopped router refuses connections until the next one binds.
+
+Stopping (SIGTERM) drains: the worker stops accepting, answers every request still arriving on
+an open connection with ``Connection: close`` for a short grace so that clients open their next
+connection on the socket (to the next process), closes the connections left idle, and lets
+requests in flight finish for up to ``drain_timeout_s``.
 
 A reload never kills a process. SIGHUP's default action is to terminate, so a worker is started
 with SIGHUP blocked (held pending across exec) and takes it over as the first thing it does: a
@@ -33,6 +44,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +54,7 @@ from types import FrameType
 
 import asyncpg
 import uvloop
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from hxp_runtime.router import admin_cli
 from hxp_runtime.router.admin import ADMIN_HOST, AdminApi
@@ -67,6 +79,14 @@ RESTART_FIELDS = ("listen_host", "port", "admin_port", "workers", "database", "r
 EARLY_EXIT_S = 5.0  # a worker exiting with an error this soon after its start could not start
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0  # more worker deaths than this in the window: give up
 EXIT_INVALID = 1
+# The accept queue of the router's socket: a restart under load queues new connections there
+# (hxp-router.socket's Backlog= says the same; asyncio re-listens with this value).
+BACKLOG = 4096
+# After SIGTERM, how long a connection still open may send one more request (answered with
+# Connection: close) before the idle ones are closed: a keep-alive client mid-loop sends its
+# next request within milliseconds, and one closed under it while sending may not retry.
+CLOSE_GRACE_S = 1.0
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first socket passed by systemd
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,6 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    # The supervisor's listening socket, inherited by a worker (pass_fds).
+    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.secrets is None and DEFAULT_SECRETS.exists():
         args.secrets = DEFAULT_SECRETS
@@ -97,6 +119,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_files(args: argparse.Namespace) -> tuple[RouterSettings, RouterSecrets]:
     return load_settings(args.settings), load_secrets(args.secrets)
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passed to this process (sd_listen_fds), or None.
+
+    The variables are removed so that no child takes them for its own; a worker gets the socket
+    from its supervisor with ``--listen-fd`` instead.
+    """
+    pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit() and int(count) > 0):
+        return None
+    if int(count) > 1:
+        log.warning("systemd passed %s sockets; serving on the first only", count)
+    return listening_socket(SD_LISTEN_FDS_START)
+
+
+def listening_socket(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.detach()
+        raise OSError(f"fd {fd} is not a listening TCP socket")
+    os.set_inheritable(fd, False)  # a worker gets it through pass_fds, nothing else does
+    return sock
 
 
 # --------------------------------------------------------------------------- worker
@@ -143,26 +192,34 @@ async def serve(
     settings: RouterSettings,
     secrets: RouterSecrets,
     early: EarlyReload | None = None,
+    listener: socket.socket | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     shared = SharedState(shared_directory(args))
     gateway = Gateway(settings, secrets, shared)
+    app = gateway.build_app()
+    closing = asyncio.Event()
+
+    async def close_when_stopping(request: web.Request, response: web.StreamResponse) -> None:
+        # Told so, a client opens its next connection on the socket instead of reusing this one
+        # as it is closed: a request sent into a closing connection fails without a retry.
+        if closing.is_set():
+            response.force_close()
+            response.headers[hdrs.CONNECTION] = "close"
+
+    app.on_response_prepare.append(close_when_stopping)
     runner = EdgeRunner(
-        gateway.build_app(),
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=settings.drain_timeout_s,
+        app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
     )
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.listen_host, settings.port, reuse_port=args.worker, backlog=2048
-    )
+    site = make_site(runner, settings, listener, reuse_port=args.worker)
     await site.start()
     log.info(
-        "listening on http://%s:%d (%d backends)",
+        "listening on http://%s:%d (%d backends%s)",
         settings.listen_host,
         settings.port,
         len(settings.backends),
+        ", socket from systemd" if listener is not None else "",
     )
     admin: web.AppRunner | None = None
     if secrets.admin_key is not None:
@@ -188,14 +245,40 @@ async def serve(
         on_reload()
     await stop.wait()
     log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
-    gateway.draining = True
     started = time.monotonic()
+    closing.set()
+    await site.stop()  # new connections wait in the socket's backlog for the next process
+    await close_grace(runner, min(CLOSE_GRACE_S, settings.drain_timeout_s))
+    gateway.draining = True
     if admin is not None:
         await admin.cleanup()
     await runner.cleanup()
     log.info("stopped after a %.1f s drain", time.monotonic() - started)
     if not args.worker:
         shutil.rmtree(shared.directory, ignore_errors=True)
+
+
+def make_site(
+    runner: web.AppRunner,
+    settings: RouterSettings,
+    listener: socket.socket | None,
+    *,
+    reuse_port: bool,
+) -> web.BaseSite:
+    if listener is not None:
+        return web.SockSite(runner, listener, backlog=BACKLOG)
+    return web.TCPSite(
+        runner, settings.listen_host, settings.port, reuse_port=reuse_port, backlog=BACKLOG
+    )
+
+
+async def close_grace(runner: web.AppRunner, grace_s: float) -> None:
+    """Until every open connection has closed (each answered with Connection: close), or grace_s."""
+    step_s = 0.05
+    for _ in range(max(1, round(grace_s / step_s))):
+        if runner.server is None or not runner.server.connections:
+            return
+        await asyncio.sleep(step_s)
 
 
 def shared_directory(args: argparse.Namespace) -> Path:
@@ -226,9 +309,12 @@ def run_worker(
     settings: RouterSettings,
     secrets: RouterSecrets,
     early: EarlyReload | None = None,
+    listener: socket.socket | None = None,
 ) -> int:
+    if listener is None and args.listen_fd is not None:
+        listener = listening_socket(args.listen_fd)
     try:
-        uvloop.run(serve(args, settings, secrets, early))
+        uvloop.run(serve(args, settings, secrets, early, listener))
     except OSError as exc:
         log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
         return EXIT_INVALID
@@ -249,10 +335,12 @@ class Supervisor:
         settings: RouterSettings,
         count: int,
         early: EarlyReload | None = None,
+        listener: socket.socket | None = None,
     ) -> None:
         self.args = args
         self.settings = settings
         self.count = count
+        self.listener = listener  # kept open here too: a restarted worker gets it again
         self.stopping = False
         self.reload = early or EarlyReload()
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
@@ -271,13 +359,16 @@ class Supervisor:
         cmd += ["--settings", str(self.args.settings), "--log-level", self.args.log_level]
         if self.args.secrets is not None:
             cmd += ["--secrets", str(self.args.secrets)]
+        if self.listener is not None:
+            cmd += ["--listen-fd", str(self.listener.fileno())]
         return cmd
 
     def spawn(self) -> None:
         # Blocked here, blocked in the child until it can handle it: see the module's doc.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            process = subprocess.Popen(self.command(), env=self.env)
+            fds = () if self.listener is None else (self.listener.fileno(),)
+            process = subprocess.Popen(self.command(), env=self.env, pass_fds=fds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[process.pid] = (process, time.monotonic())
@@ -373,10 +464,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"valid: {args.settings}: {len(settings.backends)} backends")
         return 0
+    return start(args, settings, secrets, early)
+
+
+def start(
+    args: argparse.Namespace, settings: RouterSettings, secrets: RouterSecrets, early: EarlyReload
+) -> int:
+    """A worker, or a supervisor of several, on systemd's socket when it passed one."""
+    try:
+        listener = None if args.worker else inherited_socket()
+    except OSError as exc:
+        log.error("start-up failed: the socket from systemd: %s", exc)
+        return EXIT_INVALID
     count = args.workers or settings.workers
     if args.worker or count == 1:
-        return run_worker(args, settings, secrets, early)
-    return Supervisor(args, settings, count, early).run()
+        return run_worker(args, settings, secrets, early, listener)
+    return Supervisor(args, settings, count, early, listener).run()
 
 
 if __name__ == "__main__":

@@ -30,6 +30,9 @@ def test_every_model_unit_is_active(cfg: HxpConfig, hosts: Hosts) -> None:
         assert llm.service(model.unit_name).is_running, model.unit_name
         assert llm.service(model.unit_name).is_enabled, model.unit_name
     assert llm.service("hxp-router").is_running
+    # The router's listening socket, held by systemd across restarts.
+    assert llm.service("hxp-router.socket").is_running
+    assert llm.service("hxp-router.socket").is_enabled
 
 
 def test_router_lists_every_model_and_alias(cfg: HxpConfig, client: openai.OpenAI) -> None:

@@ -27,7 +27,7 @@ PLUGIN = REPO / "plugins" / "filter" / "hxp_systemd_hardening.py"
 UNIT_TEMPLATES = sorted(
     path
     for path in REPO.glob("roles/*/templates/etc/systemd/system/**/*.j2")
-    if not path.name.endswith(".timer.j2")
+    if not path.name.endswith((".timer.j2", ".socket.j2"))  # no process, nothing to sandbox
 )
 
 Hardening = Callable[..., str]

@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any, cast
 
 import yaml
 
+from hxp_runtime.router import server
 from hxp_runtime.router.server import EarlyReload, Gateway, Reloader
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings, load_settings
 
@@ -67,3 +69,34 @@ def test_a_sighup_before_the_loop_runs_is_kept_for_later() -> None:
     finally:
         signal.signal(signal.SIGHUP, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def test_a_socket_from_systemd_is_taken_only_by_the_process_it_names(monkeypatch: Any) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        monkeypatch.setattr(server, "SD_LISTEN_FDS_START", listener.fileno())
+        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))  # another process's
+        assert server.inherited_socket() is None
+        assert "LISTEN_FDS" not in os.environ  # not passed on to a child either
+        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+        taken = server.inherited_socket()
+        assert taken is not None and taken.getsockname() == listener.getsockname()
+        assert not os.get_inheritable(listener.fileno())
+        taken.detach()  # the same fd as listener's
+    finally:
+        listener.close()
+    monkeypatch.delenv("LISTEN_FDS", raising=False)
+    assert server.inherited_socket() is None  # a manual run binds the port itself
+
+
+def test_a_socket_that_does_not_listen_is_refused() -> None:
+    with socket.socket() as unbound:
+        try:
+            server.listening_socket(unbound.fileno())
+        except OSError as exc:
+            assert "not a listening TCP socket" in str(exc)
+        else:
+            raise AssertionError("an unbound socket was taken")
+        assert unbound.fileno() >= 0  # left to its owner, not closed

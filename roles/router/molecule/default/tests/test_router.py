@@ -1,5 +1,6 @@
 """Role router on a lab host: hxp-router under systemd, hardened, its two files with the right
-owners and modes, ready, proxying with an API key, reloading without a restart."""
+owners and modes, ready, proxying with an API key, reloading without a restart,
+restarting on systemd's socket without refusing a connection."""
 
 import json
 import shlex
@@ -23,7 +24,7 @@ if key:
     headers["Authorization"] = "Bearer " + key
 request = urllib.request.Request(url, data=body.encode() or None, headers=headers)
 try:
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         print(json.dumps([response.status, response.read().decode()]))
 except urllib.error.HTTPError as error:
     print(json.dumps([error.code, error.read().decode()]))
@@ -48,7 +49,7 @@ def test_service_runs_enabled_with_two_workers(host):
 
 
 def test_listens_on_the_host_address_only(host, address):
-    # Two workers, one socket each on the same address (SO_REUSEPORT).
+    # One socket, hxp-router.socket's, shared by the two workers.
     listening = {s for s in host.socket.get_listening_sockets() if s.endswith(f":{PORT}")}
     assert listening == {f"tcp://{address}:{PORT}"}
 
@@ -90,3 +91,22 @@ def test_reload_applies_settings_without_a_restart(host, address, key):
     body = {"model": "phi3", "prompt": "hi"}
     status, _ = call(host, f"http://{address}:{PORT}/v1/completions", key=key, body=body)
     assert status == 200
+
+
+def test_a_restart_keeps_the_socket_and_answers_the_next_request(
+    host, address, key, unit_properties
+):
+    socket_unit = host.service("hxp-router.socket")
+    assert socket_unit.is_running and socket_unit.is_enabled
+    props = unit_properties("hxp-router.socket", "Listen", "Backlog", "ReusePort", "NoDelay")
+    assert props["Listen"] == f"{address}:{PORT} (Stream)"
+    assert (props["Backlog"], props["ReusePort"], props["NoDelay"]) == ("4096", "no", "yes")
+    assert "hxp-router.socket" in unit_properties("hxp-router", "Requires")["Requires"].split()
+    main = host.run("systemctl show -p MainPID --value hxp-router").stdout.strip()
+    # Not waited for: the request goes out while the old process drains and the new one starts.
+    assert host.run("systemctl restart --no-block hxp-router").rc == 0
+    body = {"model": "phi3", "prompt": "hi"}
+    status, _ = call(host, f"http://{address}:{PORT}/v1/completions", key=key, body=body)
+    assert status == 200
+    assert host.run("systemctl show -p MainPID --value hxp-router").stdout.strip() != main
+    assert socket_unit.is_running
