@@ -1,0 +1,132 @@
+"""Day-2 operations on the lab under load: changes to a running stack fail no requests.
+
+Slow (minutes: every model server of the lab restarts twice). Run one test at a time, under
+the lab's lock, with the branch deployed first::
+
+    flock /tmp/hxp-lab.lock -c 'pytest -m "" -p no:cacheprovider -s \
+        tests/stack/test_operations.py::test_rolling_engine_change_under_load'
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+import yaml
+
+from hxp_runtime.config import HxpConfig, load_config
+from tests.stack.conftest import CONFIG, REPO
+
+pytestmark = pytest.mark.slow
+# Load runs in windows this long until the deploy under test ends (the load tool is bounded).
+WINDOW_S = 20.0
+
+
+@dataclass
+class Deploy:
+    """`hxp deploy` under way. Its output goes to a file: a pipe nobody reads while the load
+    runs would fill up and stall the deploy."""
+
+    process: subprocess.Popen[str]
+    log: IO[str]
+    started: float
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def finished(self) -> float:
+        """Seconds it took; fails with the end of its output unless it succeeded."""
+        self.process.wait()
+        took = time.monotonic() - self.started
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
+        assert self.process.returncode == 0, f"{self.process.args}:\n{output[-6000:]}"
+        return took
+
+
+def hxp_deploy(config: Path, *args: str) -> Deploy:
+    """`hxp deploy CONFIG ARGS` from the repository root, started."""
+    log = tempfile.TemporaryFile(mode="w+", prefix="hxp-deploy-")  # noqa: SIM115 - Deploy closes it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hxp_runtime.cli", "deploy", str(config), *args],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Deploy(process, log, time.monotonic())
+
+
+def load_while(cfg: HxpConfig, deploy: Deploy, models: list[str]) -> dict:
+    """Load on ``models`` in windows of WINDOW_S until ``deploy`` ends; the windows' sums."""
+    # Imported here: the load tool comes from its own branch.
+    from tests.stack.load import start_load
+
+    total: dict = {"sent": 0, "ok": 0, "failed": Counter(), "by_backend": Counter(), "failures": []}
+    windows = 0
+    while deploy.running():
+        report = start_load(cfg, models=models, concurrency=4, duration_s=WINDOW_S).wait()
+        windows += 1
+        total["sent"] += report["sent"]
+        total["ok"] += report["ok"]
+        total["failed"].update(report["failed"])
+        total["by_backend"].update(report["by_backend"])
+        total["failures"] += report["failures"]
+    total["windows"] = windows
+    return total
+
+
+@pytest.fixture
+def config_copy() -> Iterator[Path]:
+    """A directory beside the lab's hxp.yml, so that its relative paths (bundle, lab state)
+    resolve from the copy as from the original."""
+    where = Path(tempfile.mkdtemp(prefix="hxp-ops-", dir=CONFIG.parent.parent))
+    yield where / CONFIG.name
+    shutil.rmtree(where)
+
+
+def with_engine_change(source: Path, copy: Path) -> HxpConfig:
+    """Write ``copy``: ``source`` with every model's max_num_seqs one lower."""
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    for model in data["models"]:
+        engine = dict(model["engine"])  # YAML anchors: the models share one mapping
+        engine["max_num_seqs"] -= 1
+        model["engine"] = engine
+    copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return load_config(copy)
+
+
+def test_rolling_engine_change_under_load(cfg: HxpConfig, config_copy: Path) -> None:
+    changed = with_engine_change(CONFIG, config_copy)
+    assert all(
+        m.engine.max_num_seqs == o.engine.max_num_seqs - 1
+        for m, o in zip(changed.models, cfg.models, strict=True)
+    )
+    with_fallbacks = [m.name for m in cfg.models if cfg.router.fallbacks.get(m.name)]
+    assert with_fallbacks, "the lab's hxp.yml gives no model a fallback"
+
+    deploy = hxp_deploy(config_copy)
+    report = load_while(cfg, deploy, with_fallbacks)
+    rolled_s = deploy.finished()
+    print(
+        f"\nrolling change of {len(cfg.models)} servers under load on {with_fallbacks}: "
+        f"deploy {rolled_s:.0f}s; {report['sent']} requests in {report['windows']} windows, "
+        f"{report['ok']} ok, failed {dict(report['failed'])}, "
+        f"by backend {dict(report['by_backend'])}"
+    )
+    idempotent_s = hxp_deploy(config_copy, "--expect-no-changes").finished()
+    restored_s = hxp_deploy(CONFIG).finished()
+    print(f"--expect-no-changes {idempotent_s:.0f}s; the original deployed back {restored_s:.0f}s")
+
+    assert sum(report["failed"].values()) == 0, report["failures"][:20]
+    assert report["ok"] > 0
