@@ -40,7 +40,7 @@ CHILD_ENV = "HXP_VLLM_LAUNCHER_CHILD"
 # Set by the unit: its TimeoutStopSec, so that the log says how long is left before SIGKILL.
 STOP_TIMEOUT_ENV = "HXP_VLLM_STOP_TIMEOUT_S"
 PROGRESS_INTERVAL_S = 5.0
-METRICS_TIMEOUT_S = 2.0
+METRICS_TIMEOUT_S = 1.0
 
 
 def version_with_vllm_alias(real_version: Callable[[str], str]) -> Callable[[str], str]:
@@ -127,11 +127,12 @@ class Supervisor:
             raise SystemExit(128 + signum)
         if self.child.poll() is not None:
             return
-        self.child.send_signal(signum)
         if self.stopping_since is None:
+            # Asked before the signal is passed on: vLLM closes its server at once on SIGTERM.
             self.stopping_since = time.monotonic()
             limit = f" (killed at {self.stop_timeout}s)" if self.stop_timeout else ""
             log(f"stopping{limit}: {describe_load(self.url)}")
+        self.child.send_signal(signum)
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):

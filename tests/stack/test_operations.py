@@ -28,6 +28,7 @@ from hxp_runtime.config import HostGroup, HxpConfig, load_config
 from tests.stack.conftest import CONFIG, REPO, host_in
 
 pytestmark = pytest.mark.slow
+LLM = "llm"
 # Load runs in windows this long until the deploy under test ends (the load tool is bounded).
 WINDOW_S = 20.0
 
@@ -56,10 +57,13 @@ class Deploy:
 
 
 def hxp_deploy(config: Path, *args: str) -> Deploy:
-    """`hxp deploy CONFIG ARGS` from the repository root, started."""
+    """`hxp deploy CONFIG ARGS` on the lab's LLM host, from the repository root, started.
+
+    Only that host's units change with a model's engine settings; the other hosts' plays would
+    add minutes and nothing to check."""
     log = tempfile.TemporaryFile(mode="w+", prefix="hxp-deploy-")  # noqa: SIM115 - Deploy closes it
     process = subprocess.Popen(
-        [sys.executable, "-m", "hxp_runtime.cli", "deploy", str(config), *args],
+        [sys.executable, "-m", "hxp_runtime.cli", "deploy", str(config), "--limit", LLM, *args],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
