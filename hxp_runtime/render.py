@@ -17,6 +17,7 @@ time. Nothing here re-states a schema rule: the config has been validated before
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -281,6 +282,32 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     }
 
 
+def backend_ids(plan: Plan) -> dict[tuple[str, int], str]:
+    """(host, port) of each server -> its backend in the router: the model's name, name-2...
+    for further replicas, in the plan's order (hxp_runtime.router.strategies.backends_from)."""
+    counts: dict[str, int] = {}
+    ids = {}
+    for inst in plan.instances:
+        counts[inst.model] = n = counts.get(inst.model, 0) + 1
+        ids[inst.host, inst.port] = inst.model if n == 1 else f"{inst.model}-{n}"
+    return ids
+
+
+def rollout_vars(cfg: HxpConfig, plan: Plan) -> Vars:
+    router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    return {
+        "hxp_vllm_rollout_batch_size": cfg.rollout.batch_size,
+        "hxp_vllm_rollout_drain_deadline_s": cfg.rollout.drain_deadline_s,
+        # A restarted server gets traffic again once a health check of every router worker saw
+        # it: within one interval, a few to be safe on a loaded host.
+        "hxp_vllm_rollout_readmit_timeout_s": math.ceil(
+            3 * cfg.router.health_check.interval_s + 10
+        ),
+        # Changed servers are drained through the router's admin API, which needs its key.
+        "hxp_vllm_router_host": router_host if cfg.router.admin_key is not None else None,
+    }
+
+
 def vllm_instance_vars(cfg: HxpConfig, inst: Instance) -> Vars:
     model = cfg.model(inst.model)
     engine = model.engine
@@ -323,6 +350,7 @@ ROLE_VARS: tuple[Callable[[HxpConfig, Plan], Vars], ...] = (
     redis_vars,
     qdrant_vars,
     router_vars,
+    rollout_vars,
     metrics_vars,
 )
 
@@ -347,9 +375,12 @@ def inventory_hosts(cfg: HxpConfig) -> Vars:
 def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     spec = cfg.host(host)
     instances = plan.for_host(host)
+    backends = backend_ids(plan)
     return {
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
-        "hxp_vllm_instances": [vllm_instance_vars(cfg, i) for i in instances],
+        "hxp_vllm_instances": [
+            {**vllm_instance_vars(cfg, i), "backend": backends[i.host, i.port]} for i in instances
+        ],
         # The GPU exporter runs on every NVIDIA host, with or without a metrics section; without
         # one, its port is that field's default in the schema.
         "hxp_vllm_gpu_exporter_port": (

@@ -595,6 +595,24 @@ class Planner(Strict):
     overhead_gb_per_gpu: Annotated[float, Field(ge=0)] = 2.0
 
 
+class Rollout(Strict):
+    """How ``hxp deploy`` changes running model servers (engine settings, environment, version).
+
+    Each changed server is drained through the router (no new requests, those in flight
+    finish), restarted, waited for until ready, and given traffic again before the next batch.
+    """
+
+    batch_size: Annotated[int, Field(ge=1, le=64)] = Field(
+        1,
+        description="changed servers of one host restarted together; 1 keeps every other "
+        "replica and fallback serving",
+    )
+    drain_deadline_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        60,
+        description="longest wait for a drained server's requests in flight before its restart",
+    )
+
+
 class Bundle(Strict):
     path: Path = Field(description="bundle directory on the controller (holds manifest.json)")
 
@@ -694,6 +712,7 @@ class HxpConfig(Strict):
     cache: Cache | None = None
     metrics: Metrics | None = None
     planner: Planner = Field(default_factory=Planner)
+    rollout: Rollout = Field(default_factory=Rollout)
     bundle: Bundle | None = None
     lab: LabSettings | None = None
     firewall: Firewall | None = None

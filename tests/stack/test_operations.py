@@ -1,17 +1,168 @@
-"""Day-2 operations on the running lab, under load from the load tool (tests/stack/load.py)."""
+"""Day-2 operations on the lab under load: changes to a running stack fail no requests.
+
+Slow (minutes: every model server of the lab restarts, twice where the original is deployed
+back). Run one test at a time, under
+the lab's lock, with the branch deployed first::
+
+    flock /tmp/hxp-lab.lock -c 'pytest -m "" -p no:cacheprovider -s \
+        tests/stack/test_operations.py::test_rolling_engine_change_under_load'
+"""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
+import pytest
 import testinfra
+import yaml
 
-from hxp_runtime.config import HostGroup, HxpConfig
-from tests.stack.conftest import host_in
+from hxp_runtime.config import HostGroup, HxpConfig, load_config
+from tests.stack.conftest import CONFIG, REPO, host_in
 from tests.stack.load import start_load
 
-Hosts = dict[str, testinfra.host.Host]
+pytestmark = pytest.mark.slow
+LLM = "llm"
+# Load runs in windows this long until the deploy under test ends (the load tool is bounded).
+WINDOW_S = 20.0
+# The router restart runs in the middle of one load run this long.
 LOAD_S = 25.0
+
+
+@dataclass
+class Deploy:
+    """`hxp deploy` under way. Its output goes to a file: a pipe nobody reads while the load
+    runs would fill up and stall the deploy."""
+
+    process: subprocess.Popen[str]
+    log: IO[str]
+    started: float
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def finished(self) -> float:
+        """Seconds it took; fails with the end of its output unless it succeeded."""
+        self.process.wait()
+        took = time.monotonic() - self.started
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
+        assert self.process.returncode == 0, f"{self.process.args}:\n{output[-6000:]}"
+        return took
+
+
+def hxp_deploy(config: Path, *args: str) -> Deploy:
+    """`hxp deploy CONFIG ARGS` on the lab's LLM host, from the repository root, started.
+
+    Only that host's units change with a model's engine settings; the other hosts' plays would
+    add minutes and nothing to check."""
+    log = tempfile.TemporaryFile(mode="w+", prefix="hxp-deploy-")  # noqa: SIM115 - Deploy closes it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hxp_runtime.cli", "deploy", str(config), "--limit", LLM, *args],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Deploy(process, log, time.monotonic())
+
+
+def load_while(cfg: HxpConfig, deploy: Deploy, models: list[str]) -> dict:
+    """Load on ``models`` in windows of WINDOW_S until ``deploy`` ends; the windows' sums."""
+    total: dict = {"sent": 0, "ok": 0, "failed": Counter(), "by_backend": Counter(), "failures": []}
+    windows = 0
+    while deploy.running():
+        report = start_load(cfg, models=models, concurrency=4, duration_s=WINDOW_S).wait()
+        windows += 1
+        total["sent"] += report["sent"]
+        total["ok"] += report["ok"]
+        total["failed"].update(report["failed"])
+        total["by_backend"].update(report["by_backend"])
+        total["failures"] += report["failures"]
+    total["windows"] = windows
+    return total
+
+
+@pytest.fixture
+def config_copy() -> Iterator[Path]:
+    """A directory beside the lab's hxp.yml, so that its relative paths (bundle, lab state)
+    resolve from the copy as from the original."""
+    where = Path(tempfile.mkdtemp(prefix="hxp-ops-", dir=CONFIG.parent.parent))
+    yield where / CONFIG.name
+    shutil.rmtree(where)
+
+
+def with_engine_change(source: Path, copy: Path) -> HxpConfig:
+    """Write ``copy``: ``source`` with every model's max_num_seqs one lower."""
+    data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    for model in data["models"]:
+        engine = dict(model["engine"])  # YAML anchors: the models share one mapping
+        engine["max_num_seqs"] -= 1
+        model["engine"] = engine
+    copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return load_config(copy)
+
+
+def test_rolling_engine_change_under_load(cfg: HxpConfig, config_copy: Path) -> None:
+    changed = with_engine_change(CONFIG, config_copy)
+    assert all(
+        m.engine.max_num_seqs == o.engine.max_num_seqs - 1
+        for m, o in zip(changed.models, cfg.models, strict=True)
+    )
+    with_fallbacks = [m.name for m in cfg.models if cfg.router.fallbacks.get(m.name)]
+    assert with_fallbacks, "the lab's hxp.yml gives no model a fallback"
+
+    deploy = hxp_deploy(config_copy)
+    report = load_while(cfg, deploy, with_fallbacks)
+    rolled_s = deploy.finished()
+    print(
+        f"\nrolling change of {len(cfg.models)} servers under load on {with_fallbacks}: "
+        f"deploy {rolled_s:.0f}s; {report['sent']} requests in {report['windows']} windows, "
+        f"{report['ok']} ok, failed {dict(report['failed'])}, "
+        f"by backend {dict(report['by_backend'])}"
+    )
+    idempotent_s = hxp_deploy(config_copy, "--expect-no-changes").finished()
+    restored_s = hxp_deploy(CONFIG).finished()
+    print(f"--expect-no-changes {idempotent_s:.0f}s; the original deployed back {restored_s:.0f}s")
+
+    # 429: the lab key's rate limit answering a load tool that sends flat out, at admission,
+    # before any backend is chosen; it says nothing about the rollout. Anything else failed.
+    failed = {cause: n for cause, n in report["failed"].items() if cause != "http_429"}
+    assert failed == {}, [f for f in report["failures"] if f["cause"] != "http_429"]
+    assert report["ok"] > 0
+
+
+def test_stopping_a_model_server_is_bounded_and_says_so_in_the_journal(
+    cfg: HxpConfig, hosts: dict[str, testinfra.host.Host]
+) -> None:
+    llm = host_in(cfg, hosts, HostGroup.LLM)
+    unit = cfg.models[-1].unit_name
+    since = llm.check_output("date +%s.%N")
+    stop = llm.run(f"s=$(date +%s.%N); systemctl stop {unit}; e=$(date +%s.%N); echo $s $e")
+    try:
+        assert stop.rc == 0, stop.stderr
+        began, ended = map(float, stop.stdout.split())
+        journal = llm.check_output(
+            f"journalctl --unit {unit} --since @{since} --no-pager --output cat"
+        )
+        result = llm.check_output(f"systemctl show -p Result --value {unit}")
+    finally:
+        llm.run(f"systemctl start {unit}")
+    print(f"\nsystemctl stop {unit}: {ended - began:.1f}s; result {result}")
+    print("\n".join(line for line in journal.splitlines() if "hxp-vllm-launcher" in line))
+    assert result == "success"  # not killed at TimeoutStopSec
+    assert "hxp-vllm-launcher: stopping (killed at " in journal
+    assert "hxp-vllm-launcher: stopped after " in journal
+    assert llm.service(unit).is_running
 
 
 def restart_router_under_load(
@@ -45,7 +196,7 @@ def restart_router_under_load(
     return report
 
 
-def test_router_restart_under_load(cfg: HxpConfig, hosts: Hosts) -> None:
+def test_router_restart_under_load(cfg: HxpConfig, hosts: dict[str, testinfra.host.Host]) -> None:
     llm = host_in(cfg, hosts, HostGroup.LLM)
     defaults = restart_router_under_load(cfg, llm, retries=True)
     assert defaults["failed"] == {}, defaults.get("failures")

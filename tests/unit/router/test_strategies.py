@@ -290,6 +290,19 @@ def test_fallbacks_follow_the_configured_order() -> None:
     assert route(table, RouteRequest(CHAT, "coder"), stats) == ["writer", "chatty", "chatty-2"]
 
 
+def test_a_drained_backend_leaves_its_model_to_replicas_then_fallbacks() -> None:
+    """A rolling restart drains one server at a time: its model's requests must still land."""
+    table = RoutingTable(settings(fallbacks={"coder": ["chatty"], "chatty": ["writer"]}))
+    stats = table_stats(table, coder={"draining": True}, chatty={"draining": True})
+    # No replica: the configured fallbacks, both replicas of chatty but the drained one.
+    assert route(table, RouteRequest(CHAT, "coder"), stats) == ["chatty-2"]
+    # A replica left: it first, then the model's fallbacks.
+    assert route(table, RouteRequest(CHAT, "chatty"), stats) == ["chatty-2", "writer"]
+    stats.backends["chatty-2"].draining = True
+    assert route(table, RouteRequest(CHAT, "coder"), stats) == []
+    assert route(table, RouteRequest(CHAT, "chatty"), stats) == ["writer"]
+
+
 def test_no_available_backend_means_no_attempts() -> None:
     table = RoutingTable(settings())
     stats = table_stats(table, writer={"healthy": False})
