@@ -47,12 +47,13 @@ def listening_ports(host: testinfra.host.Host) -> set[int]:
 
 @pytest.fixture(scope="module")
 def flows(cfg: HxpConfig) -> list[Flow]:
-    if cfg.firewall is None or not cfg.firewall.enabled:
-        pytest.skip("the lab's hxp.yml does not enable the firewall")
     return flow_matrix(cfg, plan_deployment(cfg))
 
 
 def test_every_host_admits_exactly_its_flows(cfg: HxpConfig, hosts: Hosts, flows: list[Flow]):
+    # Without the firewall (firewall.enabled false) only half holds: every flow the stack needs
+    # connects; the ports a fence would close are counted and printed, not asserted.
+    fenced = cfg.firewall is not None and cfg.firewall.enabled
     address = {h.name: str(h.address) for h in cfg.hosts}
     listening = {name: listening_ports(host) for name, host in hosts.items()}
     rows, wrong = [], []
@@ -68,7 +69,7 @@ def test_every_host_admits_exactly_its_flows(cfg: HxpConfig, hosts: Hosts, flows
         for (dest, port), connected in zip(targets, result, strict=True):
             expected = allowed(flows, address[source], dest, port)
             rows.append((source, dest, port, connected, expected))
-            if connected != expected:
+            if connected != expected and (fenced or expected):
                 wrong.append((source, dest, port, "connects" if connected else "blocked"))
     print()
     print(f"{'from':24} {'to':24} {'port':>6}  result   expected")
@@ -80,6 +81,8 @@ def test_every_host_admits_exactly_its_flows(cfg: HxpConfig, hosts: Hosts, flows
         )
     assert any(expected for *_, expected in rows), "no admitted flow was probed"
     assert any(not expected for *_, expected in rows), "no blocked port was probed"
+    unfenced = sum(connected and not expected for _, _, _, connected, expected in rows)
+    print(f"firewall {'on' if fenced else 'off'}: {unfenced} ports open beyond the matrix")
     assert wrong == [], f"connections that disagree with the flow matrix: {wrong}"
 
 
