@@ -4,23 +4,9 @@ controller admitted to SSH and nothing else."""
 import socket
 
 import pytest
+from probe import ADMITTED, NOT_ADMITTED, address_of, connects
 
 testinfra_hosts = ["hx-postgres-server-01"]
-
-ADMITTED, NOT_ADMITTED = 7001, 7002
-
-CONNECT = (
-    "python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)' "
-    "{} {}"
-)
-
-
-def connects(host, address, port):
-    return host.run(CONNECT.format(address, port)).rc == 0
-
-
-def address_of(host, name):
-    return host.backend.ansible_runner.get_variables(name)["ansible_host"]
 
 
 def test_loopback_is_left_alone(host):

@@ -2,8 +2,7 @@
 set loaded at boot. Probes: test_from_llm_host.py and test_database_host.py."""
 
 import pytest
-
-ADMITTED = 7001
+from probe import ADMITTED
 
 
 @pytest.fixture(scope="module")
