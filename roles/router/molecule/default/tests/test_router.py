@@ -108,5 +108,13 @@ def test_a_restart_keeps_the_socket_and_answers_the_next_request(
     body = {"model": "phi3", "prompt": "hi"}
     status, _ = call(host, f"http://{address}:{PORT}/v1/completions", key=key, body=body)
     assert status == 200
-    assert host.run("systemctl show -p MainPID --value hxp-router").stdout.strip() != main
+    # The request may have been answered by the old process before its SIGTERM (the restart
+    # was not waited for), so the new process is awaited rather than assumed.
+    deadline = time.monotonic() + 60
+    while (
+        host.run("systemctl show -p MainPID --value hxp-router").stdout.strip() in (main, "0")
+        or not host.service("hxp-router").is_running
+    ):
+        assert time.monotonic() < deadline, "no new router process within 60 s of the restart"
+        time.sleep(0.5)
     assert socket_unit.is_running

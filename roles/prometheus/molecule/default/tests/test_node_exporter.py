@@ -1,4 +1,5 @@
-"""Role node_exporter on a lab host: Debian's exporter on the host's address only, serving
+"""Role node_exporter on the metrics host (every hxp host runs it; the metrics host
+scenario shows it): Debian's exporter on the host's address only, serving
 node_ metrics to a client on the lab bridge (as Prometheus scrapes it), in a hardened unit."""
 
 PORT = 9100

@@ -1,4 +1,5 @@
-"""Role alertmanager on a lab host: Alertmanager on the host's address only, behind basic auth,
+"""Role alertmanager on the metrics host (the scenario converges it with node_exporter and
+prometheus, as the stack does): Alertmanager on the host's address only, behind basic auth,
 without a cluster port, in a hardened unit; an alert posted to its API is routed by the
 scenario's configuration to a webhook receiver the test runs on the host.
 
@@ -33,7 +34,7 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever(
 
 @pytest.fixture(scope="module")
 def password(scenario_secret):
-    return scenario_secret("alertmanager-web-password")
+    return scenario_secret("metrics-web-password")
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_an_alert_is_routed_to_the_webhook(address, password, webhook, http_from
     marker = uuid.uuid4().hex
     alert = {
         "labels": {"alertname": "HxpScenarioTest", "hxp_test": "webhook", "marker": marker},
-        "annotations": {"summary": "posted by the alertmanager scenario"},
+        "annotations": {"summary": "posted by the metrics host scenario"},
     }
     url = f"http://{address}:{PORT}/api/v2/alerts"
     assert http_from_controller(url, body=[alert])[0] == 401
