@@ -1,6 +1,7 @@
 """The metrics host watches the whole stack: every target hxp.yml implies is scraped and up,
 every dashboard panel's query returns data from the lab's real Prometheus after a load run, and
-an alert goes all the way to the webhook receiver when a model server stops, then resolves.
+a model server's stop is bounded, seen by `hxp status` and alerted all the way to the webhook
+receiver, then resolved.
 
 The tests run in file order: the load run first (so histograms and counters exist), the alert
 round trip next (its stopped model server makes the router fall back, which the fallback panels
@@ -28,6 +29,7 @@ from hxp_runtime.config import HostGroup, HxpConfig, resolve_host
 from hxp_runtime.observability.alerts import alert_rules
 from hxp_runtime.observability.dashboards import dashboards, panel_queries
 from tests.stack.conftest import host_in, secret
+from tests.stack.hxpstatus import BACK_WITHIN_S, hxp_status, unit_problems
 
 Hosts = dict[str, testinfra.host.Host]
 # Not obtainable on this machine: the lab's vector host runs everything but the binary.
@@ -262,12 +264,16 @@ def _wait_for(
                 return at
 
 
-def test_a_stopped_model_server_alerts_the_webhook_then_resolves(
+def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
     cfg: HxpConfig,
     hosts: Hosts,
     client: openai.OpenAI,
     webhook: queue.Queue[tuple[float, dict[str, Any]]],
 ) -> None:
+    """One model server stopped and started, every outage check on that one stop (each restart
+    of a vLLM server costs a minute or more of the run): the stop is bounded and says so in the
+    journal, `hxp status` is degraded naming the unit, requests go to the model's fallbacks, the
+    alert reaches the webhook; once started, the alert resolves and `hxp status` is healthy."""
     assert cfg.metrics is not None
     alerting = cfg.metrics.alerting
     rule = _down_rule(cfg)
@@ -276,25 +282,52 @@ def test_a_stopped_model_server_alerts_the_webhook_then_resolves(
     bound = interval + _seconds(rule.get("for", "0s")) + interval + alerting.group_wait_s + 15
     resolve_bound = 2 * interval + alerting.group_interval_s + 30
     model = next(m for m in cfg.models if m.task == "generate" and m.name in cfg.router.fallbacks)
+    unit = model.unit_name
     llm = host_in(cfg, hosts, HostGroup.LLM)
+    since = llm.check_output("date +%s.%N")
     stopped = time.monotonic()
-    llm.check_output(f"systemctl stop {model.unit_name}")
+    stop = llm.run(f"s=$(date +%s.%N); systemctl stop {unit}; e=$(date +%s.%N); echo $s $e")
     try:
+        assert stop.rc == 0, stop.stderr
+        began, ended = map(float, stop.stdout.split())
+        journal = llm.check_output(
+            f"journalctl --unit {unit} --since @{since} --no-pager --output cat"
+        )
+        result = llm.check_output(f"systemctl show -p Result --value {unit}")
+        degraded = hxp_status()
         # Requests for the stopped model go to its fallbacks meanwhile.
         _load(cfg, client, rounds=1)
         fired = _wait_for(webhook, rule["alert"], model.name, "firing", stopped + bound)
-        print(
-            f"\n{rule['alert']} for {model.name} reached the webhook {fired - stopped:.1f} s "
-            f"after the stop (bound {bound:.0f} s)"
-        )
     finally:
         started = time.monotonic()
-        llm.check_output(f"systemctl start {model.unit_name}")
+        llm.check_output(f"systemctl start {unit}")
     ready = time.monotonic()
+    print(f"\nsystemctl stop {unit}: {ended - began:.1f}s; result {result}")
+    print("\n".join(line for line in journal.splitlines() if "hxp-vllm-launcher" in line))
+    assert result == "success"  # not killed at TimeoutStopSec
+    assert "hxp-vllm-launcher: stopping (killed at " in journal
+    assert "hxp-vllm-launcher: stopped after " in journal
+
+    messages = [p["message"] for p in degraded.envelope["problems"]]
+    print("hxp status while stopped:\n  " + "\n  ".join(messages))
+    assert degraded.code == 1
+    assert any(m.startswith(f"unit {unit} on {llm.backend.get_hostname()}") for m in messages)
+    print(
+        f"{rule['alert']} for {model.name} reached the webhook {fired - stopped:.1f} s "
+        f"after the stop (bound {bound:.0f} s)"
+    )
+
     resolved = _wait_for(webhook, rule["alert"], model.name, "resolved", ready + resolve_bound)
     print(
         f"resolved {resolved - ready:.1f} s after the unit was ready again "
         f"({ready - started:.1f} s to start; bound {resolve_bound:.0f} s)"
+    )
+    while unit_problems(again := hxp_status()):
+        assert time.monotonic() - started < BACK_WITHIN_S, again.envelope["problems"]
+        time.sleep(5)
+    print(
+        f"hxp status healthy again {time.monotonic() - started:.1f} s after the start "
+        f"(exit {again.code}; alerts: {again.envelope['result']['degraded']})"
     )
 
 

@@ -1,56 +1,13 @@
-"""`hxp status` on the lab: healthy and complete in well under 5 s; degraded, naming the unit,
-while a model server is stopped; healthy again once it is back."""
+"""`hxp status` on the lab: healthy and complete in well under 5 s. Degraded while a model server
+is stopped, and healthy again once it is back: tests/stack/test_observability.py, whose stopped
+model server every outage check shares."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from typing import Any
+from hxp_runtime.config import HxpConfig
+from tests.stack.hxpstatus import hxp_status, unit_problems
 
-import testinfra
-
-from hxp_runtime.config import HostGroup, HxpConfig
-from tests.stack.conftest import CONFIG, REPO, host_in
-
-Hosts = dict[str, testinfra.host.Host]
 FAST_S = 5.0
-# vLLM on CPU loads a tiny model in well under a minute; then one health interval of the router
-# and the Prometheus alert of the stop resolving (a scrape and an evaluation).
-BACK_WITHIN_S = 300.0
-
-
-@dataclass(frozen=True)
-class Status:
-    code: int
-    envelope: dict[str, Any]
-    seconds: float
-
-
-def unit_problems(status: Status) -> list[str]:
-    """The reasons it is degraded other than firing alerts. Alerts may fire from earlier
-    traffic on the shared lab (an error budget burning over its hour-long window); the tests
-    print them and judge units, models, backends and hosts."""
-    return [
-        p["message"] for p in status.envelope["problems"] if not p["message"].startswith("alert ")
-    ]
-
-
-def hxp_status() -> Status:
-    started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "hxp_runtime.cli", "status", str(CONFIG), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
-    seconds = time.monotonic() - started
-    assert done.stdout, done.stderr
-    return Status(done.returncode, json.loads(done.stdout), seconds)
 
 
 def test_status_lists_every_host_unit_model_and_backend_healthy(cfg: HxpConfig) -> None:
@@ -75,31 +32,3 @@ def test_status_lists_every_host_unit_model_and_backend_healthy(cfg: HxpConfig) 
     assert set(result["backends"]) == {m.name for m in cfg.models}
     # The lab's knowingly-off services are listed as expected, with their reasons.
     assert any(line.startswith("qdrant on ") for line in result["expected"])
-
-
-def test_status_is_degraded_while_a_model_server_is_stopped(cfg: HxpConfig, hosts: Hosts) -> None:
-    embeddings = cfg.router.semantic.embedding_model
-    model = next(m for m in cfg.models if m.task == "generate" and m.name != embeddings)
-    llm = host_in(cfg, hosts, HostGroup.LLM)
-    llm.check_output(f"systemctl stop {model.unit_name}")
-    try:
-        stopped = hxp_status()
-    finally:
-        started = time.monotonic()
-        llm.check_output(f"systemctl start {model.unit_name}")
-    assert stopped.code == 1
-    messages = [p["message"] for p in stopped.envelope["problems"]]
-    print("\nwhile stopped:\n  " + "\n  ".join(messages))
-    assert any(
-        m.startswith(f"unit {model.unit_name} on {llm.backend.get_hostname()}") for m in messages
-    )
-    while True:
-        again = hxp_status()
-        if not unit_problems(again):
-            break
-        assert time.monotonic() - started < BACK_WITHIN_S, again.envelope["problems"]
-        time.sleep(5)
-    print(
-        f"healthy again {time.monotonic() - started:.1f} s after the start "
-        f"(exit {again.code}; alerts: {again.envelope['result']['degraded']})"
-    )
