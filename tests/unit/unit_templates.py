@@ -45,7 +45,16 @@ def _plugins_loaded() -> None:
     filter_loader.add_directory(str(FILTER_PLUGINS))
 
 
-def variables(template: Path, golden: str, loader: DataLoader) -> dict[str, Any]:
+@functools.cache
+def _variables_file(path: Path) -> dict[str, Any]:
+    """A variables file as Ansible reads it, once per process (the rendered group variables take
+    seconds to parse); the templating only reads it."""
+    # Trusted as Ansible trusts the files it reads itself; `!unsafe` strings stay data.
+    data = DataLoader().load_from_file(str(path), unsafe=True, trusted_as_template=True)
+    return dict(data or {})
+
+
+def variables(template: Path, golden: str) -> dict[str, Any]:
     """What Ansible gives the template: role defaults, role vars, the rendered inventory (in
     Ansible's order of precedence), and run-time facts."""
     found: dict[str, Any] = {}
@@ -55,9 +64,8 @@ def variables(template: Path, golden: str, loader: DataLoader) -> dict[str, Any]
         GOLDEN / golden / "group_vars" / "all" / "hxp.yml",
         GOLDEN / golden / "host_vars" / HOST / "hxp.yml",
     ]:
-        # Trusted as Ansible trusts the files it reads itself; `!unsafe` strings stay data.
-        found.update(loader.load_from_file(str(path), trusted_as_template=True) or {})
-    hosts = loader.load_from_file(str(GOLDEN / golden / "hosts.yml"))
+        found.update(_variables_file(path))
+    hosts = _variables_file(GOLDEN / golden / "hosts.yml")
     instances = found.get("hxp_vllm_instances") or []
     found.update(
         ansible_managed="Ansible managed",
@@ -78,6 +86,13 @@ def variables(template: Path, golden: str, loader: DataLoader) -> dict[str, Any]
 def render(template: Path, golden: str = "lab") -> str:
     """The text Ansible's template module writes from template, for golden render `golden`."""
     _plugins_loaded()
-    loader = DataLoader()
-    templar = Templar(loader=loader, variables=variables(template, golden, loader))
+    templar = Templar(loader=DataLoader(), variables=variables(template, golden))
     return str(templar.template(trust_as_template(template.read_text())))
+
+
+def installed_name(template: Path, golden: str = "lab") -> str:
+    """The name of the file the template is installed as: role vllm's unit is written once per
+    model instance (render() renders the first), every other template once."""
+    if template.name == "hxp-vllm.service.j2":
+        return f"{variables(template, golden)['item']['unit']}.service"
+    return template.name.removesuffix(".j2")
