@@ -6,9 +6,10 @@ the hosts' own. The drop-ins on Debian's units are rated on the roles' Molecule 
 Each unit has two recorded numbers, both upper bounds:
 - its overall exposure level (0 safe .. 10 exposed), which must also stay within hxp's limit
   (EXPOSURE_LIMIT, 2.0; docs/security.md records the same numbers);
-- the sum of the exposures of the items systemd marks as open. Each item's share is rounded up
-  to 0.1, so removing any directive systemd rates raises the sum, where the overall level, a
-  weighted mean over some 80 items rounded to 0.1, may not move.
+- the sum of the exposures of the items systemd marks as open. systemd shows an open item's
+  share as at least 0.1, so removing any directive it rates raises the sum (the router's unit
+  below shows it for each directive of the baseline), where the overall level, a weighted mean
+  over some 80 items rounded to 0.1, may not move.
 A unit hardened further rates lower: record its new numbers. A unit that cannot reach the limit
 needs the reason written beside it in its template and in docs/security.md.
 
