@@ -35,6 +35,7 @@ def _hardening_baseline() -> Any:
 # What every hxp unit and drop-in sets (the baseline's core), as `systemctl show` prints it.
 _BASELINE = _hardening_baseline()
 HARDENING = {name: _BASELINE.shown(value) for name, value in _BASELINE.CORE.items()}
+EXPOSURE_LIMIT: float = _BASELINE.EXPOSURE_LIMIT
 
 
 # One HTTP request, a script for python3 on the controller or on a host: argv[1] is the request
@@ -245,6 +246,26 @@ def assert_hardened(
         for name, expected in HARDENING.items():
             assert properties[name] == expected, f"{unit}: {name}={properties[name]!r}"
         return properties
+
+    return check
+
+
+@pytest.fixture(scope="module")
+def assert_exposure(host: Any) -> Callable[..., float]:
+    """assert_exposure(unit, limit=EXPOSURE_LIMIT): `systemd-analyze security` on the host rates
+    the loaded unit (drop-ins included) at most limit; prints the rating (the scenarios run
+    pytest with -rP, so it shows in the verify log) and returns it."""
+
+    def check(unit: str, limit: float = EXPOSURE_LIMIT) -> float:
+        analysed = host.run("systemd-analyze security --no-pager %s", unit)
+        assert analysed.rc == 0, f"{unit}: {analysed.stderr}"
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", analysed.stdout)
+        assert match, f"{unit}: no exposure level in:\n{analysed.stdout[-2000:]}"
+        exposure = float(match.group(1))
+        print(f"systemd-analyze security {unit}: overall exposure {exposure} (limit {limit})")
+        # The whole table names the directives that cost exposure, for the reader of a failure.
+        assert exposure <= limit, f"{unit}: exposure {exposure} > {limit}:\n{analysed.stdout}"
+        return exposure
 
     return check
 

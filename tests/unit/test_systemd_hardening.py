@@ -7,7 +7,6 @@ directives by hand, and each rendered unit carries the baseline's core.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,19 +15,11 @@ from typing import Any
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import filter_loader, init_plugin_loader
-from ansible.template import Templar, trust_as_template
 
 from tests.unit.conftest import load_file_module
+from tests.unit.unit_templates import DEVICES, FILTER_PLUGINS, REPO, UNIT_TEMPLATES, render, role
 
-REPO = Path(__file__).resolve().parents[2]
-PLUGIN = REPO / "plugins" / "filter" / "hxp_systemd_hardening.py"
-UNIT_TEMPLATES = sorted(
-    path
-    for path in REPO.glob("roles/*/templates/etc/systemd/system/**/*.j2")
-    if not path.name.endswith((".timer.j2", ".socket.j2"))  # no process, nothing to sandbox
-)
+PLUGIN = FILTER_PLUGINS / "hxp_systemd_hardening.py"
 
 Hardening = Callable[..., str]
 
@@ -138,79 +129,23 @@ def test_templates_state_the_baseline_only_through_the_filter(
     assert not restated, f"{template.name} restates the baseline: {restated}"
 
 
-# What the templates read, with values of the right shape; the vLLM unit is rendered for a CPU
-# and for a GPU host.
-INSTANCE = {
-    "name": "m",
-    "unit": "hxp-vllm-m",
-    "served_name": "m",
-    "port": 11400,
-    "gpu_ids": [0],
-    "tensor_parallel_size": 1,
-    "gpu_memory_utilization": 0.9,
-    "kv_cache_bytes": 1 << 30,
-    "max_model_len": 4096,
-    "max_num_seqs": 8,
-    "dtype": "auto",
-    "quantization": None,
-    "kv_cache_dtype": "auto",
-    "rope_scaling": None,
-    "task": "generate",
-    "enable_prefix_caching": True,
-    "extra_args": [],
-    "memory_limit_gb": 8,
-    "cpu_cores": 2,
-    "start_order": 0,
-    "model_artifact": None,
-}
-
-
-@functools.cache
-def _plugins_loaded() -> None:
-    """Ansible's plugin loader, once per process (it refuses a second set-up)."""
-    init_plugin_loader()
-    filter_loader.add_directory(str(PLUGIN.parent))
-
-
-def _render(template: Path, device: str) -> str:
-    _plugins_loaded()
-    text = template.read_text()
-    # Any other variable a unit template reads is a path or a name: a placeholder does.
-    variables: dict[str, Any] = {
-        name: f"/placeholder/{name}" for name in re.findall(r"\b_?hxp_[a-z0-9_]+", text)
-    }
-    variables.update(
-        ansible_managed="managed",
-        ansible_facts={"systemd": {"version": 252}},
-        item=INSTANCE,
-        hxp_vllm_device=device,
-        hxp_vllm_instances=[INSTANCE],
-        hxp_vllm_cpu_affinity={},
-        hxp_vllm_cpu_kv_cache_min_bytes=1,
-        hxp_vllm_start_timeout_s=300,
-        _hxp_vllm_model_dirs={"m": "/models/m"},
-        hxp_router_settings={"workers": 2},
-        _hxp_router_drain_s=30,
-    )
-    templar = Templar(loader=DataLoader(), variables=variables)
-    return str(templar.template(trust_as_template(text)))
-
-
-# Only role vllm's units depend on the host's device.
-RENDERINGS = [(t, "cpu") for t in UNIT_TEMPLATES] + [
-    (t, "cuda") for t in UNIT_TEMPLATES if t.relative_to(REPO).parts[1] == "vllm"
+# Only role vllm's units depend on the host's device: rendered for the lab (CPU) and the sample
+# (GPU) inventory.
+RENDERINGS = [(t, "lab") for t in UNIT_TEMPLATES] + [
+    (t, "sample") for t in UNIT_TEMPLATES if role(t) == "vllm"
 ]
 
 
 @pytest.mark.parametrize(
-    ("template", "device"),
+    ("template", "golden"),
     RENDERINGS,
     ids=lambda v: str(v.relative_to(REPO)) if isinstance(v, Path) else v,
 )
 def test_every_rendered_unit_carries_the_core(
-    plugin: ModuleType, template: Path, device: str
+    plugin: ModuleType, template: Path, golden: str
 ) -> None:
-    lines = _render(template, device).splitlines()
+    device = DEVICES[golden]
+    lines = render(template, golden).splitlines()
     for name, value in plugin.CORE.items():
         assert lines.count(f"{name}={value}") == 1, f"{template.name}: {name}"
     if template.name == "hxp-vllm.service.j2":

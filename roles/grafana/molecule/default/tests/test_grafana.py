@@ -195,6 +195,11 @@ def test_unit_is_hardened(assert_hardened):
     )
 
 
+# The unit as installed, whether or not the bundle held the server to run in it.
+def test_unit_exposure_is_within_the_limit(assert_exposure):
+    assert_exposure("grafana-server")
+
+
 def test_unit_exposure_is_at_most_2(host):
     report = host.run("systemd-analyze security --no-pager grafana-server.service")
     exposure = re.search(

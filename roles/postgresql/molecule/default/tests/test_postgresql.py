@@ -209,3 +209,10 @@ def test_backup_restores_into_a_fresh_database_with_the_same_rows(host):
 )
 def test_units_are_hardened(assert_hardened, unit):
     assert assert_hardened(unit, "User")["User"] in {"postgres", "prometheus"}
+
+
+@pytest.mark.parametrize(
+    "unit", [UNIT, "prometheus-postgres-exporter", "hxp-postgresql-backup.service"]
+)
+def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
+    assert_exposure(unit)

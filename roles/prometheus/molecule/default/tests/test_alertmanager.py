@@ -93,6 +93,10 @@ def test_unit_is_hardened(assert_hardened):
     assert properties["ReadWritePaths"] == "/var/lib/prometheus/alertmanager"
 
 
+def test_unit_exposure_is_within_the_limit(assert_exposure):
+    assert_exposure(UNIT)
+
+
 @pytest.mark.parametrize(
     "path", ["/etc/prometheus/alertmanager.yml", "/etc/prometheus/alertmanager-web.yml"]
 )

@@ -32,3 +32,7 @@ def test_unit_is_hardened_and_unprivileged(assert_hardened):
     properties = assert_hardened(UNIT, "User", "ReadWritePaths")
     assert properties["User"] == "prometheus"
     assert properties["ReadWritePaths"] == ""
+
+
+def test_unit_exposure_is_within_the_limit(assert_exposure):
+    assert_exposure(UNIT)

@@ -105,6 +105,14 @@ def test_unit_is_hardened(assert_hardened):
     assert properties["ReadWritePaths"] == "/var/lib/prometheus/metrics2"
 
 
+# The host's node exporter and Alertmanager, which this scenario converges too, with Prometheus.
+@pytest.mark.parametrize(
+    "unit", ["prometheus", "prometheus-node-exporter", "prometheus-alertmanager"]
+)
+def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
+    assert_exposure(unit)
+
+
 @pytest.mark.parametrize(
     "path",
     [

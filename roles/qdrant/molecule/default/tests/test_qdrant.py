@@ -106,6 +106,12 @@ def test_qdrant_unit_is_hardened(assert_hardened):
     assert "--config-path /etc/qdrant/config.yaml" in properties["ExecStart"]
 
 
+# The unit as installed, whether or not the bundle held the server to run in it.
+@pytest.mark.parametrize("unit", ["qdrant", "hxp-qdrant-snapshot.service"])
+def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
+    assert_exposure(unit)
+
+
 def test_units_pass_systemd_analyze_verify(assert_units_verify):
     assert_units_verify(
         BINARY, "qdrant.service", "hxp-qdrant-snapshot.service", "hxp-qdrant-snapshot.timer"

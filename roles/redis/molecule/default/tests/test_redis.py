@@ -83,6 +83,11 @@ def test_units_are_hardened(assert_hardened, unit):
     assert_hardened(unit)
 
 
+@pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
+def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
+    assert_exposure(unit)
+
+
 def test_redis_writes_only_its_own_directories(host):
     paths = host.check_output("systemctl show redis-server -p ReadWritePaths").split("=", 1)[1]
     assert sorted(paths.split()) == ["-/run/redis", "-/var/lib/redis"]

@@ -60,6 +60,10 @@ def test_unit_is_hardened_and_unprivileged(assert_hardened):
     assert props["KillMode"] == "mixed"
 
 
+def test_unit_exposure_is_within_the_limit(assert_exposure):
+    assert_exposure("hxp-router")
+
+
 def test_files_owners_and_modes(host, key):
     settings = host.file("/etc/hxp-router/settings.yml")
     assert (settings.user, settings.group, settings.mode) == ("root", "hxp-router", 0o640)
