@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.certs import check_pair
 from hxp_runtime.config.endpoints import resolve_host
 from hxp_runtime.config.problems import Problem
 from hxp_runtime.config.schema import HostGroup, HxpConfig
@@ -28,6 +27,10 @@ def tls_problems(cfg: HxpConfig) -> Iterator[Problem]:
         return  # secret_problems reports the reference itself
     if certificate is None or key is None:
         return
+    # Here, not at the top: the router on a host imports hxp_runtime.config, and the hosts have
+    # no cryptography; only render and deploy, on the controller, run this rule.
+    from hxp_runtime.certs import check_pair  # noqa: PLC0415
+
     problems = check_pair(
         certificate.encode(), key.encode(), cfg.host(host_name).address, host_name
     )
