@@ -38,7 +38,12 @@ from hxp_runtime.config import (
 from hxp_runtime.flows import firewall_settings, flow_matrix, inbound
 from hxp_runtime.observability.alerts import alert_rules, alertmanager_config
 from hxp_runtime.observability.dashboards import dashboards
-from hxp_runtime.observability.scrape import QDRANT_KEY_FILE, WEB_PASSWORD_FILE, scrape_configs
+from hxp_runtime.observability.scrape import (
+    QDRANT_KEY_FILE,
+    ROUTER_CERTIFICATE_FILE,
+    WEB_PASSWORD_FILE,
+    scrape_configs,
+)
 from hxp_runtime.planner import Instance, Plan
 from hxp_runtime.router.store import SCHEMA as ROUTER_SCHEMA
 
@@ -95,13 +100,15 @@ def secret_refs(cfg: HxpConfig) -> dict[str, Vars]:
     }
 
 
-def _secret(cfg: HxpConfig, ref: SecretRef | None) -> Expression | None:
+def _secret(cfg: HxpConfig, ref: SecretRef | None, *, pem: bool = False) -> Expression | None:
+    """The lookup of a secret field; ``pem``: a certificate or key, several lines."""
     if ref is None:
         return None
     key = next(format_path(path) for path, known in walk_secret_refs(cfg) if known is ref)
     if not _SECRET_KEY.match(key):
         raise ValueError(f"unexpected secret field path {key!r}")
-    return Expression(f"{{{{ lookup('hxp_secret', hxp_secret_refs['{key}']) }}}}")
+    options = ", pem=true" if pem else ""
+    return Expression(f"{{{{ lookup('hxp_secret', hxp_secret_refs['{key}']{options}) }}}}")
 
 
 def _address(cfg: HxpConfig, host: str | None) -> str | None:
@@ -199,7 +206,7 @@ def _backends(cfg: HxpConfig, plan: Plan) -> list[Vars]:
 def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     router = cfg.router
     settings = router.model_dump(
-        mode="json", exclude={"api_keys", "upstream_api_key", "admin_key", "host"}
+        mode="json", exclude={"api_keys", "upstream_api_key", "admin_key", "host", "tls"}
     )
     # The gateway listens on its host's address (hxp_runtime.router.settings.RouterSettings).
     settings["listen_host"] = _address(cfg, resolve_host(cfg, router.host, HostGroup.LLM))
@@ -229,6 +236,11 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
             for key in router.api_keys
         ],
         "hxp_router_upstream_api_key": _secret(cfg, router.upstream_api_key),
+        # The role installs them and adds their paths to the settings (settings.tls).
+        "hxp_router_tls_certificate": _secret(
+            cfg, router.tls.certificate if router.tls else None, pem=True
+        ),
+        "hxp_router_tls_key": _secret(cfg, router.tls.key if router.tls else None, pem=True),
         "hxp_router_admin_key": _secret(cfg, router.admin_key),
         "hxp_router_database_password": _secret(
             cfg, cfg.database.router_password if cfg.database else None
@@ -247,6 +259,11 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     credentials = {Path(WEB_PASSWORD_FILE).name: web_password}
     if cfg.vector_db is not None:
         credentials[Path(QDRANT_KEY_FILE).name] = _secret(cfg, cfg.vector_db.api_key)
+    if cfg.router.tls is not None:
+        # Prometheus trusts the router's own certificate for its scrape (scrape.py).
+        credentials[Path(ROUTER_CERTIFICATE_FILE).name] = _secret(
+            cfg, cfg.router.tls.certificate, pem=True
+        )
     return {
         "hxp_metrics_enabled": True,
         "hxp_node_exporter_port": m.node_exporter_port,

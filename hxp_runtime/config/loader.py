@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from hxp_runtime.config.fit import plan_problems
 from hxp_runtime.config.problems import ConfigError, Dropped, Problem, pydantic_problems
-from hxp_runtime.config.rules import cross_field_problems, secret_problems
+from hxp_runtime.config.rules import cross_field_problems, secret_problems, tls_problems
 from hxp_runtime.config.schema import HostGroup, HxpConfig
 from hxp_runtime.yamlsource import LineMap, YamlSourceError, load_yaml
 
@@ -43,7 +43,8 @@ def load_config(
     ``check_fit`` runs the GPU planner as the last rule (a model that does not fit its GPUs is a
     configuration error). It reads model config.json files named by ``source.local_path``.
     ``check_secrets`` also requires every env: and file: secret reference to resolve on this
-    machine (render and deploy need the values; validate does not).
+    machine (render and deploy need the values; validate does not), and checks the router's
+    certificate and key (router.tls) it can read.
     """
     data, lines = _read_document(file, text)
     cfg, dropped, problems = _validate(file, data, lines)
@@ -51,6 +52,7 @@ def load_config(
     later = list(cross_field_problems(cfg, dropped))
     if check_secrets:
         later.extend(secret_problems(cfg))
+        later.extend(tls_problems(cfg))
     if check_fit:
         later.extend(plan_problems(cfg, later, dropped))
     problems.extend(Problem(dropped.original(p.path), p.message) for p in later)

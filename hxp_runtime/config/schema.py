@@ -170,6 +170,16 @@ class SecretRef(Strict):
     def __str__(self) -> str:
         return f"{self.scheme.value}:{self.value}"
 
+    def controller_value(self) -> str | None:
+        """The secret as the hxp_secret lookup reads it on this machine (a file's trailing
+        whitespace stripped); None for vault: (Ansible's alone). Raises OSError for a file that
+        cannot be read and KeyError for an unset variable."""
+        if self.scheme is SecretScheme.ENV:
+            return os.environ[self.value]
+        if self.scheme is SecretScheme.FILE:
+            return Path(self.value).read_text(encoding="utf-8").rstrip()
+        return None
+
     def unresolvable(self) -> str | None:
         """Why this reference cannot be resolved on this machine now, or None.
 
@@ -481,8 +491,36 @@ class RouterPolicy(Strict):
     )
 
 
+class RouterTls(Strict):
+    """HTTPS on the router's public port: a PEM certificate (chain after it) and its key."""
+
+    certificate: SecretRef = Field(
+        description="PEM certificate (its chain after it) covering the router host's address "
+        "in subjectAltName; render and deploy check it with the key"
+    )
+    key: SecretRef = Field(
+        description="the certificate's PEM private key, unencrypted; written 0600 on the host"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _both(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len({"certificate", "key"} & set(data)) == 1:
+            missing = "key" if "certificate" in data else "certificate"
+            raise ValueError(
+                f"router.tls needs both certificate and key; add {missing} (a secret reference) "
+                "or remove router.tls to serve plain HTTP"
+            )
+        return data
+
+
 class Router(RouterPolicy):
     host: str | None = None
+    tls: RouterTls | None = Field(
+        None,
+        description="serve HTTPS on the public port (plain HTTP there gets no answer); "
+        "none: plain HTTP",
+    )
     api_keys: list[ApiKeyRef] = Field(default_factory=list)
     upstream_api_key: SecretRef | None = Field(
         None, description="key the vLLM servers require (--api-key); health checks send it"

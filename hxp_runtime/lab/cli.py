@@ -99,7 +99,8 @@ def up(
     out.print(
         f"[green]lab {spec.name} up[/] in {time.monotonic() - started:.1f}s: "
         f"{len(spec.hosts)} hosts on {spec.bridge} ({spec.gateway}), "
-        f"apt proxy {spec.apt_proxy_url}\ninventory: {spec.inventory_file}",
+        f"apt proxy {spec.apt_proxy_url}\ninventory: {spec.inventory_file}\n"
+        f"CA (clients verify router.tls with it): {spec.ca_dir / 'ca.crt'}",
         highlight=False,
     )
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hxp_runtime.certs import FileCa, issue, write_private
 from hxp_runtime.lab.aptproxy import AptProxy
 from hxp_runtime.lab.cgroups import kill_cgroups, lab_cgroups, remove_empty_parents
 from hxp_runtime.lab.errors import LabError, Log
@@ -116,6 +117,7 @@ class Lab:
         save_state(self.spec.state_dir, state)
         self._ensure_bridge(state)
         self._ensure_secret_files(state)
+        self._ensure_tls(state)
         ensure_key(self.spec)
         self._proxy().start()
         started = {h.name: self._ensure_host(h, rootfs) for h in self.spec.hosts}
@@ -155,7 +157,7 @@ class Lab:
                 f"lab {self.spec.name!r} is up with other hosts or network than the config "
                 f"now says; run `hxp lab down` on it first (state: {self.spec.state_dir})"
             )
-        self.spec = replace(recorded, secret_files=self.spec.secret_files)
+        self.spec = replace(recorded, secret_files=self.spec.secret_files, tls=self.spec.tls)
         self._register(state)
         return state
 
@@ -212,14 +214,30 @@ class Lab:
     def _ensure_secret_files(self, state: LabState) -> None:
         """Create each missing ``file:`` secret of the config: random, 0600, in a 0700 dir."""
         for path in self.spec.secret_files:
-            if path.exists():
-                continue
-            missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-            state.created_dirs.extend(str(d) for d in reversed(missing))
-            state.created_secret_files.append(str(path))
-            save_state(self.spec.state_dir, state)
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_file(path, secrets.token_urlsafe(32), 0o600)
+            if not path.exists():
+                self._record_secret_file(state, path)
+                write_file(path, secrets.token_urlsafe(32), 0o600)
+
+    def _record_secret_file(self, state: LabState, path: Path) -> None:
+        """Note a secret file (and the directories it needs) for `down`, then make its dir."""
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        state.created_dirs.extend(str(d) for d in reversed(missing))
+        state.created_secret_files.append(str(path))
+        save_state(self.spec.state_dir, state)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def _ensure_tls(self, state: LabState) -> None:
+        """The lab's CA (in the state directory, key 0600), and router.tls's pair issued with it
+        for the router host's name and address when the config names files that do not exist."""
+        ca = FileCa(self.spec.ca_dir).ensure(f"hxp lab {self.spec.name} CA")
+        tls = self.spec.tls
+        if tls is None or (tls.certificate.exists() and tls.key.exists()):
+            return
+        host = self.spec.host(tls.host)
+        pair = issue(ca, host.name, [host.address])
+        for path, data in ((tls.certificate, pair.certificate), (tls.key, pair.key)):
+            self._record_secret_file(state, path)
+            write_private(path, data)
 
     def _ensure_host(self, host: LabHost, rootfs: Path) -> subprocess.Popen[bytes] | None:
         """Start the host's supervisor unless it runs; return the process started, if any."""
@@ -259,7 +277,9 @@ class Lab:
         state = load_state(self.spec.state_dir)
         if state is None:
             return None
-        self.spec = replace(state.spec(self.spec.state_dir), secret_files=self.spec.secret_files)
+        self.spec = replace(
+            state.spec(self.spec.state_dir), secret_files=self.spec.secret_files, tls=self.spec.tls
+        )
         return [self._host_status(h) for h in self.spec.hosts]
 
     def _host_status(self, host: LabHost) -> HostStatus:

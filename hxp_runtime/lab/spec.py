@@ -45,6 +45,16 @@ class LabHost:
 
 
 @dataclass(frozen=True)
+class LabTls:
+    """router.tls given as ``file:`` references: ``up`` issues the pair with the lab's CA for the
+    router's host when the files do not exist (so switching TLS on is one config change)."""
+
+    host: str
+    certificate: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class LabSpec:
     """Everything needed to bring a lab up, derived from hxp.yml (see :func:`load_lab`)."""
 
@@ -55,6 +65,12 @@ class LabSpec:
     apt_proxy_port: int
     hosts: tuple[LabHost, ...]
     secret_files: tuple[Path, ...] = ()
+    tls: LabTls | None = None
+
+    @property
+    def ca_dir(self) -> Path:
+        """The lab's CA: ca.crt (clients verify the router with it) and ca.key (0600)."""
+        return self.state_dir / "ca"
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -213,6 +229,21 @@ def file_secrets(node: Any) -> set[Path]:
     return set()
 
 
+def lab_tls(data: dict[str, Any], hosts: Sequence[Host]) -> LabTls | None:
+    """router.tls of the document when both are ``file:`` references and the router's host is
+    known (router.host, or the only host in group llm); None otherwise."""
+    router = data.get("router")
+    tls = router.get("tls") if isinstance(router, dict) else None
+    if not isinstance(router, dict) or not isinstance(tls, dict):
+        return None
+    certificate, key = file_secrets(tls.get("certificate")), file_secrets(tls.get("key"))
+    llm = [h.name for h in hosts if "llm" in h.groups]
+    host = router.get("host") or (llm[0] if len(llm) == 1 else None)
+    if len(certificate) != 1 or len(key) != 1 or not isinstance(host, str):
+        return None
+    return LabTls(host, certificate.pop(), key.pop())
+
+
 def load_lab(file: Path) -> LabSpec:
     """The lab described by ``file``; raises ConfigError naming file, line, field and the fix."""
     try:
@@ -229,6 +260,8 @@ def load_lab(file: Path) -> LabSpec:
     problems = lab_problems(doc)
     if problems:
         raise ConfigError(file, [replace(p, line=lines.line_of(p.path)) for p in problems])
+    tls = lab_tls(data, doc.hosts)
+    issued = {tls.certificate, tls.key} if tls else set()  # a CA's, not random
     state_root = doc.lab.state_dir
     if not state_root.is_absolute():
         state_root = file.parent / state_root
@@ -242,5 +275,6 @@ def load_lab(file: Path) -> LabSpec:
             LabHost(h.name, ipaddress.IPv4Address(h.address), tuple(g.value for g in h.groups))
             for h in doc.hosts
         ),
-        secret_files=tuple(sorted(file_secrets(data))),
+        secret_files=tuple(sorted(file_secrets(data) - issued)),
+        tls=tls,
     )

@@ -43,6 +43,8 @@ NULL_RECEIVER = "null"
 DOWN_SCRAPES = 4
 ERROR_RATIO_HIGH = 0.05
 FALLBACK_SHARE_HIGH = 0.05
+# Time left to replace the router's certificate: two weeks, for a ticket to be worked on.
+CERTIFICATE_EXPIRY_WARNING_S = 14 * 86400
 KV_CACHE_USAGE_HIGH = 0.9
 GPU_TEMPERATURE_HIGH_C = 85  # where datacenter GPUs begin to slow their clocks
 # Filesystems that hold no data of their own: their free space says nothing about the host.
@@ -362,6 +364,19 @@ def _router_group(cfg: HxpConfig) -> Group:
                 "answered by a fallback model instead of the one routing chose, more than "
                 f"{_percent(FALLBACK_SHARE_HIGH)}: a model fails or is ejected.",
                 for_s=600,
+            ),
+            # Always in the rules: a router without router.tls exports no expiry series, so the
+            # rule matches nothing there, and switching TLS on needs no new rules file.
+            _alert(
+                "HxpRouterCertificateExpiresSoon",
+                "hxp_router_tls_certificate_expiry_timestamp_seconds"
+                f'{{service="router"}} - time() < {CERTIFICATE_EXPIRY_WARNING_S}',
+                Severity.TICKET,
+                "The router's TLS certificate on {{ $labels.host }} expires soon",
+                "The certificate of the router's public port expires in "
+                "{{ $value | humanizeDuration }}, less than "
+                f"{duration(CERTIFICATE_EXPIRY_WARNING_S)}: issue a new one, point "
+                "router.tls at it (or replace the secret) and deploy; the router reloads it.",
             ),
         ],
     }

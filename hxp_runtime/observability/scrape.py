@@ -17,6 +17,10 @@ from hxp_runtime.planner import Plan
 CREDENTIALS_DIR = "/etc/prometheus/credentials"
 WEB_PASSWORD_FILE = f"{CREDENTIALS_DIR}/web-password"
 QDRANT_KEY_FILE = f"{CREDENTIALS_DIR}/qdrant-api-key"
+# Not a secret, but installed the same way: the router's certificate (router.tls), which
+# Prometheus trusts as it is (a certificate in the trust pool verifies itself), so that no CA
+# has to be given to hxp besides the pair.
+ROUTER_CERTIFICATE_FILE = f"{CREDENTIALS_DIR}/router-certificate.pem"
 
 Target = dict[str, Any]
 
@@ -69,7 +73,14 @@ def scrape_configs(cfg: HxpConfig, plan: Plan) -> list[dict[str, Any]]:
     )
     router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     if router_host is not None:
-        jobs.append(_job("router", [_target(address[router_host], cfg.router.port, router_host)]))
+        https = (
+            {"scheme": "https", "tls_config": {"ca_file": ROUTER_CERTIFICATE_FILE}}
+            if cfg.router.tls is not None
+            else {}
+        )
+        jobs.append(
+            _job("router", [_target(address[router_host], cfg.router.port, router_host)], **https)
+        )
     gpu_hosts = [h for h in cfg.hosts_in(HostGroup.LLM) if h.accelerator == "nvidia"]
     if gpu_hosts:
         jobs.append(

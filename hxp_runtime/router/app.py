@@ -86,7 +86,7 @@ class Gateway:
         self.secrets = secrets
         self.shared = shared  # state shared with the other workers (drains, their views)
         self._drain_tokens: list[str] = []
-        self.metrics = RouterMetrics(slo_thresholds_s(settings))
+        self.metrics = RouterMetrics(slo_thresholds_s(settings), tls=settings.tls is not None)
         self.draining = False
         self.started_at = int(time.time())
         self._tasks: set[asyncio.Task[Any]] = set()

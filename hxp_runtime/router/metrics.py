@@ -60,8 +60,10 @@ def slo_thresholds_s(settings: RouterSettings) -> tuple[float, ...]:
 
 
 class RouterMetrics:
-    def __init__(self, extra_duration_buckets: Iterable[float] = ()) -> None:
+    def __init__(self, extra_duration_buckets: Iterable[float] = (), *, tls: bool = False) -> None:
         """``extra_duration_buckets`` (seconds) join DURATION_BUCKETS: the SLO thresholds.
+        ``tls``: the public port serves HTTPS; only then is its certificate's expiry a series
+        (a router without TLS exports none, rather than an expiry of 0).
 
         Buckets are fixed when the histogram is created: a SIGHUP that changes an SLO's
         latency adds no bucket, a restart does.
@@ -128,6 +130,16 @@ class RouterMetrics:
             ["backend"],
             registry=registry,
             multiprocess_mode="livemin",
+        )
+        self.tls_expiry = (
+            Gauge(
+                "hxp_router_tls_certificate_expiry_timestamp_seconds",
+                "When the public port's TLS certificate expires (Unix time, its notAfter).",
+                registry=registry,
+                multiprocess_mode="livemostrecent",
+            )
+            if tls
+            else None
         )
         self._request_children: dict[tuple[str, str, int], Counter] = {}
         self._duration_children: dict[tuple[str, str], Histogram] = {}

@@ -30,6 +30,11 @@ with SIGHUP blocked (held pending across exec) and takes it over as the first th
 SIGHUP that came before the worker could act on it is kept and acted on once it serves.
 Reloads in a worker run one at a time; signals that arrive while one runs fold into one more.
 
+With ``tls`` in the settings every worker serves HTTPS on that same socket (hxp_runtime.router.tls:
+a context per worker; the certificate and key are read again on every reload, so a rotated pair
+needs no restart). Plain HTTP to that port is not answered: its handshake fails and the
+connection closes.
+
 ``--restart-fields`` prints the settings a running worker cannot switch to (RESTART_FIELDS): the
 router role runs it on the host to decide between a reload and a restart.
 """
@@ -71,11 +76,13 @@ from hxp_runtime.router.settings import (
     load_settings,
 )
 from hxp_runtime.router.shared import STATE_ENV, SharedState
+from hxp_runtime.router.tls import TlsEndpoint, TlsError
 
 log = logging.getLogger("hxp_runtime.router")
 
 # Settings a running worker cannot switch to: they need a restart.
-RESTART_FIELDS = ("listen_host", "port", "admin_port", "workers", "database", "redis")
+# tls: switching HTTPS on or off, or to other files; the files' content is read on every reload.
+RESTART_FIELDS = ("listen_host", "port", "admin_port", "workers", "database", "redis", "tls")
 EARLY_EXIT_S = 5.0  # a worker exiting with an error this soon after its start could not start
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0  # more worker deaths than this in the window: give up
 EXIT_INVALID = 1
@@ -172,9 +179,12 @@ class EarlyReload:
 class Reloader:
     """Reloads of one worker, one at a time; a request while one waits adds nothing."""
 
-    def __init__(self, args: argparse.Namespace, gateway: Gateway) -> None:
+    def __init__(
+        self, args: argparse.Namespace, gateway: Gateway, tls: TlsEndpoint | None = None
+    ) -> None:
         self.args = args
         self.gateway = gateway
+        self.tls = tls
         self._lock = asyncio.Lock()
         self._queued = False
 
@@ -184,7 +194,7 @@ class Reloader:
         self._queued = True
         async with self._lock:
             self._queued = False
-            await reload(self.args, self.gateway)
+            await reload(self.args, self.gateway, self.tls)
 
 
 async def serve(
@@ -195,8 +205,12 @@ async def serve(
     listener: socket.socket | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
+    tls = None
+    if settings.tls is not None:
+        tls = TlsEndpoint(settings.tls.certificate_file, settings.tls.key_file)
     shared = SharedState(shared_directory(args))
     gateway = Gateway(settings, secrets, shared)
+    show_tls_expiry(gateway, tls)
     app = gateway.build_app()
     closing = asyncio.Event()
 
@@ -212,10 +226,11 @@ async def serve(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
     )
     await runner.setup()
-    site = make_site(runner, settings, listener, reuse_port=args.worker)
+    site = make_site(runner, settings, listener, reuse_port=args.worker, tls=tls)
     await site.start()
     log.info(
-        "listening on http://%s:%d (%d backends%s)",
+        "listening on %s://%s:%d (%d backends%s)",
+        "http" if tls is None else "https",
         settings.listen_host,
         settings.port,
         len(settings.backends),
@@ -230,7 +245,7 @@ async def serve(
         await web.TCPSite(admin, ADMIN_HOST, settings.admin_port, reuse_port=args.worker).start()
         log.info("admin API on http://%s:%d", ADMIN_HOST, settings.admin_port)
     stop = asyncio.Event()
-    reloader = Reloader(args, gateway)
+    reloader = Reloader(args, gateway, tls)
     reloads: set[asyncio.Task[None]] = set()
 
     def on_reload() -> None:
@@ -264,12 +279,24 @@ def make_site(
     listener: socket.socket | None,
     *,
     reuse_port: bool,
+    tls: TlsEndpoint | None = None,
 ) -> web.BaseSite:
+    context = None if tls is None else tls.context
     if listener is not None:
-        return web.SockSite(runner, listener, backlog=BACKLOG)
+        return web.SockSite(runner, listener, backlog=BACKLOG, ssl_context=context)
     return web.TCPSite(
-        runner, settings.listen_host, settings.port, reuse_port=reuse_port, backlog=BACKLOG
+        runner,
+        settings.listen_host,
+        settings.port,
+        reuse_port=reuse_port,
+        backlog=BACKLOG,
+        ssl_context=context,
     )
+
+
+def show_tls_expiry(gateway: Gateway, tls: TlsEndpoint | None) -> None:
+    if tls is not None and gateway.metrics.tls_expiry is not None:
+        gateway.metrics.tls_expiry.set(tls.expiry)
 
 
 async def close_grace(runner: web.AppRunner, grace_s: float) -> None:
@@ -288,7 +315,9 @@ def shared_directory(args: argparse.Namespace) -> Path:
     return Path(tempfile.mkdtemp(prefix="state-", dir=os.environ.get("RUNTIME_DIRECTORY")))
 
 
-async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
+async def reload(
+    args: argparse.Namespace, gateway: Gateway, tls: TlsEndpoint | None = None
+) -> None:
     try:
         settings, secrets = load_files(args)
     except SettingsError as exc:
@@ -298,6 +327,13 @@ async def reload(args: argparse.Namespace, gateway: Gateway) -> None:
         if getattr(settings, name) != getattr(gateway.settings, name):
             log.warning("reload: %s changed; it takes effect at the next restart", name)
             settings = settings.model_copy(update={name: getattr(gateway.settings, name)})
+    if tls is not None and settings.tls is not None:
+        try:
+            tls.reload(settings.tls.certificate_file, settings.tls.key_file)
+        except TlsError as exc:
+            log.error("reload refused, the running certificate and settings stay: %s", exc)
+            return
+        show_tls_expiry(gateway, tls)
     if (secrets.admin_key is None) != (gateway.secrets.admin_key is None):
         log.warning("reload: admin_key added or removed; the admin API follows at the next restart")
     await gateway.apply(settings, secrets)
@@ -315,6 +351,9 @@ def run_worker(
         listener = listening_socket(args.listen_fd)
     try:
         uvloop.run(serve(args, settings, secrets, early, listener))
+    except TlsError as exc:
+        log.error("start-up failed: TLS: %s", exc)
+        return EXIT_INVALID
     except OSError as exc:
         log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
         return EXIT_INVALID
@@ -458,8 +497,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, journal="JOURNAL_STREAM" in os.environ)
     try:
         settings, secrets = load_files(args)
+        if settings.tls is not None:
+            # The pair loads as a worker will load it: the role checks a new one so.
+            TlsEndpoint(settings.tls.certificate_file, settings.tls.key_file)
     except SettingsError as exc:
         print(f"invalid: {exc.render()}", file=sys.stderr)
+        return EXIT_INVALID
+    except TlsError as exc:
+        print(f"invalid: {args.settings}: tls: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.check:
         print(f"valid: {args.settings}: {len(settings.backends)} backends")

@@ -76,8 +76,16 @@ class RedisSettings(Strict):
     db: Annotated[int, Field(ge=0)] = 0
 
 
+class TlsFiles(Strict):
+    """The public port's certificate and key on the host (PEM), read at start and on reload."""
+
+    certificate_file: Path
+    key_file: Path
+
+
 class RouterSettings(RouterPolicy):
     listen_host: str = Field("127.0.0.1", description="address the router binds to")
+    tls: TlsFiles | None = Field(None, description="serve HTTPS on the public port")
     backends: list[BackendSpec] = Field(min_length=1)
     database: DatabaseSettings | None = None
     redis: RedisSettings | None = None

@@ -3,7 +3,6 @@ as `hxp render` derives what the roles install, so status never guesses a unit n
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,16 +83,17 @@ def postgresql_unit() -> str:
 def secret_value(ref: SecretRef) -> str:
     """The value of an env: or file: secret on the controller (as the hxp_secret lookup reads
     it); vault: secrets are Ansible's alone."""
-    if ref.scheme is SecretScheme.ENV and os.environ.get(ref.value):
-        return os.environ[ref.value]
-    if ref.scheme is SecretScheme.FILE:
-        try:
-            return Path(ref.value).read_text(encoding="utf-8").rstrip()
-        except OSError as exc:
-            raise SecretUnavailable(f"{ref}: {exc.strerror}") from None
+    try:
+        value = ref.controller_value()
+    except OSError as exc:
+        raise SecretUnavailable(f"{ref}: {exc.strerror}") from None
+    except KeyError:
+        value = ""
     if ref.scheme is SecretScheme.VAULT:
         raise SecretUnavailable(f"{ref}: a vault: secret is read by Ansible only")
-    raise SecretUnavailable(f"{ref}: the environment variable is not set")
+    if value is None or (ref.scheme is SecretScheme.ENV and not value):
+        raise SecretUnavailable(f"{ref}: the environment variable is not set")
+    return value
 
 
 def host_targets(cfg: HxpConfig, plan: Plan) -> list[HostTarget]:

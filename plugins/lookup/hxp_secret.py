@@ -28,24 +28,32 @@ description:
     whitespace stripped, as ansible.builtin.file does), C(vault) returns an Ansible variable,
     typically defined in an ansible-vault encrypted vars file.
   - A missing, empty or unreadable secret is an error naming the reference.
+  - A secret is one line, unless C(pem) is set.
 options:
   _terms:
     description: Secret references, as hxp render writes them in hxp_secret_refs.
     required: true
+  pem:
+    description: The secret is PEM (a certificate or a key), several lines ending with a newline.
+    type: bool
+    default: false
 """
 
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # Secrets end up in environment files and command lines, which are line oriented.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# PEM is lines of text: line ends are its only control characters.
+_PEM_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 
 class LookupModule(LookupBase):
     def run(
         self, terms: list[Any], variables: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> list[str]:
-        return [self._resolve(ref, variables or {}) for ref in terms]
+        pem = bool(kwargs.get("pem", False))
+        return [self._resolve(ref, variables or {}, pem=pem) for ref in terms]
 
-    def _resolve(self, ref: Any, variables: Mapping[str, Any]) -> str:
+    def _resolve(self, ref: Any, variables: Mapping[str, Any], *, pem: bool = False) -> str:
         if not (
             isinstance(ref, Mapping)
             and set(ref) == {"scheme", "value"}
@@ -61,6 +69,11 @@ class LookupModule(LookupBase):
         secret = self._read(scheme, value, where, variables)
         if not secret:
             raise AnsibleError(f"{where}: the secret is empty; put the secret there")
+        if pem:
+            secret = secret.replace("\r\n", "\n").strip()
+            if not secret.startswith("-----BEGIN ") or _PEM_CONTROL.search(secret):
+                raise AnsibleError(f"{where}: the secret is not PEM text (-----BEGIN ...)")
+            return secret + "\n"
         if _CONTROL.search(secret):
             raise AnsibleError(
                 f"{where}: the secret holds a newline or another control character; a secret "

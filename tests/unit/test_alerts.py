@@ -219,8 +219,8 @@ def _exported(text: str) -> set[str]:
 
 
 def _router_names() -> set[str]:
-    """Every series the router exports, read from its own exposition."""
-    metrics = RouterMetrics()
+    """Every series the router exports (serving HTTPS), read from its own exposition."""
+    metrics = RouterMetrics(tls=True)
     metrics.observe("m", "b", 200, 0.1, ttft=0.05)
     metrics.upstream_failures.labels("m", "b", "timeout").inc()
     metrics.decisions.labels("explicit").inc()
@@ -228,6 +228,8 @@ def _router_names() -> set[str]:
     metrics.cache.labels("hit").inc()
     metrics.breaker_state.labels("b").set(0)
     metrics.upstream_healthy.labels("b").set(1)
+    assert metrics.tls_expiry is not None
+    metrics.tls_expiry.set(1.8e9)
     return _exported(metrics.exposition().decode())
 
 

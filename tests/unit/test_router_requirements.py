@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -80,3 +82,22 @@ def test_lab_bundle_builds_the_router_wheelhouse_from_this_project() -> None:
     assert router.requirements == ["-r ../../requirements/router.txt"]
     assert router.project is not None
     assert (REPO / "inventory" / "lab" / router.project).resolve() == REPO
+
+
+def test_the_router_imports_nothing_outside_its_requirements() -> None:
+    """hxp-router starts with only requirements/router.txt installed: cryptography, which the
+    controller's TLS checks use (hxp_runtime.certs), is not there."""
+    guard = (
+        "import builtins, sys\n"
+        "real = builtins.__import__\n"
+        "def guard(name, *args, **kwargs):\n"
+        "    if name.split('.')[0] in {'cryptography', 'ansible', 'typer', 'rich', 'jinja2'}:\n"
+        "        raise ImportError(f'{name} is not in requirements/router.txt')\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = guard\n"
+        "import hxp_runtime.router.server\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", guard], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

@@ -445,6 +445,25 @@ def test_the_lookup_refuses_a_secret_that_is_not_one_line(tmp_path: Path) -> Non
     assert "injected" not in str(caught.value)
 
 
+def test_the_lookup_takes_pem_only_where_asked(tmp_path: Path) -> None:
+    from ansible.errors import AnsibleError
+
+    from tests.unit.conftest import load_file_module
+
+    lookup = load_file_module("hxp_secret", REPO / "plugins/lookup/hxp_secret.py").LookupModule()
+    pem, text = tmp_path / "router.crt", tmp_path / "notes"
+    pem.write_text("-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----\r\n\n")
+    text.write_text("two\nlines\n")
+    ref = {"scheme": "file", "value": str(pem)}
+    assert lookup.run([ref], pem=True) == [
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    ]
+    with pytest.raises(AnsibleError, match="one line"):
+        lookup.run([ref])
+    with pytest.raises(AnsibleError, match="not PEM text"):
+        lookup.run([{"scheme": "file", "value": str(text)}], pem=True)
+
+
 # ----------------------------------------------------------------- follow-on problems
 
 

@@ -18,9 +18,10 @@ from hxp_runtime.config.rules.router import router_problems
 from hxp_runtime.config.rules.secrets import secret_problems
 from hxp_runtime.config.rules.services import service_host_problems
 from hxp_runtime.config.rules.status import expected_problems
+from hxp_runtime.config.rules.tls import tls_problems
 from hxp_runtime.config.schema import HxpConfig
 
-__all__ = ["cross_field_problems", "secret_problems"]
+__all__ = ["cross_field_problems", "secret_problems", "tls_problems"]
 
 _NOTHING_DROPPED = Dropped()
 # In the order their problems are reported.

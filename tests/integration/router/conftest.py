@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,8 +48,10 @@ def call(
     key: str | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 60.0,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """One request; returns (status, headers, body) for errors as well."""
+    """One request; returns (status, headers, body) for errors as well. ``context``: how an
+    https:// URL's certificate is verified."""
     request = urllib.request.Request(
         url,
         method=method,
@@ -60,7 +63,7 @@ def call(
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
@@ -72,10 +75,17 @@ class RouterProcess:
     secrets: dict[str, Any]
     directory: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Settings with tls: the CA that verifies the router's certificate.
+    ca_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings['port']}"
+        scheme = "https" if self.settings.get("tls") else "http"
+        return f"{scheme}://127.0.0.1:{self.settings['port']}"
+
+    @property
+    def client_context(self) -> ssl.SSLContext | None:
+        return None if self.ca_file is None else ssl.create_default_context(cafile=self.ca_file)
 
     @property
     def settings_path(self) -> Path:
@@ -120,7 +130,9 @@ class RouterProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the router exited:\n{self.log_tail()}")
             try:
-                status, _, body = call("GET", self.url + "/ready", timeout=2)
+                status, _, body = call(
+                    "GET", self.url + "/ready", timeout=2, context=self.client_context
+                )
             except OSError:
                 status, body = 0, b"{}"
             state = json.loads(body or b"{}")
@@ -160,6 +172,27 @@ def worker_pids(router: RouterProcess) -> set[int]:
             if stat.read_text().rsplit(")", 1)[1].split()[1] == parent:
                 pids.add(int(stat.parent.name))
     return pids
+
+
+@pytest.fixture(scope="module")
+def backend_port() -> Iterator[int]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "fast_backend.py"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if call("GET", f"http://127.0.0.1:{port}/health", timeout=1)[0] == 200:
+                    break
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -167,27 +166,6 @@ class KeepAliveLoad:
                         self.tally.failed[cause] += 1
 
             await asyncio.gather(*(client() for _ in range(CLIENTS)))
-
-
-@pytest.fixture(scope="module")
-def backend_port() -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "benchmarks" / "fast_backend.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if call("GET", f"http://127.0.0.1:{port}/health", timeout=1)[0] == 200:
-                    break
-            time.sleep(0.1)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(10)
 
 
 def router_on(listener: socket.socket, backend_port: int, directory: Path) -> SocketRouter:

@@ -8,13 +8,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from hxp_runtime.certs import check_pair
 from hxp_runtime.lab import lifecycle
 from hxp_runtime.lab.errors import LabError
 from hxp_runtime.lab.image import BaseImage
 from hxp_runtime.lab.lifecycle import HostStatus, Lab
 from hxp_runtime.lab.spec import LabSpec
 from hxp_runtime.lab.state import LabState, load_state, registry_owner, save_state
+from tests.unit.lab.conftest import LAB_CONFIG, SpecOf
 
 
 def net(text: str) -> ipaddress.IPv4Network:
@@ -137,3 +140,32 @@ def test_a_namesake_elsewhere_with_state_blocks_the_name(
     with pytest.raises(LabError, match=f"already up from {other}; change `name`"):
         lab._claim(auto_network=False)
     assert not lab.spec.state_dir.exists()
+
+
+def test_up_keeps_a_ca_and_issues_router_tls_with_it(
+    lab: Lab, spec_of: SpecOf, tmp_path: Path
+) -> None:
+    certificate, key = tmp_path / "tls/router.crt", tmp_path / "tls/router.key"
+    lab.spec = spec_of(
+        LAB_CONFIG + f"router:\n  tls: {{certificate: 'file:{certificate}', key: 'file:{key}'}}\n"
+    )
+    assert key not in lab.spec.secret_files  # issued by the CA, not random
+    state = LabState.of(lab.spec)
+    lab.spec.state_dir.mkdir(parents=True)
+    lab._ensure_tls(state)
+    ca = lab.spec.ca_dir
+    assert stat.S_IMODE((ca / "ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert state.created_secret_files == [str(certificate), str(key)]
+    # What render checks: the pair matches and covers the router host's address.
+    problems = check_pair(
+        certificate.read_bytes(), key.read_bytes(), ipaddress.IPv4Address("10.99.5.10"), "llm-1"
+    )
+    assert problems.certificate == problems.key == []
+    issued = x509.load_pem_x509_certificate(certificate.read_bytes())
+    authority = x509.load_pem_x509_certificate((ca / "ca.crt").read_bytes())
+    issued.verify_directly_issued_by(authority)
+    # Again: the same CA, and the pair as it is.
+    before = (ca / "ca.crt").read_bytes(), certificate.read_bytes()
+    lab._ensure_tls(LabState.of(lab.spec))
+    assert ((ca / "ca.crt").read_bytes(), certificate.read_bytes()) == before

@@ -1,14 +1,19 @@
 """Role router on a lab host: hxp-router under systemd, hardened, its two files with the right
-owners and modes, ready, proxying with an API key, reloading without a restart,
-restarting on systemd's socket without refusing a connection."""
+owners and modes, ready, proxying with an API key over HTTPS (a certificate from a scenario
+CA, made by the lab CA's code), reloading without a restart, restarting on systemd's socket
+without refusing a connection."""
 
 import json
+import os
 import shlex
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 PORT = 8000
+CA_ON_HOST = "/usr/local/share/hxp-scenario-ca.crt"
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +22,15 @@ def key(scenario_secret):
 
 
 REQUEST = """
-import json, sys, urllib.error, urllib.request
-url, key, body = sys.argv[1], sys.argv[2], sys.argv[3]
+import json, ssl, sys, urllib.error, urllib.request
+url, key, body, ca = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 headers = {"Content-Type": "application/json"}
 if key:
     headers["Authorization"] = "Bearer " + key
 request = urllib.request.Request(url, data=body.encode() or None, headers=headers)
 try:
-    with urllib.request.urlopen(request, timeout=60) as response:
+    context = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(request, timeout=60, context=context) as response:
         print(json.dumps([response.status, response.read().decode()]))
 except urllib.error.HTTPError as error:
     print(json.dumps([error.code, error.read().decode()]))
@@ -33,7 +39,7 @@ except urllib.error.HTTPError as error:
 
 def call(host, url, *, key=None, body=None):
     """(status, body) of one request made on the host (python3 there; no curl)."""
-    args = ["python3", "-c", REQUEST, url, key or "", json.dumps(body) if body else ""]
+    args = ["python3", "-c", REQUEST, url, key or "", json.dumps(body) if body else "", CA_ON_HOST]
     result = host.run(shlex.join(args))
     assert result.rc == 0, result.stderr
     status, text = json.loads(result.stdout)
@@ -76,7 +82,7 @@ def test_files_owners_and_modes(host, key):
 
 
 def test_ready_and_openai_api(host, address, key):
-    base = f"http://{address}:{PORT}"
+    base = f"https://{address}:{PORT}"
     assert call(host, base + "/ready")[0] == 200
     body = {"model": "phi-3-mini", "messages": [{"role": "user", "content": "hi"}]}
     status, text = call(host, base + "/v1/chat/completions", key=key, body=body)
@@ -93,7 +99,7 @@ def test_reload_applies_settings_without_a_restart(host, address, key):
     time.sleep(1)
     assert host.run("systemctl show -p MainPID --value hxp-router").stdout.strip() == main
     body = {"model": "phi3", "prompt": "hi"}
-    status, _ = call(host, f"http://{address}:{PORT}/v1/completions", key=key, body=body)
+    status, _ = call(host, f"https://{address}:{PORT}/v1/completions", key=key, body=body)
     assert status == 200
 
 
@@ -110,7 +116,7 @@ def test_a_restart_keeps_the_socket_and_answers_the_next_request(
     # Not waited for: the request goes out while the old process drains and the new one starts.
     assert host.run("systemctl restart --no-block hxp-router").rc == 0
     body = {"model": "phi3", "prompt": "hi"}
-    status, _ = call(host, f"http://{address}:{PORT}/v1/completions", key=key, body=body)
+    status, _ = call(host, f"https://{address}:{PORT}/v1/completions", key=key, body=body)
     assert status == 200
     # The request may have been answered by the old process before its SIGTERM (the restart
     # was not waited for), so the new process is awaited rather than assumed.
@@ -122,3 +128,37 @@ def test_a_restart_keeps_the_socket_and_answers_the_next_request(
         assert time.monotonic() < deadline, "no new router process within 60 s of the restart"
         time.sleep(0.5)
     assert socket_unit.is_running
+
+
+def test_the_key_is_the_service_accounts_alone(host):
+    key = host.file("/etc/hxp-router/tls/router.key")
+    assert (key.user, key.group, key.mode) == ("hxp-router", "hxp-router", 0o600)
+    certificate = host.file("/etc/hxp-router/tls/router.crt")
+    assert (certificate.user, certificate.group, certificate.mode) == ("root", "hxp-router", 0o640)
+    assert "PRIVATE KEY" not in host.run("journalctl -u hxp-router --no-pager -o cat").stdout
+
+
+def test_curl_verifies_the_router_against_the_ca_and_plain_http_gets_nothing(address):
+    ca = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets" / "ca.crt"
+    url = f"https://{address}:{PORT}/health"
+    verified = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", "--cacert", str(ca), url],
+        capture_output=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    unknown = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", url], capture_output=True, check=False
+    )
+    assert unknown.returncode == 60, unknown.stderr  # the peer's certificate cannot be verified
+    plain = subprocess.run(
+        ["curl", "-sS", "--max-time", "20", f"http://{address}:{PORT}/health"],
+        capture_output=True,
+        check=False,
+    )
+    assert plain.returncode != 0 and not plain.stdout, plain.stdout
+
+
+def test_the_certificates_expiry_is_exported(host, address):
+    _, text = call(host, f"https://{address}:{PORT}/metrics")
+    assert "hxp_router_tls_certificate_expiry_timestamp_seconds " in text
