@@ -76,7 +76,7 @@ def merge_views(
             "latency_ms": round(sum(latencies) / len(latencies), 3) if latencies else None,
             "draining": name in drained,
             # One URL once every worker has reloaded after a blue-green switch; two meanwhile.
-            "urls": sorted({v["url"] for v in seen.values()}),
+            "urls": sorted({v["url"] for v in seen.values() if "url" in v}),
             "workers": {str(pid): v for pid, v in sorted(seen.items())},
         }
     return {"workers": len(views), "backends": merged}
