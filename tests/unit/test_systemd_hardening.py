@@ -185,6 +185,7 @@ def _render(template: Path, device: str) -> str:
         item=INSTANCE,
         hxp_vllm_device=device,
         hxp_vllm_instances=[INSTANCE],
+        _hxp_vllm_ordered=[INSTANCE],
         hxp_vllm_cpu_affinity={},
         hxp_vllm_cpu_kv_cache_min_bytes=1,
         hxp_vllm_start_timeout_s=300,
