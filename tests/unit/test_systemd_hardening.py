@@ -172,7 +172,7 @@ def _plugins_loaded() -> None:
     filter_loader.add_directory(str(PLUGIN.parent))
 
 
-def _render(template: Path, device: str) -> str:
+def _render(template: Path, device: str, **overrides: Any) -> str:
     _plugins_loaded()
     text = template.read_text()
     # Any other variable a unit template reads is a path or a name: a placeholder does.
@@ -185,7 +185,6 @@ def _render(template: Path, device: str) -> str:
         item=INSTANCE,
         hxp_vllm_device=device,
         hxp_vllm_instances=[INSTANCE],
-        _hxp_vllm_ordered=[INSTANCE],
         hxp_vllm_cpu_affinity={},
         hxp_vllm_cpu_kv_cache_min_bytes=1,
         hxp_vllm_start_timeout_s=300,
@@ -193,8 +192,22 @@ def _render(template: Path, device: str) -> str:
         hxp_router_settings={"workers": 2},
         _hxp_router_drain_s=30,
     )
+    variables.update(overrides)
     templar = Templar(loader=DataLoader(), variables=variables)
     return str(templar.template(trust_as_template(text)))
+
+
+def test_a_later_server_waits_for_both_slots_of_a_blue_green_one() -> None:
+    # Named in both slots, whichever is live: a swap leaves the later server's unit unchanged.
+    earlier = {**INSTANCE, "name": "a", "unit": "hxp-vllm-a", "blue_green": True}
+    rolling = {**INSTANCE, "name": "b", "unit": "hxp-vllm-b", "start_order": 1}
+    later = {**INSTANCE, "start_order": 2}
+    template = REPO / "roles/vllm/templates/etc/systemd/system/hxp-vllm.service.j2"
+    unit = _render(template, "cpu", item=later, hxp_vllm_instances=[earlier, rolling, later])
+    after = next(line for line in unit.splitlines() if line.startswith("After="))
+    assert after == (
+        "After=network-online.target hxp-vllm-a.service hxp-vllm-a-green.service hxp-vllm-b.service"
+    )
 
 
 # Only role vllm's units depend on the host's device.
