@@ -11,6 +11,7 @@ from stdin.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ from hxp_runtime.cli_output import (
     envelope,
     print_json,
 )
-from hxp_runtime.config import ConfigError, HxpConfig, load_config, plan_deployment
+from hxp_runtime.config import ConfigError, HxpConfig, load_config, plan_deployment, plan_swaps
 from hxp_runtime.flows import Flow, flow_matrix
 from hxp_runtime.lab.cli import lab_app
 from hxp_runtime.labmodels import model as lab_model
@@ -44,7 +45,7 @@ from hxp_runtime.loadtest import (
     DEFAULT_TIMEOUT_S,
     Client,
 )
-from hxp_runtime.planner import Plan
+from hxp_runtime.planner import Plan, SwapFit
 from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
 from hxp_runtime.yamlsource import MAX_BYTES
@@ -139,7 +140,7 @@ def validate(file: ConfigFile, as_json: JsonFlag = False) -> None:
     )
 
 
-def plan_json(plan: Plan) -> dict[str, Any]:
+def plan_json(plan: Plan, swaps: Mapping[str, SwapFit]) -> dict[str, Any]:
     return {
         "instances": [
             {
@@ -156,6 +157,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "headroom_gib": None if i.headroom_gib is None else round(i.headroom_gib, 3),
                 "start_order": i.start_order,
                 "sized_from": i.shape_origin,
+                "rollout": swaps[i.model].describe(),
             }
             for i in plan.instances
         ],
@@ -199,9 +201,10 @@ def plan(
     report = report_for("plan", file, as_json)
     cfg = load_or_exit(report, file)
     result = plan_deployment(cfg)
+    swaps = plan_swaps(cfg, result)
     matrix = flow_matrix(cfg, result) if flows else None
     if as_json:
-        answer = plan_json(result)
+        answer = plan_json(result, swaps)
         if matrix is not None:
             answer["flows"] = [f.as_json() for f in matrix]
         report.succeed(answer)
@@ -222,6 +225,7 @@ def plan(
             "gpu_mem_util": "right",
             "headroom GiB": "right",
             "start": "right",
+            "new version": "left",
         },
     )
     for i in result.instances:
@@ -236,6 +240,7 @@ def plan(
             f"{i.gpu_memory_utilization:.3f}" if i.gpu_memory_utilization else "-",
             f"{i.headroom_gib:.1f}" if i.headroom_gib is not None else "-",
             str(i.start_order),
+            swaps[i.model].describe(),
         )
     console.print(table)
     if result.gpus:

@@ -94,6 +94,10 @@ def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
         yield to(CONTROLLER, controller, router, cfg.router.port, "OpenAI API: smoke checks")
         for inst in plan.instances:
             yield to(router, own[router], inst.host, inst.port, f"model {inst.model}")
+            model = cfg.model(inst.model)
+            if cfg.blue_green_wanted(model):
+                why = f"model {inst.model}, its other version (blue-green)"
+                yield to(router, own[router], inst.host, model.spare_port, why)
         if cfg.database is not None:
             db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
             if db is not None:

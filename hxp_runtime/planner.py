@@ -803,3 +803,74 @@ def plan_models(
         raise PlanError(problems)
     positions = {m.name: m.position for m in models}
     return Plan(tuple(sorted(instances, key=lambda i: positions[i.model])), tuple(usage))
+
+
+# --------------------------------------------------------------------------- blue-green swaps
+
+
+@dataclass(frozen=True)
+class SwapFit:
+    """Whether a model's new version can start beside its old one. ``short_gib``: the memory
+    the new version lacks (0 when it fits; None when the host gives nothing to check against)."""
+
+    model: str
+    wanted: bool
+    short_gib: float | None
+
+    @property
+    def blue_green(self) -> bool:
+        return self.wanted and self.short_gib == 0
+
+    def describe(self) -> str:
+        if not self.wanted:
+            return "rolling"
+        if self.short_gib is None:
+            return "rolling (blue-green needs the host's memory_gb to check that both fit)"
+        if self.short_gib > 0:
+            return f"rolling (blue-green needs {self.short_gib:.1f} GiB more than free)"
+        return "blue-green"
+
+
+def _gpu_short_gib(settings: PlannerSettings, plan: Plan, inst: Instance) -> float:
+    """What the new version lacks on the fullest of the old one's GPUs: it takes what the old
+    one took (its gpu_memory_utilization of the GPU, or its planned need) while both run."""
+    short = 0.0
+    for gpu in plan.gpus:
+        if gpu.host != inst.host or gpu.index not in inst.gpu_ids:
+            continue
+        free = gpu.memory_gib * (settings.max_gpu_utilization - gpu.utilization_sum)
+        need = (
+            inst.gpu_memory_utilization * gpu.memory_gib
+            if inst.gpu_memory_utilization is not None
+            else inst.need_per_gpu_gib
+        )
+        short = max(short, need - free)
+    return _ceil(short) if short > 0 else 0.0
+
+
+def swap_fits(
+    settings: PlannerSettings,
+    plan: Plan,
+    wanted: Mapping[str, bool],
+    host_memory_gib: Mapping[str, float | None],
+    memory_limit_gib: Mapping[str, float],
+) -> dict[str, SwapFit]:
+    """Per model: can its next version start beside the running one (blue-green), or must it
+    restart in place (rolling)? Swaps run one model at a time, so each is checked against the
+    plan alone. On a GPU its GPUs must have room for a second copy; on a CPU host the servers'
+    memory limits with a second copy of this one must fit in the host's memory_gb."""
+    fits = {}
+    for inst in plan.instances:
+        if not wanted.get(inst.model, False):
+            fits[inst.model] = SwapFit(inst.model, False, None)
+            continue
+        short: float | None
+        if inst.device == "cuda":
+            short = _gpu_short_gib(settings, plan, inst)
+        elif (memory := host_memory_gib.get(inst.host)) is None:
+            short = None
+        else:
+            limits = sum(memory_limit_gib[i.model] for i in plan.for_host(inst.host))
+            short = max(limits + memory_limit_gib[inst.model] - memory, 0.0)
+        fits[inst.model] = SwapFit(inst.model, True, short)
+    return fits

@@ -31,6 +31,7 @@ from hxp_runtime.config import (
     Metrics,
     SecretRef,
     format_path,
+    plan_swaps,
     resolve_host,
     service_endpoints,
     walk_secret_refs,
@@ -335,6 +336,7 @@ def vllm_instance_vars(cfg: HxpConfig, inst: Instance) -> Vars:
         "aliases": model.aliases,
         "task": model.task,
         "port": inst.port,
+        "spare_port": model.spare_port,
         "model_path": model.source.path,
         "model_artifact": model.source.artifact,
         "device": inst.device,
@@ -393,10 +395,17 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     spec = cfg.host(host)
     instances = plan.for_host(host)
     backends = backend_ids(plan)
+    swaps = plan_swaps(cfg, plan)
     return {
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",
         "hxp_vllm_instances": [
-            {**vllm_instance_vars(cfg, i), "backend": backends[i.host, i.port]} for i in instances
+            {
+                **vllm_instance_vars(cfg, i),
+                "backend": backends[i.host, i.port],
+                # A new version starts beside the old (the planner says both fit) or in place.
+                "blue_green": swaps[i.model].blue_green,
+            }
+            for i in instances
         ],
         # The GPU exporter runs on every NVIDIA host, with or without a metrics section; without
         # one, its port is that field's default in the schema.

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.config.schema import HostGroup, HxpConfig, Service
+from hxp_runtime.config.schema import SPARE_PORT_OFFSET, HostGroup, HxpConfig, Service
 from hxp_runtime.yamlsource import PathKey
+
+MAX_PORT = 65535
 
 
 def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | None:
@@ -21,12 +23,16 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
     """Every (host, port) a deployment listens on, with a label and the field that sets it."""
     llm_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     for i, model in enumerate(cfg.models):
-        yield (
-            resolve_host(cfg, model.host, HostGroup.LLM),
-            model.port,
-            (f"model {model.name}"),
-            ("models", i, "port"),
-        )
+        model_host = resolve_host(cfg, model.host, HostGroup.LLM)
+        yield model_host, model.port, f"model {model.name}", ("models", i, "port")
+        # The other version of a blue-green swap listens there, for a while or for good.
+        if cfg.blue_green_wanted(model) and model.spare_port <= MAX_PORT:
+            yield (
+                model_host,
+                model.spare_port,
+                f"model {model.name}'s blue-green spare port (port + {SPARE_PORT_OFFSET})",
+                ("models", i, "port"),
+            )
     yield llm_host, cfg.router.port, "router", ("router", "port")
     # Loopback only, but a server on the host's address with the same port would still clash.
     yield llm_host, cfg.router.admin_port, "router admin API", ("router", "admin_port")

@@ -25,7 +25,9 @@ from hxp_runtime.planner import (
     PlannerSettings,
     PlanProblem,
     SizedModel,
+    SwapFit,
     plan_models,
+    swap_fits,
 )
 
 
@@ -53,6 +55,17 @@ def plan_deployment(cfg: HxpConfig) -> Plan:
     if problems:
         raise PlanError(problems)
     return plan
+
+
+def plan_swaps(cfg: HxpConfig, plan: Plan) -> dict[str, SwapFit]:
+    """Per model of ``plan``: whether a new version of it swaps blue-green or rolls."""
+    return swap_fits(
+        planner_settings(cfg),
+        plan,
+        {m.name: cfg.blue_green_wanted(m) for m in cfg.models},
+        {h.name: h.memory_gb for h in cfg.hosts},
+        {m.name: m.memory_limit_gb for m in cfg.models},
+    )
 
 
 def plan_problems(cfg: HxpConfig, found: list[Problem], dropped: Dropped) -> list[Problem]:

@@ -229,6 +229,11 @@ class Host(Strict):
     groups: list[HostGroup] = Field(min_length=1)
     accelerator: Literal["nvidia", "cpu"] = "nvidia"
     gpus: list[Gpu] = Field(default_factory=list)
+    memory_gb: PositiveFloat | None = Field(
+        None,
+        description="memory in GiB the model servers of a CPU host may use together; with it, "
+        "a blue-green swap there checks that both versions' memory_limit_gb fit",
+    )
 
     @field_validator("address", mode="before")
     @classmethod
@@ -354,6 +359,23 @@ class Slo(Strict):
     objective: Annotated[float, Field(ge=0.5, lt=1)] = 0.99
 
 
+class RolloutStrategy(StrEnum):
+    """How ``hxp deploy`` brings a changed model server into service."""
+
+    ROLLING = "rolling"
+    BLUE_GREEN = "blue-green"
+
+
+# A blue-green swap starts the new version on the model's port plus this, beside the old.
+SPARE_PORT_OFFSET = 1000
+
+
+class ModelRollout(Strict):
+    strategy: RolloutStrategy | None = Field(
+        None, description="this model's rollout strategy; none: rollout.strategy"
+    )
+
+
 class Model(Strict):
     name: Name
     preset: str | None = None
@@ -370,6 +392,7 @@ class Model(Strict):
     cpu_cores: Annotated[int, Field(ge=1)]
     categories: list[Text] = Field(default_factory=list)
     slo: Slo
+    rollout: ModelRollout = Field(default_factory=ModelRollout)
 
     @model_validator(mode="before")
     @classmethod
@@ -390,6 +413,11 @@ class Model(Strict):
     @property
     def unit_name(self) -> str:
         return f"hxp-vllm-{self.name}"
+
+    @property
+    def spare_port(self) -> int:
+        """Where a blue-green swap starts the other version (then the live one, until the next)."""
+        return self.port + SPARE_PORT_OFFSET
 
 
 # --------------------------------------------------------------------------- router
@@ -649,6 +677,12 @@ class Rollout(Strict):
         60,
         description="longest wait for a drained server's requests in flight before its restart",
     )
+    strategy: RolloutStrategy = Field(
+        RolloutStrategy.ROLLING,
+        description="blue-green: a model whose version (source) changes starts the new version "
+        "on its port + 1000 beside the old, where the planner says both fit, and the router "
+        "switches to it once ready; rolling: the server restarts in place (drained first)",
+    )
 
 
 class Bundle(Strict):
@@ -771,6 +805,11 @@ class HxpConfig(Strict):
 
     def model(self, name: str) -> Model:
         return next(m for m in self.models if m.name == name)
+
+    def blue_green_wanted(self, model: Model) -> bool:
+        """The model opts into blue-green swaps (its own rollout, else rollout.strategy)."""
+        strategy = model.rollout.strategy or self.rollout.strategy
+        return strategy == RolloutStrategy.BLUE_GREEN
 
     def routing_index(self) -> dict[str, Model]:
         """Every name a client may ask for (model name, served name, alias) -> model."""

@@ -49,6 +49,7 @@ def worker_view(backends: Mapping[str, BackendRuntime], drain_tokens: list[str])
                 "in_flight": live.stats.outstanding,
                 "latency_ms": live.stats.latency_ms,
                 "draining": live.stats.draining,
+                "url": live.backend.url,
             }
             for backend_id, live in backends.items()
         },
@@ -74,6 +75,8 @@ def merge_views(
             "in_flight": sum(v["in_flight"] for v in seen.values()),
             "latency_ms": round(sum(latencies) / len(latencies), 3) if latencies else None,
             "draining": name in drained,
+            # One URL once every worker has reloaded after a blue-green switch; two meanwhile.
+            "urls": sorted({v["url"] for v in seen.values() if "url" in v}),
             "workers": {str(pid): v for pid, v in sorted(seen.items())},
         }
     return {"workers": len(views), "backends": merged}

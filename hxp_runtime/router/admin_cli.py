@@ -3,6 +3,12 @@
     hxp-router admin [--settings FILE] [--secrets FILE] backends
     hxp-router admin ... drain NAME [--deadline-s N]
     hxp-router admin ... undrain NAME
+    hxp-router admin ... switch NAME URL
+
+``switch`` is a blue-green swap's: it records that backend NAME serves on URL from now on
+(beside the settings file, see :func:`hxp_runtime.router.settings.backend_urls_file`); the
+router takes it on its next reload (``systemctl reload hxp-router``), each request on the old
+URL or the new one.
 
 The port comes from the settings file, the key from the secrets file (never from the command
 line, where ``ps`` would show it). The answer is printed as JSON; the exit status is 0 when
@@ -27,6 +33,7 @@ from hxp_runtime.router.settings import (
     SettingsError,
     load_secrets,
     load_settings,
+    write_backend_url,
 )
 
 EXIT_FAILED = 1
@@ -82,11 +89,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     undrain = commands.add_parser("undrain", help="route requests to a drained backend again")
     undrain.add_argument("name")
+    switch = commands.add_parser("switch", help="move a backend to another URL on next reload")
+    switch.add_argument("name")
+    switch.add_argument("url", help="http://host:port of the server to route to instead")
     return parser.parse_args(argv)
+
+
+def switch(args: argparse.Namespace) -> int:
+    try:
+        written = write_backend_url(args.settings, args.name, args.url)
+    except SettingsError as exc:
+        print(f"invalid: {exc.render()}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps({"backend": args.name, "url": args.url, "file": str(written)}))
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.command == "switch":
+        return switch(args)
     query: dict[str, str] | None = None
     if args.command == "backends":
         method, path = "GET", "/admin/backends"

@@ -13,7 +13,10 @@ the field and what to do, like hxp.yml itself.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -179,7 +182,75 @@ def _load(file: Path, model: type[ModelT]) -> ModelT:
 
 
 def load_settings(file: Path) -> RouterSettings:
-    return _load(file, RouterSettings)
+    """The settings file with the live URLs of blue-green swaps (:func:`backend_urls_file`)."""
+    settings = _load(file, RouterSettings)
+    urls = load_backend_urls(backend_urls_file(file))
+    if not urls:
+        return settings
+    backends = [
+        b.model_copy(update={"url": urls[b.name]}) if b.name in urls else b
+        for b in settings.backends
+    ]
+    return settings.model_copy(update={"backends": backends})
+
+
+def backend_urls_file(settings_file: Path) -> Path:
+    """Beside the settings: the URL each blue-green backend serves on now (backend -> URL).
+
+    Its own file because a swap, not the router role, decides it: the role writes the settings
+    from hxp.yml (each model's own port), a swap moves a backend to the model's spare port and
+    back, and a deploy after it must change nothing."""
+    return settings_file.with_name("backend-urls.json")
+
+
+def load_backend_urls(file: Path) -> dict[str, str]:
+    """What :func:`write_backend_url` wrote; nothing when no swap ever ran."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise SettingsError(
+            file, [Problem((), f"unreadable ({exc}); deploy again to write it anew")]
+        ) from None
+    problems = [
+        Problem((name,), f"{url!r} must look like http://host:port (no path)")
+        for name, url in (data.items() if isinstance(data, dict) else [])
+        if not isinstance(url, str) or not _URL.match(url)
+    ]
+    if not isinstance(data, dict):
+        problems.append(Problem((), "must be a JSON object: backend name -> URL"))
+    if problems:
+        raise SettingsError(file, problems)
+    return data
+
+
+def write_backend_url(settings_file: Path, name: str, url: str) -> Path:
+    """Record that backend ``name`` serves on ``url`` from now on, in one rename (a reload
+    reads the old file or the new one, never half of one). Owner, group and mode follow the
+    settings file's, which the router's account can read."""
+    if not _URL.match(url):
+        raise ValueError(f"{url!r} must look like http://host:port (no path)")
+    settings = load_settings(settings_file)
+    if name not in {b.name for b in settings.backends}:
+        known = ", ".join(b.name for b in settings.backends)
+        raise ValueError(f"{settings_file} has no backend {name!r} (known: {known})")
+    file = backend_urls_file(settings_file)
+    urls = {**load_backend_urls(file), name: url}
+    owner = settings_file.stat()
+    fd, temporary = tempfile.mkstemp(prefix=".backend-urls-", dir=file.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(urls, out, indent=2, sort_keys=True)
+            out.write("\n")
+        os.chmod(temporary, owner.st_mode & 0o777)
+        if os.geteuid() == 0:
+            os.chown(temporary, owner.st_uid, owner.st_gid)
+        os.replace(temporary, file)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return file
 
 
 def load_secrets(file: Path | None) -> RouterSecrets:

@@ -8,6 +8,9 @@ not with the unit and integration tests. HXP_STACK_CONFIG names the lab's hxp.ym
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,15 @@ def host_in(
     name = resolve_host(cfg, None, group)
     assert name is not None, f"the lab config has no single {group.value} host"
     return hosts[name]
+
+
+@pytest.fixture
+def config_copy() -> Iterator[Path]:
+    """A path for a changed hxp.yml in a directory beside the lab's, so that its relative paths
+    (bundle, lab state) resolve from the copy as from the original."""
+    where = Path(tempfile.mkdtemp(prefix="hxp-ops-", dir=CONFIG.parent.parent))
+    yield where / CONFIG.name
+    shutil.rmtree(where)
 
 
 def secret(path: str) -> str:

@@ -11,13 +11,11 @@ the lab's lock, with the branch deployed first::
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -60,6 +58,16 @@ class Deploy:
         assert self.process.returncode == 0, f"{self.process.args}:\n{output[-6000:]}"
         return took
 
+    def failed(self) -> tuple[float, str]:
+        """Seconds it took and its output; fails unless it failed."""
+        self.process.wait()
+        took = time.monotonic() - self.started
+        self.log.seek(0)
+        output = self.log.read()
+        self.log.close()
+        assert self.process.returncode != 0, f"{self.process.args} succeeded:\n{output[-6000:]}"
+        return took, output
+
 
 def hxp_deploy(config: Path, *args: str) -> Deploy:
     """`hxp deploy CONFIG ARGS` on the lab's LLM host, from the repository root, started.
@@ -91,15 +99,6 @@ def load_while(cfg: HxpConfig, deploy: Deploy, models: list[str]) -> dict:
         total["failures"] += report["failures"]
     total["windows"] = windows
     return total
-
-
-@pytest.fixture
-def config_copy() -> Iterator[Path]:
-    """A directory beside the lab's hxp.yml, so that its relative paths (bundle, lab state)
-    resolve from the copy as from the original."""
-    where = Path(tempfile.mkdtemp(prefix="hxp-ops-", dir=CONFIG.parent.parent))
-    yield where / CONFIG.name
-    shutil.rmtree(where)
 
 
 def with_engine_change(source: Path, copy: Path) -> HxpConfig:

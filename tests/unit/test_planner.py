@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from hxp_runtime.config import HxpConfig, Problem, apply_change, plan_deployment
+from hxp_runtime.config import HxpConfig, Problem, apply_change, plan_deployment, plan_swaps
 from hxp_runtime.modelinfo import (
     ModelInfoError,
     ModelShape,
@@ -548,3 +548,71 @@ def test_each_rule_points_at_its_line(
     (problem,) = problems_of(text)
     assert problem.field == field
     assert problem.line == line_of(text, needle)
+
+
+# --------------------------------------------------------------------------- blue-green swaps
+
+
+def blue_green(model: dict[str, Any]) -> dict[str, Any]:
+    return {**model, "rollout": {"strategy": "blue-green"}}
+
+
+def test_a_model_that_takes_its_gpu_whole_rolls_and_says_what_blue_green_lacks() -> None:
+    cfg = deployment(80, 1, blue_green(phi3(max_model_len=4096, max_num_seqs=16)))
+    fit = plan_swaps(cfg, plan_deployment(cfg))["phi3"]
+    # The planner gives the only tenant the GPU up to 0.92: a second copy would need all of it.
+    assert not fit.blue_green
+    assert fit.short_gib == pytest.approx(0.92 * 80)
+    assert fit.describe() == "rolling (blue-green needs 73.6 GiB more than free)"
+
+
+def test_a_model_with_room_for_a_second_copy_on_its_gpu_swaps_blue_green() -> None:
+    model = phi3(max_model_len=4096, max_num_seqs=8, gpu_memory_utilization=0.45)
+    cfg = deployment(80, 1, blue_green(model))
+    fit = plan_swaps(cfg, plan_deployment(cfg))["phi3"]
+    assert fit.blue_green and fit.short_gib == 0
+    assert fit.describe() == "blue-green"
+    # A little more and a second copy no longer fits: 0.47 + 0.47 = 0.94 of 80 GiB > 0.92.
+    cfg = deployment(
+        80, 1, blue_green({**model, "engine": {**model["engine"], "gpu_memory_utilization": 0.47}})
+    )
+    fit = plan_swaps(cfg, plan_deployment(cfg))["phi3"]
+    assert not fit.blue_green and fit.short_gib == pytest.approx(1.6)
+
+
+def test_a_model_that_does_not_ask_for_blue_green_rolls() -> None:
+    cfg = deployment(80, 1, phi3(max_model_len=4096, max_num_seqs=8, gpu_memory_utilization=0.3))
+    fit = plan_swaps(cfg, plan_deployment(cfg))["phi3"]
+    assert not fit.wanted and fit.describe() == "rolling"
+    cfg = cfg.model_copy(
+        update={"rollout": cfg.rollout.model_copy(update={"strategy": "blue-green"})}
+    )
+    assert plan_swaps(cfg, plan_deployment(cfg))["phi3"].blue_green
+
+
+def cpu_deployment(memory_gb: float | None) -> HxpConfig:
+    host = {"name": "cpu-1", "address": "10.0.0.2", "groups": ["llm"], "accelerator": "cpu"}
+    models = [
+        {**phi3(name, port, dtype="float32"), "memory_limit_gb": 6}
+        for name, port in (("a", 11400), ("b", 11401))
+    ]
+    return HxpConfig.model_validate(
+        {
+            "name": "plan",
+            "hosts": [host if memory_gb is None else {**host, "memory_gb": memory_gb}],
+            "models": [blue_green(models[0]), models[1]],
+        }
+    )
+
+
+def test_on_a_cpu_host_the_memory_limits_with_a_second_copy_must_fit_its_memory() -> None:
+    for memory_gb, short in ((18, 0.0), (17, 1.0)):
+        cfg = cpu_deployment(memory_gb)
+        fits = plan_swaps(cfg, plan_deployment(cfg))
+        assert fits["a"].short_gib == pytest.approx(short)
+        assert fits["a"].blue_green == (short == 0)
+        assert fits["b"].describe() == "rolling"
+    cfg = cpu_deployment(None)
+    assert plan_swaps(cfg, plan_deployment(cfg))["a"].describe() == (
+        "rolling (blue-green needs the host's memory_gb to check that both fit)"
+    )

@@ -34,6 +34,12 @@ NOT_RENDERED = {"hxp_lab_gateway"}
 NOT_VARIABLES = {
     *(p.stem for p in REPO.glob("roles/*/library/*.py")),
     *(p.stem for p in REPO.glob("plugins/*/*.py")),
+    # A plugin file may hold more than one filter.
+    *(
+        name
+        for p in REPO.glob("plugins/filter/*.py")
+        for name in re.findall(r"^def (hxp_\w+)\(", p.read_text(), re.MULTILINE)
+    ),
     "hxp_runtime",
     "hxp_router",
 }

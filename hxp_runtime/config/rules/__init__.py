@@ -13,7 +13,7 @@ from hxp_runtime.config.rules.duplicates import duplicate_hosts, duplicate_names
 from hxp_runtime.config.rules.firewall import firewall_problems
 from hxp_runtime.config.rules.hosts import host_problems
 from hxp_runtime.config.rules.models import gpu_problems
-from hxp_runtime.config.rules.ports import port_problems
+from hxp_runtime.config.rules.ports import blue_green_problems, port_problems
 from hxp_runtime.config.rules.router import router_problems
 from hxp_runtime.config.rules.secrets import secret_problems
 from hxp_runtime.config.rules.services import service_host_problems
@@ -31,6 +31,7 @@ _RULES = (
     duplicate_names,
     service_host_problems,
     port_problems,
+    blue_green_problems,
     router_problems,
     gpu_problems,
     firewall_problems,

@@ -64,3 +64,68 @@ def test_each_server_knows_its_backend_in_the_router(
         "small": "small",
     }
     assert sorted(backend_ids(plan).values()) == ["minilm", "phi3", "small"]
+
+
+def test_blue_green_is_off_unless_asked_for(load_text: Callable[[str], HxpConfig]) -> None:
+    cfg = load_text(BASE)
+    assert cfg.rollout.strategy == "rolling"
+    assert not any(cfg.blue_green_wanted(m) for m in cfg.models)
+    per_model = load_text(
+        WITH_ADMIN_KEY.replace(
+            "    preset: phi-3-mini\n",
+            "    preset: phi-3-mini\n    rollout: {strategy: blue-green}\n",
+        )
+    )
+    assert [m.name for m in per_model.models if per_model.blue_green_wanted(m)] == ["phi3"]
+
+
+def test_blue_green_needs_the_routers_admin_api(
+    problems_of: Callable[[str], list[Problem]],
+) -> None:
+    text = BASE + "rollout: {strategy: blue-green}\n"
+    problem = only(problems_of(text))
+    assert problem.field == "rollout.strategy"
+    assert "set router.admin_key" in problem.message
+
+
+def test_the_spare_port_may_clash_with_no_other_port(
+    problems_of: Callable[[str], list[Problem]],
+) -> None:
+    # phi3 (port 11403) swaps blue-green: small may not take its spare port.
+    text = (
+        WITH_ADMIN_KEY.replace("port: 11410", "port: 12403") + "rollout: {strategy: blue-green}\n"
+    )
+    problem = only(problems_of(text))
+    assert problem.message == (
+        "port 12403 on host 'llm-1' is already used by model phi3's blue-green spare port "
+        "(port + 1000); choose a free port"
+    )
+    assert problem.field == "models[2].port"
+
+
+def test_the_spare_port_must_be_a_port(problems_of: Callable[[str], list[Problem]]) -> None:
+    text = (
+        WITH_ADMIN_KEY.replace("port: 11410", "port: 65000") + "rollout: {strategy: blue-green}\n"
+    )
+    problem = only(problems_of(text))
+    assert problem.field == "models[2].port"
+    assert "needs port + 1000 = 66000 as well, above 65535; choose a port up to 64535" in (
+        problem.message
+    )
+
+
+def test_rendered_blue_green_follows_the_plan(load_text: Callable[[str], HxpConfig]) -> None:
+    # Every tenant of the GPU says what it takes, leaving 0.27 of it (21.6 GiB) free: room for
+    # a second copy of small (0.1), not of phi3 (0.5).
+    text = WITH_ADMIN_KEY.replace(
+        "max_num_seqs: 8}", "max_num_seqs: 8, gpu_memory_utilization: 0.5}"
+    ).replace("port: 11410", "port: 11410, engine: {gpu_memory_utilization: 0.1}")
+    text = text.replace(
+        "    preset: all-minilm-l6-v2\n",
+        "    preset: all-minilm-l6-v2\n    engine: {gpu_memory_utilization: 0.05}\n",
+    )
+    cfg = load_text(text + "rollout: {strategy: blue-green}\n")
+    instances = host_vars(cfg, plan_deployment(cfg), "llm-1")["hxp_vllm_instances"]
+    rendered = {i["name"]: (i["blue_green"], i["port"], i["spare_port"]) for i in instances}
+    assert rendered["small"] == (True, 11410, 12410)
+    assert rendered["phi3"] == (False, 11403, 12403)

@@ -152,3 +152,20 @@ async def test_drain_and_undrain_through_the_admin_api(
     assert (await call("POST", public + "/v1/chat/completions", chat, AUTH))[0] == 200
     gateway.secrets = RouterSecrets()  # a reload that removed the key turns the API off
     assert (await call("GET", admin + "/admin/backends", headers=ADMIN))[0] == 403
+
+
+def test_merged_views_show_every_url_the_workers_route_a_backend_to() -> None:
+    old, new = "http://10.0.0.10:11403", "http://10.0.0.10:12403"
+
+    def routed_to(url: str) -> dict[str, Any]:
+        routed = view(True, "closed", 0, None)
+        routed["backends"]["a"]["url"] = url
+        return routed
+
+    # Between a blue-green switch and the last worker's reload: both; after it: the new one.
+    assert merge_views(["a"], {1: routed_to(old), 2: routed_to(new)}, {})["backends"]["a"][
+        "urls"
+    ] == [old, new]
+    assert merge_views(["a"], {1: routed_to(new), 2: routed_to(new)}, {})["backends"]["a"][
+        "urls"
+    ] == [new]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from hxp_runtime.render import router_vars
 from hxp_runtime.router.settings import (
     RouterSettings,
     SettingsError,
+    backend_urls_file,
     load_secrets,
     load_settings,
+    write_backend_url,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -121,3 +124,31 @@ def test_rendered_router_settings_are_valid(inventory: str) -> None:
     settings = RouterSettings.model_validate(rendered)
     assert settings.listen_host == str(cfg.hosts_in(cfg.hosts[0].groups[0])[0].address)
     assert {b.name for b in settings.backends} == {m.name for m in cfg.models}
+
+
+def test_a_blue_green_switch_moves_one_backend_and_survives_the_settings_rewrite(
+    tmp_path: Path,
+) -> None:
+    settings_file = write(tmp_path, VALID)
+    written = write_backend_url(settings_file, "phi", "http://127.0.0.1:12403")
+    assert written == backend_urls_file(settings_file) == tmp_path / "backend-urls.json"
+    assert written.stat().st_mode & 0o777 == settings_file.stat().st_mode & 0o777
+    urls = {b.name: b.url for b in load_settings(settings_file).backends}
+    assert urls == {"hermes": "http://127.0.0.1:11401", "phi": "http://127.0.0.1:12403"}
+    # The router role writes the settings again from hxp.yml: the switch still holds.
+    settings_file.write_text(VALID)
+    assert load_settings(settings_file).backends[1].url == "http://127.0.0.1:12403"
+    write_backend_url(settings_file, "phi", "http://127.0.0.1:11403")
+    assert json.loads(written.read_text()) == {"phi": "http://127.0.0.1:11403"}
+
+
+def test_a_switch_names_a_backend_and_a_plain_url(tmp_path: Path) -> None:
+    settings_file = write(tmp_path, VALID)
+    with pytest.raises(ValueError, match="has no backend 'mixtral' \\(known: hermes, phi\\)"):
+        write_backend_url(settings_file, "mixtral", "http://127.0.0.1:12400")
+    with pytest.raises(ValueError, match="must look like http://host:port"):
+        write_backend_url(settings_file, "phi", "http://127.0.0.1:12403/v1")
+    assert not backend_urls_file(settings_file).exists()
+    backend_urls_file(settings_file).write_text('{"phi": "ftp://x"}')
+    with pytest.raises(SettingsError, match="phi: 'ftp://x' must look like http://host:port"):
+        load_settings(settings_file)
