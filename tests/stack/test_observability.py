@@ -29,8 +29,7 @@ from hxp_runtime.config import HostGroup, HxpConfig, resolve_host
 from hxp_runtime.observability.alerts import alert_rules
 from hxp_runtime.observability.dashboards import dashboards, panel_queries
 from tests.stack.conftest import host_in, secret
-from tests.stack.hxpstatus import BACK_WITHIN_S, Status, hxp_status, unit_problems
-from tests.stack.load import start_load
+from tests.stack.hxpstatus import BACK_WITHIN_S, hxp_status, unit_problems
 
 Hosts = dict[str, testinfra.host.Host]
 # Not obtainable on this machine: the lab's vector host runs everything but the binary.
@@ -274,8 +273,7 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
     """One model server stopped and started, every outage check on that one stop (each restart
     of a vLLM server costs a minute or more of the run): the stop is bounded and says so in the
     journal, `hxp status` is degraded naming the unit, requests go to the model's fallbacks, the
-    alert reaches the webhook; once started, the model's own backend serves again within one
-    health interval (and a probe), the alert resolves and `hxp status` is healthy."""
+    alert reaches the webhook; once started, the alert resolves and `hxp status` is healthy."""
     assert cfg.metrics is not None
     alerting = cfg.metrics.alerting
     rule = _down_rule(cfg)
@@ -304,16 +302,16 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
         started = time.monotonic()
         llm.check_output(f"systemctl start {unit}")
     ready = time.monotonic()
-    # Load on the model from the moment it is back (the start returns once it is ready): its own
-    # backend takes requests again from every router worker within one health interval and one
-    # half-open probe, and no request fails on the way.
-    health = cfg.router.health_check
-    back_bound = health.interval_s + health.timeout_s + 10  # + a busy 2-core machine
-    recovery = start_load(cfg, models=[model.name], concurrency=4, duration_s=back_bound + 10)
-    load_started = time.monotonic() - ready
     print(f"\nsystemctl stop {unit}: {ended - began:.1f}s; result {result}")
-    _check_bounded_stop(journal, result)
-    _check_degraded(degraded, unit, llm.backend.get_hostname())
+    print("\n".join(line for line in journal.splitlines() if "hxp-vllm-launcher" in line))
+    assert result == "success"  # not killed at TimeoutStopSec
+    assert "hxp-vllm-launcher: stopping (killed at " in journal
+    assert "hxp-vllm-launcher: stopped after " in journal
+
+    messages = [p["message"] for p in degraded.envelope["problems"]]
+    print("hxp status while stopped:\n  " + "\n  ".join(messages))
+    assert degraded.code == 1
+    assert any(m.startswith(f"unit {unit} on {llm.backend.get_hostname()}") for m in messages)
     print(
         f"{rule['alert']} for {model.name} reached the webhook {fired - stopped:.1f} s "
         f"after the stop (bound {bound:.0f} s)"
@@ -331,40 +329,6 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
         f"hxp status healthy again {time.monotonic() - started:.1f} s after the start "
         f"(exit {again.code}; alerts: {again.envelope['result']['degraded']})"
     )
-
-    _check_served_again(recovery.wait(), model.name, load_started, back_bound)
-
-
-def _check_bounded_stop(journal: str, result: str) -> None:
-    print("\n".join(line for line in journal.splitlines() if "hxp-vllm-launcher" in line))
-    assert result == "success"  # not killed at TimeoutStopSec
-    assert "hxp-vllm-launcher: stopping (killed at " in journal
-    assert "hxp-vllm-launcher: stopped after " in journal
-
-
-def _check_degraded(degraded: Status, unit: str, host: str) -> None:
-    messages = [p["message"] for p in degraded.envelope["problems"]]
-    print("hxp status while stopped:\n  " + "\n  ".join(messages))
-    assert degraded.code == 1
-    assert any(m.startswith(f"unit {unit} on {host}") for m in messages)
-
-
-def _check_served_again(
-    report: dict[str, Any], backend: str, load_started: float, bound: float
-) -> None:
-    """The load run after the start: no failure, ``backend`` served within ``bound`` seconds of
-    being ready, and by the end alone (no worker still sends its requests to a fallback)."""
-    assert report["failed"] == {}, report["failures"]
-    timeline = report["timeline"]
-    first = next((b["t"] for b in timeline if backend in b["by_backend"]), None)
-    assert first is not None, f"{backend} got no request after it was back: {timeline}"
-    back_s = load_started + first
-    print(
-        f"{backend} served again {back_s:.1f} s after it was ready (load from "
-        f"{load_started:.1f} s; bound {bound:.0f} s)"
-    )
-    assert back_s <= bound, timeline
-    assert all(set(b["by_backend"]) == {backend} for b in timeline[-3:] if b["ok"]), timeline
 
 
 def test_every_dashboard_panel_returns_data(
