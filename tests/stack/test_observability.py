@@ -322,13 +322,30 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
         f"resolved {resolved - ready:.1f} s after the unit was ready again "
         f"({ready - started:.1f} s to start; bound {resolve_bound:.0f} s)"
     )
+    # A request for the model between looks, each on a new connection (so on any router worker),
+    # as clients send them: a breaker that opened during the stop closes on a request's success,
+    # not on health checks alone.
     while unit_problems(again := hxp_status()):
         assert time.monotonic() - started < BACK_WITHIN_S, again.envelope["problems"]
+        _one_request(client, model.routing_name)
         time.sleep(5)
     print(
         f"hxp status healthy again {time.monotonic() - started:.1f} s after the start "
         f"(exit {again.code}; alerts: {again.envelope['result']['degraded']})"
     )
+
+
+def _one_request(client: openai.OpenAI, model: str) -> None:
+    """One short chat completion on a connection of its own; its outcome is not judged here."""
+    with openai.OpenAI(
+        base_url=str(client.base_url), api_key=client.api_key, timeout=60, max_retries=0
+    ) as fresh:
+        try:
+            fresh.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hi."}], max_tokens=1
+            )
+        except openai.APIError as error:
+            print(f"request for {model} while waiting: {error}")
 
 
 def test_every_dashboard_panel_returns_data(
