@@ -105,7 +105,8 @@ class BackendRuntime:
         self.stats.error_rate += EWMA_ALPHA * (1.0 - self.stats.error_rate)
 
     def check_passed(self) -> None:
-        """A passing active check: a breaker opened before a failed check is half-opened."""
+        """A passing active check: a breaker opened before a failed check is half-opened, and a
+        half-open one that no request probes is closed after a whole check interval."""
         state = self.breaker.state
         failed_at = self.check_failed_at
         if state is BreakerState.HALF_OPEN or (
@@ -114,6 +115,7 @@ class BackendRuntime:
             and failed_at >= self.breaker.opened_at
         ):
             self.breaker.half_open()
+        self.breaker.health_passed()
         self.check_failed_at = None
 
     def set_health(self, healthy: bool) -> None:

@@ -7,6 +7,8 @@ Every slot ``acquire`` hands out is given back by ``record_success``, ``record_f
 ``release``: a slot that leaked would keep the breaker half-open with no probe allowed, an
 outage that outlives its cause. The backend's own health checks may also half-open it early
 (``half_open``): each process checks for itself, so every process recovers on its own clock.
+A half-open breaker that no request probes is closed by the checks alone (``health_passed``):
+an idle backend would otherwise stay half-open, reported as degraded, until a request came.
 The clock is injected so that the transitions are testable without sleeping.
 """
 
@@ -15,6 +17,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from enum import IntEnum
+
+# Passing health checks in a row, with no request probing the backend in between, that close a
+# half-open breaker: the first may come the instant it half-opens, so two span a whole interval.
+UNPROBED_CHECKS_TO_CLOSE = 2
 
 
 class BreakerState(IntEnum):
@@ -44,6 +50,8 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
+        self._probed = False  # a half-open probe was taken since the last passing check
+        self._unprobed_checks = 0
 
     @property
     def state(self) -> BreakerState:
@@ -66,6 +74,7 @@ class CircuitBreaker:
         if not self.allows():
             return False
         self._probes += 1
+        self._probed = True
         return True
 
     def release(self) -> None:
@@ -78,6 +87,20 @@ class CircuitBreaker:
         if self._state is not BreakerState.CLOSED:
             self._probes = 0
             self._set(BreakerState.HALF_OPEN)
+
+    def health_passed(self) -> None:
+        """A passing health check: closes a half-open breaker that no request has probed.
+
+        Under traffic the probes decide, as before; this only ends the wait of a backend that
+        answers its checks while no request comes to prove it.
+        """
+        if self.state is not BreakerState.HALF_OPEN:
+            return
+        self._unprobed_checks = 0 if self._probed else self._unprobed_checks + 1
+        self._probed = False
+        if self._unprobed_checks >= UNPROBED_CHECKS_TO_CLOSE:
+            self._failures = 0
+            self._set(BreakerState.CLOSED)
 
     @property
     def opened_at(self) -> float:
@@ -107,5 +130,7 @@ class CircuitBreaker:
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:
             self._state = state
+            self._probed = False
+            self._unprobed_checks = 0
             if self._on_change is not None:
                 self._on_change(state)

@@ -185,6 +185,32 @@ def test_a_restarted_backend_gets_traffic_from_every_worker_again(fleet: Fleet) 
     assert worker_pids(router) == workers  # no worker died on the way
 
 
+def test_an_idle_backend_back_from_an_outage_is_closed_in_every_worker(fleet: Fleet) -> None:
+    """No request comes after the backend is back, so no probe could close the breakers that
+    the outage opened: the health checks must, or the router reports it degraded for ever."""
+    router, solo = fleet.router, fleet.solo
+    solo.stop()
+    with Load(router, "solo", clients=8) as load:  # failures open every worker's breaker
+        assert wait_for(lambda: worst_breaker(router, "solo") == "open", 20), load.statuses
+    time.sleep(HEALTH_INTERVAL_S * 3)  # every worker's checks see the outage too
+    solo.start()
+    restarted = time.monotonic()
+    bound_s = HEALTH_INTERVAL_S * 2 + 2.0  # two passing checks, a busy machine
+    closed = wait_for(lambda: worst_breaker(router, "solo") == "closed", bound_s + 10)
+    took_s = time.monotonic() - restarted
+    print(f"idle recovery: every worker's breaker closed {took_s:.2f} s after the restart")
+    assert closed, admin(router, "GET", "/admin/backends")[1]["backends"]["solo"]
+    assert took_s <= bound_s
+    assert not solo.since(restarted), "a request reached the backend: it was not idle"
+
+
+def worst_breaker(router: RouterProcess, backend: str) -> str:
+    """The worst breaker state of ``backend`` over every worker, as the admin API merges it."""
+    status, state = admin(router, "GET", "/admin/backends")
+    assert status == 200 and state["workers"] == WORKERS, state
+    return str(state["backends"][backend]["breaker"])
+
+
 def admin_cli(router: RouterProcess, *args: str) -> tuple[int, dict[str, Any]]:
     """``hxp-router admin ARGS`` against the router: (exit status, its JSON answer)."""
     done = subprocess.run(

@@ -50,3 +50,14 @@ async def test_a_passing_check_frees_the_probe_slots_of_a_half_open_breaker() ->
     assert live.breaker.acquire() and not live.breaker.acquire()  # a probe that never ends
     live.check_passed()
     assert live.breaker.acquire()
+
+
+async def test_an_unprobed_half_open_backend_is_closed_by_its_next_passing_check() -> None:
+    live = runtime()
+    for _ in range(live.breaker.failure_threshold):
+        live.failed()
+    live.check_failed_at = time.monotonic()  # the outage, seen by a check
+    live.check_passed()  # the backend is back: probes allowed
+    assert live.breaker.state is BreakerState.HALF_OPEN
+    live.check_passed()  # no request came in a whole interval
+    assert live.breaker.state is BreakerState.CLOSED and not live.stats.ejected

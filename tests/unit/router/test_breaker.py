@@ -112,3 +112,45 @@ def test_half_open_ends_the_open_period_early_with_every_slot_free() -> None:
     cb.record_success()
     assert cb.state is BreakerState.CLOSED
     assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+def test_passing_checks_close_a_half_open_breaker_that_no_request_probes() -> None:
+    clock = Clock()
+    changes: list[BreakerState] = []
+    cb = breaker(clock, changes)
+    for _ in range(3):
+        cb.record_failure()
+    clock.now += 31
+    cb.health_passed()  # the first check may come the instant it half-opens
+    assert cb.state is BreakerState.HALF_OPEN
+    cb.health_passed()  # a whole interval with no request to probe it
+    assert cb.state is BreakerState.CLOSED
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+    cb.record_failure()
+    cb.record_failure()
+    assert cb.state is BreakerState.CLOSED  # the failure count started again
+
+
+def test_a_probe_between_checks_leaves_the_decision_to_the_probes() -> None:
+    clock = Clock()
+    cb = breaker(clock)
+    for _ in range(3):
+        cb.record_failure()
+    clock.now += 31
+    cb.health_passed()
+    assert cb.acquire()  # traffic probes it: its result decides, not the checks
+    cb.health_passed()
+    cb.health_passed()
+    assert cb.state is BreakerState.HALF_OPEN
+    cb.record_failure()
+    assert cb.state is BreakerState.OPEN
+
+
+def test_checks_do_not_close_an_open_breaker() -> None:
+    clock = Clock()
+    cb = breaker(clock)
+    for _ in range(3):
+        cb.record_failure()
+    for _ in range(5):
+        cb.health_passed()
+    assert cb.state is BreakerState.OPEN  # only the open period or a failed check ends it
