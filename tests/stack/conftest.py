@@ -7,11 +7,15 @@ not with the unit and integration tests. HXP_STACK_CONFIG names the lab's hxp.ym
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import urllib.error
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 import testinfra
@@ -62,3 +66,47 @@ def config_copy() -> Iterator[Path]:
 def secret(path: str) -> str:
     """A lab secret: `hxp lab up` wrote it (0600) on this controller."""
     return Path(path).read_text(encoding="utf-8").strip()
+
+
+# Run with python3 on a lab host: argv[1] is [url, body or null, key or null, env file or null];
+# the bearer key is given, or read there from the env file's VLLM_API_KEY line, so that a
+# credential of the host never travels on a command line. Prints [status, body].
+HTTP_ON_HOST = """
+import json, sys, urllib.error, urllib.request
+url, body, key, env_file = json.loads(sys.argv[1])
+if key is None and env_file is not None:
+    for line in open(env_file, encoding="utf-8"):
+        name, _, value = line.strip().partition("=")
+        if name == "VLLM_API_KEY":
+            key = value
+headers = {"Content-Type": "application/json"}
+if key is not None:
+    headers["Authorization"] = "Bearer " + key
+data = json.dumps(body).encode() if body is not None else None
+request = urllib.request.Request(url, data=data, headers=headers)
+try:
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        print(json.dumps([answer.status, answer.read().decode()]))
+except urllib.error.HTTPError as refused:
+    print(json.dumps([refused.code, refused.read().decode()]))
+"""
+
+
+def http_on(
+    host: testinfra.host.Host,
+    url: str,
+    body: Any = None,
+    *,
+    key: str | None = None,
+    env_file: str | None = None,
+) -> str:
+    """An HTTP request sent from a lab host (the firewall admits a model server's port from its
+    own host and Prometheus only, not from this controller). Returns the body of a 2xx answer;
+    raises urllib.error.HTTPError for any other status, as urlopen would."""
+    answer = host.run("python3 -c %s %s", HTTP_ON_HOST, json.dumps([url, body, key, env_file]))
+    if answer.rc != 0:
+        raise ConnectionError(f"{url} from {host.backend.get_hostname()}: {answer.stderr[-500:]}")
+    status, text = json.loads(answer.stdout)
+    if not 200 <= status < 300:
+        raise urllib.error.HTTPError(url, status, text[:200], Message(), None)
+    return str(text)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ import testinfra
 import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, plan_deployment, plan_swaps, resolve_host
-from tests.stack.conftest import CONFIG, host_in, secret
+from hxp_runtime.lab import load_lab
+from tests.stack.conftest import CONFIG, host_in, http_on
 from tests.stack.test_operations import hxp_deploy, load_while
 
 pytestmark = pytest.mark.slow
@@ -32,6 +32,8 @@ MODEL = "phi3"
 NEW_VERSION = "tiny-phi3-v2"
 BROKEN_VERSION = "tiny-phi3-broken"
 ROUTER_ADMIN = "/opt/hxp/router/bin/hxp-router admin"
+# Both slots of MODEL read the same env file (roles/vllm/tasks/configure.yml).
+MODEL_ENV = f"/etc/hxp/vllm/{MODEL}.env"
 
 
 def with_version(copy: Path, artifact: str) -> None:
@@ -44,17 +46,18 @@ def with_version(copy: Path, artifact: str) -> None:
 
 def served_root(cfg: HxpConfig, port: int) -> str | None:
     """The model directory the server on ``port`` of the LLM host serves (/v1/models' root),
-    or None when nothing answers there."""
-    assert cfg.router.upstream_api_key is not None
-    request = urllib.request.Request(
-        f"{llm_url(cfg)}:{port}/v1/models",
-        headers={"Authorization": f"Bearer {secret(cfg.router.upstream_api_key.value)}"},
+    or None when nothing answers there. Asked from the LLM host, as the router asks it: the
+    firewall admits a model server's port from no other client."""
+    name = resolve_host(cfg, cfg.model(MODEL).host, HostGroup.LLM)
+    assert name is not None
+    llm = testinfra.get_host(
+        f"ansible://{name}", ansible_inventory=str(load_lab(CONFIG).inventory_file)
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return str(json.loads(response.read())["data"][0]["root"])
+        models = http_on(llm, f"{llm_url(cfg)}:{port}/v1/models", env_file=MODEL_ENV)
     except (urllib.error.URLError, ConnectionError):
         return None
+    return str(json.loads(models)["data"][0]["root"])
 
 
 def llm_url(cfg: HxpConfig) -> str:

@@ -1,5 +1,6 @@
 """Role vllm as the whole stack deploys it: one hardened unit per model on the LLM host, real vLLM
-on CPU, ready and serving, reached over the lab bridge as the router and Prometheus reach it.
+on CPU, ready and serving, reached at the host's address from the host itself, as the router
+reaches it (the firewall admits no one else but Prometheus).
 
 These checks ran in the vllm role's own Molecule scenario, on a host of their own that booted
 and deployed the same five servers again; here they run against the stack's LLM host, so CI
@@ -13,7 +14,6 @@ import json
 import threading
 import time
 import urllib.error
-import urllib.request
 from typing import Any
 
 import pytest
@@ -22,7 +22,7 @@ import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, load_config
 from hxp_runtime.host.gpu_exporter import DEFAULT_PORT
-from tests.stack.conftest import CONFIG, REPO, host_in, secret
+from tests.stack.conftest import CONFIG, REPO, host_in, http_on, secret
 
 Hosts = dict[str, testinfra.host.Host]
 Instance = dict[str, Any]
@@ -61,24 +61,33 @@ def api_key(cfg: HxpConfig) -> str:
     return secret(cfg.router.upstream_api_key.value)
 
 
-def call(address: str, key: str, instance: Instance, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
+def call(
+    llm: testinfra.host.Host,
+    address: str,
+    instance: Instance,
+    path: str,
+    body: Any = None,
+    key: str | None = None,
+) -> Any:
+    """``path`` of the server, asked from the LLM host as the router asks it, with the server's
+    own key (read there from its env file) unless ``key`` is given."""
+    payload = http_on(
+        llm,
         f"http://{address}:{instance['port']}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        body,
+        key=key,
+        env_file=f"/etc/hxp/vllm/{instance['name']}.env",
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        payload = response.read().decode()
     return json.loads(payload) if path.startswith("/v1") else payload
 
 
-def chat(address: str, key: str, instance: Instance, tokens: int = 4) -> Any:
+def chat(llm: testinfra.host.Host, address: str, instance: Instance, tokens: int = 4) -> Any:
     body = {
         "model": instance["served_name"],
         "messages": [{"role": "user", "content": "Hello"}],
         "max_tokens": tokens,
     }
-    return call(address, key, instance, "/v1/chat/completions", body)
+    return call(llm, address, instance, "/v1/chat/completions", body)
 
 
 def test_every_model_is_planned_in_start_order(cfg: HxpConfig) -> None:
@@ -89,31 +98,31 @@ def test_every_model_is_planned_in_start_order(cfg: HxpConfig) -> None:
 
 @pytest.mark.parametrize("instance", INSTANCES, ids=[i["name"] for i in INSTANCES])
 def test_server_is_enabled_listening_and_names_its_model(
-    llm: testinfra.host.Host, address: str, api_key: str, instance: Instance
+    llm: testinfra.host.Host, address: str, instance: Instance
 ) -> None:
     service = llm.service(instance["unit"])
     assert service.is_running and service.is_enabled
     assert llm.socket(f"tcp://{address}:{instance['port']}").is_listening
-    models = call(address, api_key, instance, "/v1/models")
+    models = call(llm, address, instance, "/v1/models")
     assert [m["id"] for m in models["data"]] == [instance["served_name"]]
-    metrics = call(address, api_key, instance, "/metrics")
+    metrics = call(llm, address, instance, "/metrics")
     for series in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
         assert series in metrics
     if instance["task"] == "generate":
         assert "vllm:kv_cache_usage_perc" in metrics
-        answer = chat(address, api_key, instance)
+        answer = chat(llm, address, instance)
         assert answer["model"] == instance["served_name"]
         assert answer["choices"][0]["message"]["role"] == "assistant"
         assert answer["usage"]["completion_tokens"] == 4
     else:
         body = {"model": instance["served_name"], "input": "a cat"}
-        answer = call(address, api_key, instance, "/v1/embeddings", body)
+        answer = call(llm, address, instance, "/v1/embeddings", body)
         assert len(answer["data"][0]["embedding"]) == 384
 
 
-def test_api_key_is_required(address: str) -> None:
+def test_api_key_is_required(llm: testinfra.host.Host, address: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
-        call(address, "wrong", GENERATORS[0], "/v1/models")
+        call(llm, address, GENERATORS[0], "/v1/models", key="wrong")
     refused.value.close()
     assert refused.value.code == 401
 
@@ -167,7 +176,7 @@ def test_no_gpu_exporter_on_a_host_without_gpus(llm: testinfra.host.Host, addres
 
 
 def test_restarting_one_server_leaves_the_others_serving(
-    llm: testinfra.host.Host, address: str, api_key: str
+    llm: testinfra.host.Host, address: str
 ) -> None:
     target, others = GENERATORS[-1], GENERATORS[:-1]
     before = llm.check_output(f"systemctl show -p MainPID --value {target['unit']}")
@@ -180,7 +189,7 @@ def test_restarting_one_server_leaves_the_others_serving(
     try:
         while restart.is_alive():
             for other in others:
-                assert chat(address, api_key, other, tokens=1)["usage"]["completion_tokens"] == 1
+                assert chat(llm, address, other, tokens=1)["usage"]["completion_tokens"] == 1
                 served += 1
             time.sleep(0.5)
     finally:
@@ -188,4 +197,4 @@ def test_restarting_one_server_leaves_the_others_serving(
     assert outcome["rc"] == 0, "the restarted unit did not come back ready"
     assert served >= len(others)
     assert llm.check_output(f"systemctl show -p MainPID --value {target['unit']}") != before
-    assert chat(address, api_key, target)["usage"]["completion_tokens"] == 4
+    assert chat(llm, address, target)["usage"]["completion_tokens"] == 4

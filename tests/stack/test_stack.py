@@ -3,7 +3,7 @@ should be and refused to everyone else."""
 
 from __future__ import annotations
 
-import subprocess
+import json
 from pathlib import Path
 
 import pytest
@@ -35,43 +35,49 @@ def test_postgresql_serves_the_llm_host_only(cfg: HxpConfig, hosts: Hosts) -> No
     # Reachable from the LLM host, where the router runs ...
     probe = f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{port}'"
     assert llm.run(probe).rc == 0
-    # ... and refused by pg_hba from anywhere else (this controller is on the lab bridge).
-    refused = subprocess.run(
-        [
-            "psql",
-            "-h",
-            address,
-            "-p",
-            str(port),
-            "-U",
-            cfg.database.router_user,
-            "-d",
-            cfg.database.name,
-            "-c",
-            "select 1",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-        env={"PGPASSWORD": secret(cfg.database.router_password.value), "PATH": "/usr/bin:/bin"},
+    # ... and refused by pg_hba from any other address: here the database host's own, which its
+    # firewall admits (loopback interface), so that pg_hba alone answers. pg_hba is read before
+    # any password is asked for, so none is given.
+    refused = db.run(
+        "psql -w -h %s -p %s -U %s -d %s -c 'select 1'",
+        address,
+        str(port),
+        cfg.database.router_user,
+        cfg.database.name,
     )
-    assert refused.returncode != 0
-    assert "no pg_hba.conf entry" in refused.stderr
+    assert refused.rc != 0
+    assert "no pg_hba.conf entry" in refused.stderr, refused.stderr
+
+
+# Run with python3 on the cache host: argv[1] is [address, port]. The password is read there from
+# the exporter's environment file (JSON-quoted by role redis), never put on a command line.
+REDIS_PINGS = """
+import json, os, subprocess, sys
+address, port = json.loads(sys.argv[1])
+settings = {}
+for line in open("/etc/default/prometheus-redis-exporter", encoding="utf-8"):
+    name, _, value = line.strip().partition("=")
+    settings[name] = value
+ping = ["redis-cli", "-h", address, "-p", str(port), "--no-auth-warning", "ping"]
+anonymous = subprocess.run(ping, capture_output=True, text=True)
+password = json.loads(settings["REDIS_PASSWORD"])
+authed = subprocess.run(
+    ping, capture_output=True, text=True, env={**os.environ, "REDISCLI_AUTH": password}
+)
+print(json.dumps([anonymous.stdout + anonymous.stderr, authed.stdout.strip()]))
+"""
 
 
 def test_redis_requires_its_password(cfg: HxpConfig, hosts: Hosts) -> None:
     assert cfg.cache is not None
     cache = host_in(cfg, hosts, HostGroup.CACHE)
     address = str(cfg.host(cache.backend.get_hostname()).address)
-    base = ["redis-cli", "-h", address, "-p", str(cfg.cache.port), "--no-auth-warning"]
-    anonymous = subprocess.run([*base, "ping"], capture_output=True, text=True, check=False)
-    assert "NOAUTH" in anonymous.stdout + anonymous.stderr
-    password = secret(cfg.cache.password.value)
-    authed = subprocess.run(
-        [*base, "-a", password, "ping"], capture_output=True, text=True, check=True
+    answer = cache.check_output(
+        "python3 -c %s %s", REDIS_PINGS, json.dumps([address, cfg.cache.port])
     )
-    assert authed.stdout.strip() == "PONG"
+    anonymous, authed = json.loads(answer)
+    assert "NOAUTH" in anonymous
+    assert authed == "PONG"
 
 
 @pytest.mark.parametrize("group", [HostGroup.DATABASE, HostGroup.CACHE, HostGroup.VECTOR])
