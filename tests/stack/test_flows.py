@@ -1,11 +1,14 @@
 """The firewall admits exactly the flow matrix: from every lab host to every other host's every
-listening TCP port, a connection succeeds where hxp.yml's flows (hxp_runtime.flows) admit it and
-is dropped or refused everywhere else. Prints the matrix of results."""
+listening TCP port, and from this controller (at its address on the lab bridge) to every host's,
+a connection succeeds where hxp.yml's flows (hxp_runtime.flows) admit it and is dropped or
+refused everywhere else. Prints the matrix of results."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 
 import pytest
 import testinfra
@@ -57,7 +60,13 @@ def test_every_host_admits_exactly_its_flows(cfg: HxpConfig, hosts: Hosts, flows
     address = {h.name: str(h.address) for h in cfg.hosts}
     listening = {name: listening_ports(host) for name, host in hosts.items()}
     rows, wrong = [], []
-    for source, host in sorted(hosts.items()):
+    # Every lab host, and this controller at its address on the lab bridge (the gateway).
+    sources: list[tuple[str, str, testinfra.host.Host | None]] = [
+        (name, address[name], host) for name, host in sorted(hosts.items())
+    ]
+    if cfg.lab is not None:
+        sources.append(("controller", str(cfg.lab.gateway.ip), None))
+    for source, source_address, host in sources:
         targets = [
             (dest, port)
             for dest in sorted(listening)
@@ -65,9 +74,19 @@ def test_every_host_admits_exactly_its_flows(cfg: HxpConfig, hosts: Hosts, flows
             for port in sorted(listening[dest])
         ]
         argv = json.dumps([[address[dest], port] for dest, port in targets])
-        result = json.loads(host.check_output(f"python3 -c {_quote(PROBE)} {_quote(argv)}"))
+        if host is None:
+            probe = subprocess.run(
+                [sys.executable, "-c", PROBE, argv],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=120,
+            )
+            result = json.loads(probe.stdout)
+        else:
+            result = json.loads(host.check_output(f"python3 -c {_quote(PROBE)} {_quote(argv)}"))
         for (dest, port), connected in zip(targets, result, strict=True):
-            expected = allowed(flows, address[source], dest, port)
+            expected = allowed(flows, source_address, dest, port)
             rows.append((source, dest, port, connected, expected))
             if connected != expected and (fenced or expected):
                 wrong.append((source, dest, port, "connects" if connected else "blocked"))
