@@ -498,11 +498,13 @@ class PrefixRouting(Strict):
 
     block_chars: Annotated[int, Field(ge=1, le=65536)] = Field(
         64,
-        description="characters per hashed prompt block; 64 is about vLLM's 16-token KV block "
-        "at 4 characters a token",
+        description="characters (UTF-8 bytes) per hashed prompt block; 64 is about vLLM's "
+        "16-token KV block at 4 characters a token",
     )
     max_blocks: Annotated[int, Field(ge=1, le=65536)] = Field(
-        1024, description="blocks hashed at most per prompt (caps the cost of a long prompt)"
+        256,
+        description="blocks hashed at most per prompt: caps a long prompt's cost; a "
+        "conversation longer than this keeps its replica by its first blocks",
     )
     load_factor: Annotated[float, Field(ge=1.0, le=10.0)] = Field(
         1.25,

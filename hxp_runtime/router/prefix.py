@@ -6,8 +6,9 @@ them. So requests that share a prefix (a system prompt, the earlier turns of a c
 should go to one replica, without piling every conversation onto one of them:
 
 * the prompt (chat messages rendered in order, or the completion prompt) is cut into blocks of
-  ``block_chars`` characters; each full block gets the hash of the whole prompt up to its end
-  (:func:`prefix_hashes`), so two prompts share block hashes exactly as long as they share text;
+  ``block_chars`` characters (UTF-8 bytes); each full block gets the hash of the whole prompt
+  up to its end (:func:`prefix_hashes`), so two prompts share block hashes exactly as long as
+  they share text;
 * the replica comes from rendezvous (highest random weight) hashing of the first block's hash
   over the replicas (:func:`rendezvous_order`). The weight is a keyed BLAKE2b of the hash and
   the replica's id, the same in every process and on every host, so all router workers and all
@@ -27,6 +28,7 @@ replica for it.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -70,26 +72,32 @@ def prompt_text(chat: bool, payload: dict[str, Any]) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-def prefix_hashes(text: str, block_chars: int, max_blocks: int) -> tuple[bytes, ...]:
+def prefix_hashes(text: str, block_chars: int, max_blocks: int) -> tuple[int, ...]:
     """The hash of the text up to the end of each full block, shortest prefix first.
 
-    One running BLAKE2b fed block by block (O(len(text))); a partial last block has no hash,
-    as vLLM caches only full blocks. At most ``max_blocks`` blocks are hashed.
+    Blocks are ``block_chars`` bytes of the UTF-8 text (a character each in ASCII). The hash
+    is a CRC-32 carried from block to block, so each block costs one C call on its own bytes:
+    O(len(text)), about a microsecond a block in the router's budget where a cryptographic
+    hash per block cost three. A collision only sends a request to another replica than its
+    prefix's (the answer is the same, without the cache hit). A partial last block has no hash,
+    as vLLM caches only full blocks; at most ``max_blocks`` blocks are hashed, so a longer
+    conversation keeps the hashes of its first ``max_blocks`` and with them its replica.
     """
-    hasher = hashlib.blake2b(digest_size=_DIGEST)
+    data = text[: block_chars * max_blocks].encode("utf-8", "surrogatepass")
+    crc = 0
     hashes = []
-    end = min(len(text) // block_chars, max_blocks) * block_chars
-    for start in range(0, end, block_chars):
-        hasher.update(text[start : start + block_chars].encode("utf-8", "surrogatepass"))
-        hashes.append(hasher.copy().digest())
+    for start in range(0, min(len(data) // block_chars, max_blocks) * block_chars, block_chars):
+        crc = zlib.crc32(data[start : start + block_chars], crc)
+        hashes.append(crc)
     return tuple(hashes)
 
 
-def session_hash(session: str) -> bytes:
-    """A session header's value as one prefix hash (in a namespace of its own)."""
-    return hashlib.blake2b(
-        session.encode("utf-8", "surrogatepass"), digest_size=_DIGEST, person=b"hxp-session"
+def session_hash(session: str) -> int:
+    """A session header's value as a prefix hash: 64 bits, apart from the CRCs' 32."""
+    digest = hashlib.blake2b(
+        session.encode("utf-8", "surrogatepass"), digest_size=8, person=b"hxp-session"
     ).digest()
+    return int.from_bytes(digest) | 1 << 64
 
 
 def replica_key(replica_id: str) -> bytes:
@@ -97,11 +105,12 @@ def replica_key(replica_id: str) -> bytes:
     return hashlib.blake2b(replica_id.encode(), digest_size=32).digest()
 
 
-def rendezvous_order(prefix: bytes, replicas: Sequence[tuple[bytes, Any]]) -> list[Any]:
+def rendezvous_order(prefix: int, replicas: Sequence[tuple[bytes, Any]]) -> list[Any]:
     """``replicas`` (key, value) ordered by their weight for ``prefix``, highest first."""
+    message = prefix.to_bytes(9)
     weighted = sorted(
         (
-            (hashlib.blake2b(prefix, digest_size=_DIGEST, key=key).digest(), value)
+            (hashlib.blake2b(message, digest_size=_DIGEST, key=key).digest(), value)
             for key, value in replicas
         ),
         key=lambda item: item[0],
@@ -122,9 +131,9 @@ class PrefixIndex:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[bytes, str] = OrderedDict()
+        self._entries: OrderedDict[int, str] = OrderedDict()
 
-    def longest(self, hashes: Sequence[bytes]) -> str | None:
+    def longest(self, hashes: Sequence[int]) -> str | None:
         """The replica of the longest of ``hashes`` this index knows (a lookup per block at
         most, from the longest down)."""
         entries = self._entries
@@ -135,7 +144,7 @@ class PrefixIndex:
                 return replica
         return None
 
-    def record(self, hashes: Sequence[bytes], replica: str) -> None:
+    def record(self, hashes: Sequence[int], replica: str) -> None:
         """Remember the longest prefix only: a next turn's prompt contains it, at the same
         block, so one entry per request finds it again."""
         if not hashes or self.size == 0:

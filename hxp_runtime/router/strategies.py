@@ -121,7 +121,7 @@ class RouteRequest:
     embedding: tuple[float, ...] | None = None
     # Prefix hashes of the prompt's blocks, shortest first, or a session's one hash
     # (prefix_affinity only; empty otherwise).
-    affinity: tuple[bytes, ...] = ()
+    affinity: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -346,7 +346,7 @@ def prefix_affinity(
 
 
 def _affine_replica(
-    hashes: tuple[bytes, ...],
+    hashes: tuple[int, ...],
     group: Candidates,
     stats: Stats,
     index: PrefixIndex,
@@ -480,7 +480,7 @@ class RoutingTable:
 
     def affinity(
         self, endpoint: Endpoint, payload: dict[str, Any], session: str | None
-    ) -> tuple[bytes, ...]:
+    ) -> tuple[int, ...]:
         """What prefix_affinity keys on: the session's hash, else the prompt's block hashes."""
         if not self.prefix_enabled or endpoint is Endpoint.EMBEDDING:
             return ()
