@@ -17,8 +17,9 @@ should go to one replica, without piling every conversation onto one of them:
 * each worker also remembers, in a bounded LRU (:class:`PrefixIndex`), the replica it sent a
   prompt's longest prefix to; a later prompt that extends it (the next turn) goes there, which
   matters once the bound below sent a conversation away from its rendezvous replica;
-* bounded load (consistent hashing with bounded loads): a replica whose load would exceed
-  ``ceil(load_factor * average)`` is passed over for the next in rendezvous order.
+* bounded load (consistent hashing with bounded loads): a replica whose load (in-flight
+  requests plus vLLM's running and waiting ones) exceeds ``ceil(load_factor * average)`` is
+  passed over for the next in rendezvous order.
 
 A session header (``prefix_routing.session_header``) is the simpler option: its value is hashed
 the same way and replaces the prompt's blocks, so a client that names its conversation gets one
@@ -120,10 +121,11 @@ def rendezvous_order(prefix: int, replicas: Sequence[tuple[bytes, Any]]) -> list
 
 
 def load_bound(loads: Sequence[float], load_factor: float) -> float:
-    """The most load a replica may have after taking one more request: the ceiling of
-    ``load_factor`` times the average load with that request counted."""
-    average = (sum(loads) + 1) / len(loads)
-    return float(-(-load_factor * average // 1))
+    """The most load a replica may have and still take a request: the ceiling of
+    ``load_factor`` times the average load. A replica passes it by one request at most; the
+    bound counts what the replicas hold now, so that two requests on a replica do not count
+    as an overload (a vLLM server batches many)."""
+    return float(-(-load_factor * sum(loads) / len(loads) // 1))
 
 
 class PrefixIndex:

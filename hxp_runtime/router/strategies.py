@@ -326,8 +326,8 @@ def prefix_affinity(
 
     That replica is the one this worker last sent the longest known prefix to, else the first
     in rendezvous order of the first block's hash; either is passed over while its load would
-    exceed the bound (:func:`~hxp_runtime.router.prefix.load_bound`), for the next in
-    rendezvous order within it. All replicas over the bound: the order is left as it came.
+    the bound (:func:`~hxp_runtime.router.prefix.load_bound`), for the next in rendezvous
+    order within it.
     """
     hashes = request.affinity
     if not hashes or len(candidates) < 2:
@@ -335,13 +335,11 @@ def prefix_affinity(
     ordered: list[Backend] = []
     for _, group in model_groups(candidates):
         if len(group) > 1:
-            bound = load_bound([stats.of(b).load for b in group], load_factor)
-            chosen = _affine_replica(hashes, group, stats, index, keys, bound)
-            if chosen is not None:
-                ordered.append(chosen)
-                ordered.extend(b for b in group if b is not chosen)
-                continue
-        ordered.extend(group)
+            chosen = _affine_replica(hashes, group, stats, index, keys, load_factor)
+            ordered.append(chosen)
+            ordered.extend(b for b in group if b is not chosen)
+        else:
+            ordered.extend(group)
     return tuple(ordered)
 
 
@@ -351,16 +349,15 @@ def _affine_replica(
     stats: Stats,
     index: PrefixIndex,
     keys: Mapping[str, bytes],
-    bound: float,
-) -> Backend | None:
+    load_factor: float,
+) -> Backend:
+    bound = load_bound([stats.of(b).load for b in group], load_factor)
+    order = rendezvous_order(hashes[0], [(keys[b.id], b) for b in group])
     known = index.longest(hashes)
-    for backend in group:
-        if backend.id == known and stats.of(backend).load + 1 <= bound:
-            return backend
-    for backend in rendezvous_order(hashes[0], [(keys[b.id], b) for b in group]):
-        if stats.of(backend).load + 1 <= bound:
-            return backend
-    return None
+    if known is not None:
+        order.sort(key=lambda b: b.id != known)  # stable: the rest stay in rendezvous order
+    # The least loaded replica is never above the average, so one is always within the bound.
+    return next((b for b in order if stats.of(b).load <= bound), order[0])
 
 
 # --------------------------------------------------------------------------- the pipeline

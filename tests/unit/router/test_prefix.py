@@ -155,20 +155,23 @@ def test_every_process_picks_the_same_replica_without_shared_state() -> None:
 
 
 def test_load_bound_is_the_ceiling_of_the_factor_times_the_average() -> None:
-    assert load_bound([0, 0], 1.25) == 1  # ceil(1.25 * 1/2)
-    assert load_bound([3, 1], 1.25) == 4  # ceil(1.25 * 5/2) = ceil(3.125)
-    assert load_bound([2, 2, 2], 1.0) == 3  # ceil(7/3)
+    assert load_bound([0, 0], 1.25) == 0
+    assert load_bound([3, 1], 1.25) == 3  # ceil(1.25 * 4/2) = ceil(2.5)
+    assert load_bound([2, 2, 2], 1.0) == 2
+    assert load_bound([0.5, 0.25], 1.25) == 1
 
 
 def test_a_replica_over_the_bound_is_passed_over_for_the_next_in_rendezvous_order() -> None:
     prefix = (session_hash("conversation"),)
     home, second, third = rendezvous_order(prefix[0], [(KEYS[b.id], b.id) for b in (R1, R2, R3)])
     assert affine(prefix, stats_for(R1, R2, R3))[0] == home
-    # home has 2, the others 0: the bound is ceil(1.25 * 3/3) = 2, home would be at 3.
+    # home has 1, the others 0: the bound is ceil(1.25 * 1/3) = 1, which home does not pass.
+    assert affine(prefix, stats_for(R1, R2, R3, **{key(home): {"outstanding": 1}}))[0] == home
+    # home has 2, the others 0: the bound is ceil(1.25 * 2/3) = 1.
     busy = stats_for(R1, R2, R3, **{key(home): {"outstanding": 2}})
     assert affine(prefix, busy)[0] == second
-    both = stats_for(R1, R2, R3, **{key(home): {"outstanding": 3}, key(second): {"running": 3.0}})
-    assert affine(prefix, both)[0] == third  # the bound is ceil(1.25 * 7/3) = 3
+    both = stats_for(R1, R2, R3, **{key(home): {"outstanding": 6}, key(second): {"running": 6.0}})
+    assert affine(prefix, both)[0] == third  # the bound is ceil(1.25 * 12/3) = 5
     # Everyone at the same load: all are within the bound, home goes first again.
     even = stats_for(R1, R2, R3, **{key(b.id): {"outstanding": 5} for b in (R1, R2, R3)})
     assert affine(prefix, even)[0] == home
