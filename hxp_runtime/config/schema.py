@@ -508,7 +508,7 @@ class PrefixRouting(Strict):
     )
     load_factor: Annotated[float, Field(ge=1.0, le=10.0)] = Field(
         1.25,
-        description="bounded load: a replica whose load would pass ceil(load_factor x average) "
+        description="bounded load: a replica whose load exceeds ceil(load_factor x average) "
         "is passed over for the next one in rendezvous order",
     )
     index_size: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
