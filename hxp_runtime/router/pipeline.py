@@ -248,7 +248,7 @@ def route_request(
     with prefix_affinity on, the prompt's prefix hashes or the session's hash."""
     wanted = None if request.model in (None, AUTO_MODEL) else request.model
     prompt = prompt_of(request.endpoint, request.payload) if wanted is None else ""
-    if session is not None and len(session) > table.prefix.session_max_chars:
+    if table.prefix_enabled and session and len(session) > table.prefix.session_max_chars:
         # The value is the client's: it is neither echoed nor logged.
         raise Rejected(
             error_response(

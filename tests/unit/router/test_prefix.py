@@ -257,6 +257,9 @@ async def test_a_session_keeps_its_replica_and_an_overlong_one_is_refused_unecho
     assert refused.value.response.status == 400
     text = refused.value.response.text or ""
     assert "X-HXP-Session" in text and "32 characters" in text and "s3cr3t" not in text
+    # Without prefix_affinity the header means nothing and is not checked.
+    plain = RoutingTable(settings())
+    assert await route(plain, table_stats(plain), call, None, secret, None, RouterMetrics())
 
 
 # --------------------------------------------------------------------------- settings
