@@ -16,7 +16,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from hxp_runtime.router.prefix import prefix_hashes, render_chat, rendezvous_order, replica_key
+from hxp_runtime.router.prefix import (
+    prefix_hashes,
+    render_chat,
+    rendezvous_order,
+    replica_key,
+    session_hash,
+)
 from tests.integration.router.conftest import RouterProcess, call, worker_pids
 from tests.integration.router.loopback import Arrival, LoopbackBackend
 from tests.integration.router.test_router_recovery import KEY, WORKERS, settings, wait_for
@@ -183,3 +189,39 @@ def test_conversations_stay_on_one_replica_and_move_only_when_it_goes(
     moved = sorted(t for t, order in expected.items() if order[0] == GONE)
     assert len(moved) == 2 and {expected[t][1] for t in moved} == {"conv", "conv-2"}
     assert len(worker_pids(router)) == WORKERS
+
+
+def test_a_session_header_keeps_unrelated_prompts_on_one_replica(
+    replicas: tuple[RouterProcess, dict[str, LoopbackBackend]],
+) -> None:
+    """Sessions whose rendezvous replica is not the one the outage took down: theirs is the
+    same whether it is up or not, and both others get one (load alone would pick one)."""
+    router, backends = replicas
+    expected: dict[str, str] = {}
+    for n in range(100):
+        home = rendezvous_order(
+            session_hash(f"session-s{n}"), [(replica_key(r), r) for r in REPLICAS]
+        )[0]
+        if home != GONE and list(expected.values()).count(home) < 2:
+            expected[f"s{n}"] = home
+    begin = time.monotonic()
+    for session in expected:
+        for turn in range(12):  # new connections: the turns go through several workers
+            body = {
+                "model": "conv",
+                "messages": [{"role": "user", "content": f"unrelated prompt {turn} " * 20}],
+                "max_tokens": 1,
+                "user": session,
+            }
+            status, _, _ = call(
+                "POST",
+                router.url + "/v1/chat/completions",
+                body,
+                KEY,
+                headers={"X-HXP-Session": f"session-{session}"},
+                timeout=15,
+            )
+            assert status == 200
+    seen = replicas_of(backends, begin, time.monotonic())
+    print(f"sessions: {seen}")
+    assert seen == {session: {home: 12} for session, home in expected.items()}
