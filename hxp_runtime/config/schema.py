@@ -430,6 +430,7 @@ class Strategy(StrEnum):
     ADAPTIVE = "adaptive"
     LEAST_OUTSTANDING = "least_outstanding"
     POWER_OF_TWO = "power_of_two"
+    PREFIX_AFFINITY = "prefix_affinity"
 
 
 class Category(Strict):
@@ -486,6 +487,52 @@ class Semantic(Strict):
     temperature: PositiveFloat = 0.1
 
 
+# Headers that carry credentials: routing by one would make a secret a routing key.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# Strategies that order replicas by load alone: after prefix_affinity they would undo it.
+_REPLICA_ORDER_STRATEGIES = (Strategy.LEAST_OUTSTANDING, Strategy.POWER_OF_TWO)
+
+
+class PrefixRouting(Strict):
+    """Settings of the prefix_affinity strategy (hxp_runtime.router.prefix explains it)."""
+
+    block_chars: Annotated[int, Field(ge=1, le=65536)] = Field(
+        64,
+        description="characters (UTF-8 bytes) per hashed prompt block; 64 is about vLLM's "
+        "16-token KV block at 4 characters a token",
+    )
+    max_blocks: Annotated[int, Field(ge=1, le=65536)] = Field(
+        256,
+        description="blocks hashed at most per prompt: caps a long prompt's cost; a "
+        "conversation longer than this keeps its replica by its first blocks",
+    )
+    load_factor: Annotated[float, Field(ge=1.0, le=10.0)] = Field(
+        1.25,
+        description="bounded load: a replica whose load exceeds ceil(load_factor x average) "
+        "is passed over for the next one in rendezvous order",
+    )
+    index_size: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        65536, description="prefixes each router worker remembers (replica it sent them to)"
+    )
+    session_header: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] = Field(
+        "X-HXP-Session",
+        description="request header naming a session; its hash replaces the prompt's blocks",
+    )
+    session_max_chars: Annotated[int, Field(ge=1, le=4096)] = Field(
+        256, description="longest session header value accepted (longer: 400)"
+    )
+
+    @field_validator("session_header")
+    @classmethod
+    def _not_a_credential(cls, header: str) -> str:
+        if header.lower() in _CREDENTIAL_HEADERS:
+            raise ValueError(
+                f"{header} carries credentials and cannot name a session; "
+                "use a header of its own such as X-HXP-Session"
+            )
+        return header
+
+
 class RouterPolicy(Strict):
     """The router fields its daemon reads itself (hxp_runtime.router.settings extends them)."""
 
@@ -510,6 +557,9 @@ class RouterPolicy(Strict):
     circuit_breaker: CircuitBreaker = Field(default_factory=CircuitBreaker)
     retries: Retries = Field(default_factory=Retries)
     semantic: Semantic = Field(default_factory=Semantic)
+    prefix_routing: PrefixRouting = Field(
+        default_factory=PrefixRouting, description="settings of the prefix_affinity strategy"
+    )
     decision_cache_size: Annotated[int, Field(ge=0)] = 4096
     slo: Slo = Field(default_factory=lambda: Slo(latency_ms=100, throughput_rps=1000))
     admin_port: Port = Field(
@@ -517,6 +567,20 @@ class RouterPolicy(Strict):
         description="loopback port of the router's admin API (backend state, drain, undrain); "
         "it listens only when router.admin_key is set",
     )
+
+    @field_validator("strategies")
+    @classmethod
+    def _prefix_affinity_last(cls, strategies: list[Strategy]) -> list[Strategy]:
+        if Strategy.PREFIX_AFFINITY in strategies:
+            position = strategies.index(Strategy.PREFIX_AFFINITY)
+            later = [s.value for s in strategies[position:] if s in _REPLICA_ORDER_STRATEGIES]
+            if later:
+                raise ValueError(
+                    f"{', '.join(later)} after prefix_affinity would reorder the replicas it "
+                    "chose by load alone; list prefix_affinity after them (they then order its "
+                    "fallbacks only)"
+                )
+        return strategies
 
 
 class RouterTls(Strict):

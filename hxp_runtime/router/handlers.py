@@ -69,6 +69,7 @@ class Handlers:
                 runtime.stats,
                 call,
                 request.headers.get(CATEGORY_HEADER),
+                request.headers.get(runtime.settings.prefix_routing.session_header),
                 gateway.embedder,
                 gateway.metrics,
             )

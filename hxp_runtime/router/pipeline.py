@@ -241,11 +241,25 @@ async def admit(limiter: RateLimiter, key: ApiKey, defaults: RateLimit) -> None:
 # --------------------------------------------------------------------------- route
 
 
-def route_request(request: ClientRequest, category: str | None) -> RouteRequest:
-    """What routing reads: the model asked for ("auto": none), else the prompt and a hint."""
+def route_request(
+    table: RoutingTable, request: ClientRequest, category: str | None, session: str | None
+) -> RouteRequest:
+    """What routing reads: the model asked for ("auto": none), else the prompt and a hint;
+    with prefix_affinity on, the prompt's prefix hashes or the session's hash."""
     wanted = None if request.model in (None, AUTO_MODEL) else request.model
     prompt = prompt_of(request.endpoint, request.payload) if wanted is None else ""
-    return RouteRequest(request.endpoint, wanted, prompt, category)
+    if table.prefix_enabled and session and len(session) > table.prefix.session_max_chars:
+        # The value is the client's: it is neither echoed nor logged.
+        raise Rejected(
+            error_response(
+                400,
+                f"The {table.prefix.session_header} header is longer than "
+                f"{table.prefix.session_max_chars} characters; send a shorter session id.",
+                "invalid_session",
+            )
+        )
+    affinity = table.affinity(request.endpoint, request.payload, session)
+    return RouteRequest(request.endpoint, wanted, prompt, category, affinity=affinity)
 
 
 async def choose_models(
@@ -282,6 +296,7 @@ async def route(
     stats: Stats,
     request: ClientRequest,
     category: str | None,
+    session: str | None,
     embedder: Embedder | None,
     metrics: RouterMetrics,
 ) -> Routed:
@@ -289,7 +304,7 @@ async def route(
 
     Every strategy that took part is counted, also when no backend is left to try.
     """
-    wanted = route_request(request, category)
+    wanted = route_request(table, request, category, session)
     choice = await choose_models(table, wanted, embedder)
     decision = table.decide(wanted, stats, choice)
     primary = choice[0][0].model

@@ -17,7 +17,9 @@ Two kinds exist, and :class:`RoutingTable` runs them in two stages:
   against per-category prototypes). Their result is cached in an LRU keyed by what they read.
 * live choice, run per request on the current stats: ``adaptive`` (models ranked by learned
   latency and error rate against their SLOs), ``least_outstanding`` and ``power_of_two``
-  (replica choice inside a model, fed by vLLM's own queue metrics).
+  (replica choice inside a model, fed by vLLM's own queue metrics) and ``prefix_affinity``
+  (the replica likely to hold the prompt's prefix in its KV cache, under a load bound;
+  :mod:`hxp_runtime.router.prefix`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from itertools import groupby
+from typing import Any
 
 from hxp_runtime.config import Strategy
+from hxp_runtime.router.prefix import (
+    PrefixIndex,
+    load_bound,
+    prefix_hashes,
+    prompt_text,
+    rendezvous_order,
+    replica_key,
+    session_hash,
+)
 from hxp_runtime.router.settings import RouterSettings
 
 # Strategies whose result depends only on the request (cached), in contrast to live ones.
@@ -107,6 +119,9 @@ class RouteRequest:
     prompt: str = ""
     category: str | None = None  # a client's hint (X-HXP-Category header)
     embedding: tuple[float, ...] | None = None
+    # Prefix hashes of the prompt's blocks, shortest first, or a session's one hash
+    # (prefix_affinity only; empty otherwise).
+    affinity: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -297,6 +312,54 @@ def power_of_two(request: RouteRequest, candidates: Candidates, stats: Stats) ->
     return tuple(ordered)
 
 
+def prefix_affinity(
+    request: RouteRequest,
+    candidates: Candidates,
+    stats: Stats,
+    *,
+    index: PrefixIndex,
+    keys: Mapping[str, bytes],
+    load_factor: float,
+) -> Candidates:
+    """Within each model, the replica likely to hold the prompt's prefix first, the rest in
+    the order they came (so an earlier load strategy orders the retries).
+
+    That replica is the one this worker last sent the longest known prefix to, else the first
+    in rendezvous order of the first block's hash; either is passed over while its load would
+    the bound (:func:`~hxp_runtime.router.prefix.load_bound`), for the next in rendezvous
+    order within it.
+    """
+    hashes = request.affinity
+    if not hashes or len(candidates) < 2:
+        return candidates
+    ordered: list[Backend] = []
+    for _, group in model_groups(candidates):
+        if len(group) > 1:
+            chosen = _affine_replica(hashes, group, stats, index, keys, load_factor)
+            ordered.append(chosen)
+            ordered.extend(b for b in group if b is not chosen)
+        else:
+            ordered.extend(group)
+    return tuple(ordered)
+
+
+def _affine_replica(
+    hashes: tuple[int, ...],
+    group: Candidates,
+    stats: Stats,
+    index: PrefixIndex,
+    keys: Mapping[str, bytes],
+    load_factor: float,
+) -> Backend:
+    bound = load_bound([stats.of(b).load for b in group], load_factor)
+    order = rendezvous_order(hashes[0], [(keys[b.id], b) for b in group])
+    known = index.longest(hashes)
+    if known is not None:
+        order.sort(key=lambda b: b.id != known)  # stable: the rest stay in rendezvous order
+    # The least loaded replica is never above the average, so one is always within the bound.
+    return next((b for b in order if stats.of(b).load <= bound), order[0])
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -395,6 +458,15 @@ class RoutingTable:
             Strategy.LEAST_OUTSTANDING: least_outstanding,
             Strategy.POWER_OF_TWO: power_of_two,
         }
+        self.prefix = settings.prefix_routing
+        self.prefix_enabled = Strategy.PREFIX_AFFINITY in settings.strategies
+        self.prefix_index = PrefixIndex(self.prefix.index_size if self.prefix_enabled else 0)
+        bound[Strategy.PREFIX_AFFINITY] = partial(
+            prefix_affinity,
+            index=self.prefix_index,
+            keys={b.id: replica_key(b.id) for b in self.backends},
+            load_factor=self.prefix.load_factor,
+        )
         # Explicit always applies: a named model is never second-guessed.
         names = list(dict.fromkeys([Strategy.EXPLICIT, *settings.strategies]))
         self.model_stage = [(s, bound[s]) for s in names if s in MODEL_STRATEGIES]
@@ -402,6 +474,17 @@ class RoutingTable:
         self._prompt_dependent = self.semantic_enabled or (
             Strategy.HIERARCHICAL in settings.strategies and any(self.keywords.values())
         )
+
+    def affinity(
+        self, endpoint: Endpoint, payload: dict[str, Any], session: str | None
+    ) -> tuple[int, ...]:
+        """What prefix_affinity keys on: the session's hash, else the prompt's block hashes."""
+        if not self.prefix_enabled or endpoint is Endpoint.EMBEDDING:
+            return ()
+        if session:
+            return (session_hash(session),)
+        text = prompt_text(endpoint is Endpoint.CHAT, payload)
+        return prefix_hashes(text, self.prefix.block_chars, self.prefix.max_blocks)
 
     def needs_embedding(self, request: RouteRequest) -> bool:
         return request.model is None and self.semantic_enabled and bool(self.prototypes)
@@ -455,6 +538,8 @@ class RoutingTable:
                 if ordered != live:
                     used.append(name)
                 live = ordered
+            if request.affinity:
+                self.prefix_index.record(request.affinity, live[0].id)
         primary = live[0].model if live else candidates[0].model
         fallbacks = self.fallbacks.get(primary)
         if not fallbacks and single_model(live):

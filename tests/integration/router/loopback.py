@@ -1,8 +1,9 @@
 """Stand-ins for vLLM servers on loopback, and who among the router's workers called them.
 
-``LoopbackBackend`` answers ``/health``, ``/metrics`` and ``/v1/completions`` the way vLLM
-does, can be stopped and started again on the same port, and records every completion request
-with the pid of the router worker that sent it: the worker owning the socket at the other end
+``LoopbackBackend`` answers ``/health``, ``/metrics``, ``/v1/completions`` and
+``/v1/chat/completions`` the way vLLM does, can be stopped and started again on the same port,
+and records every completion request (and its ``user`` field, which tells a client's requests
+apart) with the pid of the router worker that sent it: the worker owning the socket at the other end
 of the connection (found through ``/proc``), so a test sees each worker's traffic separately
 without the router saying anything about itself.
 """
@@ -26,6 +27,7 @@ from tests.dataplane import free_port
 class Arrival:
     at: float  # time.monotonic() when the request arrived
     worker: int | None  # pid of the router worker that sent it
+    user: str | None = None  # the request's OpenAI ``user`` field
 
 
 def socket_owners(pids: set[int], remote_port: int) -> dict[int, int]:
@@ -91,6 +93,7 @@ class LoopbackBackend:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/v1/completions", self._completion)
+        app.router.add_post("/v1/chat/completions", self._completion)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
@@ -109,16 +112,23 @@ class LoopbackBackend:
 
     async def _completion(self, request: web.Request) -> web.Response:
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        self.arrivals.append(Arrival(time.monotonic(), self._worker_of(peer[1] if peer else 0)))
-        await request.read()
+        at, worker = time.monotonic(), self._worker_of(peer[1] if peer else 0)
+        user = (await request.json()).get("user")
+        self.arrivals.append(Arrival(at, worker, user))
         await asyncio.sleep(self.work_s)
+        chat = request.path.endswith("/chat/completions")
+        choice: dict[str, object] = {"index": 0, "finish_reason": "length"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": "ok"}
+        else:
+            choice["text"] = " ok"
         return web.json_response(
             {
                 "id": "cmpl-loopback",
-                "object": "text_completion",
+                "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()),
                 "model": self.served_name,
-                "choices": [{"index": 0, "text": " ok", "finish_reason": "length"}],
+                "choices": [choice],
                 "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
             }
         )

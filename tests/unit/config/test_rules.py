@@ -155,3 +155,21 @@ def test_expected_service_where_it_runs_is_valid(load_text: Callable[[str], HxpC
     cfg = load_text(BASE + STATUS.replace("SERVICE", "redis").replace("HOST", "llm-1"))
     [expected] = cfg.status.expected
     assert (expected.service, expected.state, expected.host) == ("redis", "skipped", "llm-1")
+
+
+def test_prefix_affinity_before_a_load_strategy_is_refused(problems_of: Problems) -> None:
+    text = BASE.replace(
+        "router:\n", "router:\n  strategies: [explicit, prefix_affinity, power_of_two]\n"
+    )
+    p = only(problems_of(text))
+    assert p.field == "router.strategies"
+    assert "power_of_two after prefix_affinity" in p.message
+    assert p.line == line_of(text, "strategies: [explicit, prefix_affinity")
+
+
+def test_a_credential_header_cannot_name_sessions(problems_of: Problems) -> None:
+    text = BASE.replace("router:\n", "router:\n  prefix_routing:\n    session_header: Cookie\n")
+    p = only(problems_of(text))
+    assert p.field == "router.prefix_routing.session_header"
+    assert "carries credentials" in p.message
+    assert p.line == line_of(text, "session_header: Cookie")

@@ -79,7 +79,7 @@ class Setup:
 
     async def attempt(self, body: dict[str, Any], timeout_s: float = 5.0) -> Any:
         request = parse(Endpoint.CHAT, CHAT_PATH, json.dumps(body).encode())
-        routed = await route(self.table, self.stats, request, None, None, self.metrics)
+        routed = await route(self.table, self.stats, request, None, None, None, self.metrics)
         deadline = asyncio.get_running_loop().time() + timeout_s
         retries = self.settings.retries
         return await attempt(request, routed, self.live, retries, deadline, self.metrics)
@@ -286,7 +286,9 @@ async def test_routed_primary_decides_what_counts_as_a_fallback() -> None:
         request = parse(Endpoint.CHAT, CHAT_PATH, b'{"model": "primary"}')
         # Routing found the primary unavailable: only the fallback is left to try.
         setup.stats.backends["primary"].healthy = False
-        routed: Routed = await route(setup.table, setup.stats, request, None, None, setup.metrics)
+        routed: Routed = await route(
+            setup.table, setup.stats, request, None, None, None, setup.metrics
+        )
         assert [b.id for b in routed.decision.attempts] == ["spare"]
         deadline = asyncio.get_running_loop().time() + 5
         answer = await attempt(request, routed, setup.live, Retries(), deadline, setup.metrics)

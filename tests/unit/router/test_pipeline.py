@@ -200,19 +200,20 @@ async def test_admit_spends_a_lease_without_asking_the_store() -> None:
 
 
 def test_routing_reads_the_prompt_only_for_auto() -> None:
+    table = RoutingTable(settings())
     messages = [{"role": "user", "content": "write a python poem"}]
-    named = route_request(chat(model="coder", messages=messages), "code")
+    named = route_request(table, chat(model="coder", messages=messages), "code", None)
     assert (named.model, named.prompt, named.category) == ("coder", "", "code")
-    auto = route_request(chat(model="auto", messages=messages), None)
+    auto = route_request(table, chat(model="auto", messages=messages), None, None)
     assert (auto.model, auto.prompt) == (None, "write a python poem")
-    assert route_request(chat(messages=messages), None).model is None
+    assert route_request(table, chat(messages=messages), None, None).model is None
 
 
 async def test_route_names_the_model_asked_for_and_counts_the_strategies() -> None:
     table = RoutingTable(settings(strategies=["explicit", "least_outstanding"]))
     stats = table_stats(table, chatty={"outstanding": 3})
     metrics = RouterMetrics()
-    routed = await route(table, stats, chat(model="chatty"), None, None, metrics)
+    routed = await route(table, stats, chat(model="chatty"), None, None, None, metrics)
     assert [b.id for b in routed.decision.attempts] == ["chatty-2", "chatty"]
     assert routed.primary == "chatty" and routed.first.id == "chatty-2"
     decisions = counted(metrics, "hxp_router_routing_decisions_total")
@@ -224,15 +225,17 @@ async def test_route_by_keywords_and_the_category_hint() -> None:
     stats = table_stats(table)
     metrics = RouterMetrics()
     poem = chat(messages=[{"role": "user", "content": "a poem please"}])
-    assert (await route(table, stats, poem, None, None, metrics)).primary == "writer"
-    hinted = await route(table, stats, poem, "code", None, metrics)
+    assert (await route(table, stats, poem, None, None, None, metrics)).primary == "writer"
+    hinted = await route(table, stats, poem, "code", None, None, metrics)
     assert hinted.primary == "coder"
 
 
 async def test_an_unknown_model_is_404_against_no_model() -> None:
     table = RoutingTable(settings())
     with pytest.raises(Rejected) as rejected:
-        await route(table, table_stats(table), chat(model="gpt-4"), None, None, RouterMetrics())
+        await route(
+            table, table_stats(table), chat(model="gpt-4"), None, None, None, RouterMetrics()
+        )
     assert error_of(rejected) == (404, "model_not_found")
     assert rejected.value.model == ""  # a client's name is never a label value
 
@@ -242,7 +245,7 @@ async def test_no_healthy_replica_is_503_against_the_chosen_model() -> None:
     stats = table_stats(table, writer={"healthy": False})
     metrics = RouterMetrics()
     with pytest.raises(Rejected) as rejected:
-        await route(table, stats, chat(model="writer"), None, None, metrics)
+        await route(table, stats, chat(model="writer"), None, None, None, metrics)
     assert error_of(rejected) == (503, "no_healthy_backend")
     assert rejected.value.model == "writer"
     # The decision was taken (and counted) before health left nothing to try.
@@ -255,11 +258,11 @@ async def test_the_model_choice_is_remembered_per_prompt() -> None:
     table = RoutingTable(settings(strategies=["explicit", "hierarchical"]))
     stats = table_stats(table)
     hello = chat(messages=[{"role": "user", "content": "hello"}])
-    await route(table, stats, hello, None, None, RouterMetrics())
-    await route(table, stats, hello, None, None, RouterMetrics())
+    await route(table, stats, hello, None, None, None, RouterMetrics())
+    await route(table, stats, hello, None, None, None, RouterMetrics())
     assert len(table.cache) == 1
     other = chat(messages=[{"role": "user", "content": "a poem"}])
-    await route(table, stats, other, None, None, RouterMetrics())
+    await route(table, stats, other, None, None, None, RouterMetrics())
     assert len(table.cache) == 2
 
 
@@ -297,7 +300,9 @@ async def test_semantic_routing_embeds_the_prompt(embeddings: tuple[str, list[An
         embedder = Embedder(session, url, "minilm", authorization=None, timeout_s=5)
         queued.append([[0.1, 3.0]])  # close to the chat prototype
         prompt = chat(messages=[{"role": "user", "content": "how are you"}])
-        routed = await route(table, table_stats(table), prompt, None, embedder, RouterMetrics())
+        routed = await route(
+            table, table_stats(table), prompt, None, None, embedder, RouterMetrics()
+        )
     assert routed.primary == "chatty"
     assert routed.decision.strategies[0] is Strategy.SEMANTIC
     assert len(table.cache) == 1
@@ -312,7 +317,9 @@ async def test_a_failed_embedding_routes_without_it_and_is_not_remembered(
         embedder = Embedder(session, url, "minilm", authorization=None, timeout_s=5)
         prompt = chat(messages=[{"role": "user", "content": "how are you"}])
         with caplog.at_level(logging.WARNING, logger="hxp_runtime.router.pipeline"):
-            routed = await route(table, table_stats(table), prompt, None, embedder, RouterMetrics())
+            routed = await route(
+                table, table_stats(table), prompt, None, None, embedder, RouterMetrics()
+            )
     assert routed.decision.attempts  # routed all the same
     assert len(table.cache) == 0  # the next request with this prompt tries again
     assert "semantic routing skipped" in caplog.text and "HTTP 500" in caplog.text
@@ -332,7 +339,9 @@ def redis_port() -> Iterator[tuple[int, str]]:
 
 async def routed_to_coder() -> Routed:
     table = RoutingTable(settings())
-    return await route(table, table_stats(table), chat(model="coder"), None, None, RouterMetrics())
+    return await route(
+        table, table_stats(table), chat(model="coder"), None, None, None, RouterMetrics()
+    )
 
 
 async def test_only_deterministic_requests_look_in_the_cache() -> None:
