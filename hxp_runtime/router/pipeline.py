@@ -280,10 +280,10 @@ async def choose_models(
         table.cache.pending[cache_key] = pending
         pending.add_done_callback(lambda _: table.cache.pending.pop(cache_key, None))
     # Shielded: a client that goes away does not cancel the call the others wait for.
-    choice, embedded = await asyncio.shield(pending)
+    made, embedded = await asyncio.shield(pending)
     if metrics is not None:
         metrics.model_choice("embedded" if embedded else "failed", loop.time() - started)
-    return choice
+    return made
 
 
 async def _choose_semantic(
