@@ -262,13 +262,12 @@ async def choose_models(
     queued as many identical calls at the embeddings server, each one slower than the last).
     The time a semantic choice took is observed in ``metrics``, by how it was made.
     """
+    cache_key = table.cache_key(request)
     if embedder is None or not table.needs_embedding(request):
-        cache_key = table.cache_key(request)
         choice = table.cache.get(cache_key)
         return choice if choice is not None else _choose(table, request, cache_key, remember=True)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    cache_key = table.cache_key(request)
     choice = table.cache.get(cache_key)
     if choice is not None:
         if metrics is not None:
