@@ -38,6 +38,10 @@ DURATION_BUCKETS = (
 TTFT_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# Seconds. A cached choice takes microseconds; 0.015 is the semantic decision's target.
+DECISION_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -105,6 +109,15 @@ class RouterMetrics:
             ["strategy"],
             registry=registry,
         )
+        self.model_choice_duration = Histogram(
+            "hxp_router_semantic_decision_duration_seconds",
+            "Model choice of requests routed by prompt meaning (auto), by how it was made: "
+            "cached (a prompt seen before), embedded (an embeddings call, or one in flight for "
+            "the same prompt), failed (the embeddings call failed; chosen without it).",
+            ["path"],
+            buckets=DECISION_BUCKETS,
+            registry=registry,
+        )
         self.fallbacks = Counter(
             "hxp_router_fallbacks",
             "Requests answered by another model than the one first chosen.",
@@ -145,6 +158,7 @@ class RouterMetrics:
         self._duration_children: dict[tuple[str, str], Histogram] = {}
         self._ttft_children: dict[tuple[str, str], Histogram] = {}
         self._decision_children: dict[Strategy, Counter] = {}
+        self._model_choice_children: dict[str, Histogram] = {}
 
     def observe(
         self, model: str, backend: str, status: int, seconds: float, ttft: float | None = None
@@ -173,6 +187,13 @@ class RouterMetrics:
             if counter is None:
                 counter = self._decision_children[strategy] = self.decisions.labels(strategy.value)
             counter.inc()
+
+    def model_choice(self, path: str, seconds: float) -> None:
+        """One semantic model choice; ``path`` is cached, embedded or failed (bounded)."""
+        child = self._model_choice_children.get(path)
+        if child is None:
+            child = self._model_choice_children[path] = self.model_choice_duration.labels(path)
+        child.observe(seconds)
 
     def exposition(self) -> bytes:
         if not self.multiprocess:

@@ -12,6 +12,7 @@ answer (``relay``) follow.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from hxp_runtime.config import RateLimit, Strategy
+from hxp_runtime.config import RateLimit
 from hxp_runtime.router import cache as response_cache
 from hxp_runtime.router.auth import KeyStore, Miss
 from hxp_runtime.router.errors import error_response
@@ -31,9 +32,9 @@ from hxp_runtime.router.settings import AUTO_MODEL
 from hxp_runtime.router.store import ApiKey
 from hxp_runtime.router.strategies import (
     Backend,
-    Candidates,
     Decision,
     Endpoint,
+    ModelChoice,
     RouteRequest,
     RoutingError,
     RoutingTable,
@@ -263,25 +264,60 @@ def route_request(
 
 
 async def choose_models(
-    table: RoutingTable, request: RouteRequest, embedder: Embedder | None
-) -> tuple[Candidates, tuple[Strategy, ...]]:
+    table: RoutingTable,
+    request: RouteRequest,
+    embedder: Embedder | None,
+    metrics: RouterMetrics | None = None,
+) -> ModelChoice:
     """The model-choice stage, from the decision cache when it remembers this request.
 
-    A choice made without the prompt's embedding (the embeddings backend failed) is not
-    remembered, so that the next request with this prompt gets a semantic choice.
+    A prompt the cache does not know costs one embeddings call, shared by every request that
+    asks with the same prompt while it is in flight (without that, a burst of one new prompt
+    queued as many identical calls at the embeddings server, each one slower than the last).
+    The time a semantic choice took is observed in ``metrics``, by how it was made.
     """
     cache_key = table.cache_key(request)
+    if embedder is None or not table.needs_embedding(request):
+        choice = table.cache.get(cache_key)
+        return choice if choice is not None else _choose(table, request, cache_key, remember=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     choice = table.cache.get(cache_key)
     if choice is not None:
+        if metrics is not None:
+            metrics.model_choice("cached", loop.time() - started)
         return choice
-    remember = True
-    if table.needs_embedding(request) and embedder is not None:
-        try:
-            (embedding,) = await embedder.embed([request.prompt])
-            request = replace(request, embedding=embedding)
-        except EmbeddingError as exc:
-            log.warning("semantic routing skipped: %s", exc)
-            remember = False
+    pending = table.cache.pending.get(cache_key)
+    if pending is None:
+        pending = loop.create_task(_choose_semantic(table, request, cache_key, embedder))
+        table.cache.pending[cache_key] = pending
+        pending.add_done_callback(lambda _: table.cache.pending.pop(cache_key, None))
+    # Shielded: a client that goes away does not cancel the call the others wait for.
+    made, embedded = await asyncio.shield(pending)
+    if metrics is not None:
+        metrics.model_choice("embedded" if embedded else "failed", loop.time() - started)
+    return made
+
+
+async def _choose_semantic(
+    table: RoutingTable, request: RouteRequest, cache_key: object, embedder: Embedder
+) -> tuple[ModelChoice, bool]:
+    """The choice with the prompt's embedding, and whether the embedding was had.
+
+    A choice made without it (the embeddings backend failed) is not remembered, so that the
+    next request with this prompt gets a semantic choice.
+    """
+    try:
+        (embedding,) = await embedder.embed([request.prompt])
+    except EmbeddingError as exc:
+        log.warning("semantic routing skipped: %s", exc)
+        return _choose(table, request, cache_key, remember=False), False
+    return _choose(table, replace(request, embedding=embedding), cache_key, remember=True), True
+
+
+def _choose(
+    table: RoutingTable, request: RouteRequest, cache_key: object, *, remember: bool
+) -> ModelChoice:
     try:
         choice = table.choose_models(request)
     except RoutingError as exc:
@@ -305,7 +341,7 @@ async def route(
     Every strategy that took part is counted, also when no backend is left to try.
     """
     wanted = route_request(table, request, category, session)
-    choice = await choose_models(table, wanted, embedder)
+    choice = await choose_models(table, wanted, embedder, metrics)
     decision = table.decide(wanted, stats, choice)
     primary = choice[0][0].model
     metrics.decided(decision.strategies)

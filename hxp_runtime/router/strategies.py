@@ -24,6 +24,7 @@ Two kinds exist, and :class:`RoutingTable` runs them in two stages:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
@@ -134,6 +135,8 @@ class Stats:
 
 
 Candidates = tuple[Backend, ...]
+# The model-choice stage's result: the candidates it kept and the strategies that decided.
+ModelChoice = tuple[Candidates, tuple[Strategy, ...]]
 StrategyFn = Callable[[RouteRequest, Candidates, Stats], Candidates]
 
 
@@ -376,19 +379,26 @@ class Decision:
 
 
 class DecisionCache:
-    """A bounded LRU of model-choice results."""
+    """A bounded LRU of model-choice results, and the choices being made (``pending``).
+
+    ``pending`` maps a key to the task computing its choice (an embeddings call), so that
+    requests asking the same thing meanwhile wait for that task instead of starting another.
+    The tasks belong to the request path (``pipeline``); the cache only holds them, so that
+    they go with the table when the settings reload.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[object, tuple[Candidates, tuple[Strategy, ...]]] = OrderedDict()
+        self._entries: OrderedDict[object, ModelChoice] = OrderedDict()
+        self.pending: dict[object, asyncio.Task[tuple[ModelChoice, bool]]] = {}
 
-    def get(self, key: object) -> tuple[Candidates, tuple[Strategy, ...]] | None:
+    def get(self, key: object) -> ModelChoice | None:
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: object, value: tuple[Candidates, tuple[Strategy, ...]]) -> None:
+    def put(self, key: object, value: ModelChoice) -> None:
         if self.size == 0:
             return
         self._entries[key] = value
@@ -495,7 +505,7 @@ class RoutingTable:
         digest = hashlib.blake2b(request.prompt.encode(), digest_size=16).digest()
         return (request.endpoint, None, request.category, digest)
 
-    def choose_models(self, request: RouteRequest) -> tuple[Candidates, tuple[Strategy, ...]]:
+    def choose_models(self, request: RouteRequest) -> ModelChoice:
         """Model choice (explicit, hierarchical, semantic): no live stats involved."""
         candidates = self._by_task[request.endpoint]
         if not candidates:
@@ -518,7 +528,7 @@ class RoutingTable:
         self,
         request: RouteRequest,
         stats: Stats,
-        model_choice: tuple[Candidates, tuple[Strategy, ...]],
+        model_choice: ModelChoice,
     ) -> Decision:
         """Live choice over the available candidates, then the fallback chain.
 

@@ -360,6 +360,8 @@ def test_metrics_are_aggregated_over_workers(router: RouterProcess) -> None:
     assert "hxp_router_request_duration_seconds_bucket" in text
     assert "hxp_router_time_to_first_token_seconds_bucket" in text
     assert 'hxp_router_routing_decisions_total{strategy="semantic"}' in text
+    # test_auto_routes_by_prompt_meaning embedded two new prompts.
+    assert 'hxp_router_semantic_decision_duration_seconds_count{path="embedded"}' in text
 
 
 # --------------------------------------------------------------------------- lifecycle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -323,6 +324,75 @@ async def test_a_failed_embedding_routes_without_it_and_is_not_remembered(
     assert routed.decision.attempts  # routed all the same
     assert len(table.cache) == 0  # the next request with this prompt tries again
     assert "semantic routing skipped" in caplog.text and "HTTP 500" in caplog.text
+
+
+def decision_counts(metrics: RouterMetrics) -> dict[str, float]:
+    return {
+        json.loads(labels)["path"]: value
+        for labels, value in counted(
+            metrics, "hxp_router_semantic_decision_duration_seconds_count"
+        ).items()
+    }
+
+
+async def test_concurrent_requests_with_one_new_prompt_share_one_embeddings_call(
+    embeddings: tuple[str, list[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    url, queued = embeddings  # one answer queued: a second call would get a 500
+    table = semantic_table()
+    metrics = RouterMetrics()
+    prompt = chat(messages=[{"role": "user", "content": "how are you"}])
+    async with aiohttp.ClientSession() as session:
+        embedder = Embedder(session, url, "minilm", authorization=None, timeout_s=5)
+        queued.append([[0.1, 3.0]])
+        with caplog.at_level(logging.WARNING, logger="hxp_runtime.router.pipeline"):
+            burst = await asyncio.gather(
+                *(
+                    route(table, table_stats(table), prompt, None, embedder, metrics)
+                    for _ in range(8)
+                )
+            )
+            again = await route(table, table_stats(table), prompt, None, embedder, metrics)
+    assert "semantic routing skipped" not in caplog.text  # no second call was made
+    assert {r.primary for r in [*burst, again]} == {"chatty"}
+    assert all(r.decision.strategies[0] is Strategy.SEMANTIC for r in burst)
+    assert table.cache.pending == {}
+    assert decision_counts(metrics) == {"embedded": 8, "cached": 1}
+
+
+async def test_a_client_going_away_does_not_cancel_the_call_others_wait_for(
+    embeddings: tuple[str, list[Any]],
+) -> None:
+    url, queued = embeddings
+    table = semantic_table()
+    prompt = chat(messages=[{"role": "user", "content": "how are you"}])
+    async with aiohttp.ClientSession() as session:
+        embedder = Embedder(session, url, "minilm", authorization=None, timeout_s=5)
+        queued.append([[0.1, 3.0]])
+
+        def routing() -> asyncio.Task[Routed]:
+            coro = route(table, table_stats(table), prompt, None, embedder, RouterMetrics())
+            return asyncio.get_running_loop().create_task(coro)
+
+        first = routing()
+        await asyncio.sleep(0)  # the first request starts the embeddings call
+        second = routing()
+        await asyncio.sleep(0)
+        first.cancel()
+        routed = await second
+    assert first.cancelled()
+    assert routed.primary == "chatty" and routed.decision.strategies[0] is Strategy.SEMANTIC
+
+
+async def test_a_failed_embedding_is_counted_as_such(embeddings: tuple[str, list[Any]]) -> None:
+    url, _ = embeddings  # nothing queued: the server answers 500
+    table = semantic_table()
+    metrics = RouterMetrics()
+    async with aiohttp.ClientSession() as session:
+        embedder = Embedder(session, url, "minilm", authorization=None, timeout_s=5)
+        prompt = chat(messages=[{"role": "user", "content": "how are you"}])
+        await route(table, table_stats(table), prompt, None, embedder, metrics)
+    assert decision_counts(metrics) == {"failed": 1}
 
 
 # --------------------------------------------------------------------------- cached answer
