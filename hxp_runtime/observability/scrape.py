@@ -118,10 +118,7 @@ def scrape_configs(cfg: HxpConfig, plan: Plan) -> list[dict[str, Any]]:
             [_target(address[h.name], metrics.node_exporter_port, h.name) for h in cfg.hosts],
         )
     )
-    if plan.instances:
-        jobs.append(
-            {"job_name": VLLM_JOB, "file_sd_configs": [{"files": [vllm_targets_file("*")]}]}
-        )
+    jobs.append({"job_name": VLLM_JOB, "file_sd_configs": [{"files": [vllm_targets_file("*")]}]})
     router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     if router_host is not None:
         https = (

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, load_config, plan_deployment
-from hxp_runtime.observability.scrape import scrape_configs
+from hxp_runtime.observability.scrape import FILE_SD_DIR, scrape_configs
 from hxp_runtime.render import inventory_files
 from tests.unit.conftest import BASE, load_file_module
 
@@ -120,6 +120,10 @@ def test_the_vllm_job_reads_every_host_file() -> None:
     files = {t["file"] for t in group_all["hxp_prometheus_vllm_targets"]}
     assert files and all(fnmatch.fnmatch(f, pattern) for f in files)
     assert not fnmatch.fnmatch("/etc/prometheus/file_sd/node.json", pattern)
+    # Role prometheus creates that directory and removes files there of hosts that left.
+    role_vars = yaml.safe_load((REPO / "roles/prometheus/vars/main.yml").read_text("utf-8"))
+    assert role_vars["_hxp_prometheus_file_sd_dir"] == FILE_SD_DIR
+    assert all(Path(f).parent == Path(FILE_SD_DIR) for f in files)
 
 
 def test_the_swap_moves_the_target_only_after_the_router_switched() -> None:
