@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hxp_runtime.config import Firewall, HostGroup, HxpConfig, resolve_host
-from hxp_runtime.observability.scrape import scrape_configs
+from hxp_runtime.observability.scrape import scraped_addresses
 from hxp_runtime.planner import Plan
 
 CLIENTS = "clients"
@@ -127,18 +127,11 @@ def _metrics_flows(
         return
     source = (f"{address[monitor]}/32",)
     # Exactly what Prometheus is configured to scrape.
-    for job in scrape_configs(cfg, plan):
-        for static in job["static_configs"]:
-            for target in static["targets"]:
-                host, port = target.rsplit(":", 1)
-                yield Flow(
-                    monitor,
-                    source,
-                    by_address[host],
-                    host,
-                    int(port),
-                    f"Prometheus scrapes {job['job_name']}",
-                )
+    for job, target in scraped_addresses(cfg, plan):
+        host, scraped_port = target.rsplit(":", 1)
+        yield Flow(
+            monitor, source, by_address[host], host, int(scraped_port), f"Prometheus scrapes {job}"
+        )
     yield Flow(monitor, source, monitor, address[monitor], m.alertmanager_port, "alerts")
     yield Flow(monitor, source, monitor, address[monitor], m.prometheus_port, "Grafana: PromQL")
     for port, name in (

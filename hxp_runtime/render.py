@@ -44,6 +44,8 @@ from hxp_runtime.observability.scrape import (
     ROUTER_CERTIFICATE_FILE,
     WEB_PASSWORD_FILE,
     scrape_configs,
+    vllm_targets,
+    vllm_targets_file,
 )
 from hxp_runtime.planner import Instance, Plan
 from hxp_runtime.router.store import SCHEMA as ROUTER_SCHEMA
@@ -277,6 +279,12 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_prometheus_scrape_interval_s": m.scrape_interval_s,
         "hxp_prometheus_evaluation_interval_s": m.scrape_interval_s,
         "hxp_prometheus_scrape_configs": scrape_configs(cfg, plan),
+        # The model servers' targets: role prometheus writes each LLM host's file_sd file from
+        # them and the slot records there (plugins/filter/hxp_vllm_slots.py).
+        "hxp_prometheus_vllm_targets": [
+            {**target, "file": vllm_targets_file(target["host"])}
+            for target in vllm_targets(cfg, plan)
+        ],
         "hxp_prometheus_rules": alert_rules(cfg),
         "hxp_prometheus_credentials": credentials,
         "hxp_prometheus_alertmanagers": [f"{address}:{m.alertmanager_port}"],
@@ -374,6 +382,20 @@ ROLE_VARS: tuple[Callable[[HxpConfig, Plan], Vars], ...] = (
 )
 
 
+def vllm_scrape_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
+    """Where role vllm moves Prometheus's targets of this host's servers when a swap switches
+    the router: the metrics host, its file_sd file for this host (null without a metrics host
+    or without servers here), and the targets of this host's servers (scrape.py), as role
+    prometheus has them."""
+    monitor = resolve_host(cfg, cfg.metrics.host, HostGroup.METRICS) if cfg.metrics else None
+    targets = [t for t in vllm_targets(cfg, plan) if t["host"] == host] if monitor else []
+    return {
+        "hxp_vllm_metrics_host": monitor,
+        "hxp_vllm_scrape_targets_file": vllm_targets_file(host) if targets else None,
+        "hxp_vllm_scrape_targets": targets,
+    }
+
+
 def inventory_hosts(cfg: HxpConfig) -> Vars:
     children: dict[str, Vars] = {}
     for group in HostGroup:
@@ -407,6 +429,7 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
             }
             for i in instances
         ],
+        **vllm_scrape_vars(cfg, plan, host),
         # The GPU exporter runs on every NVIDIA host, with or without a metrics section; without
         # one, its port is that field's default in the schema.
         "hxp_vllm_gpu_exporter_port": (

@@ -168,6 +168,11 @@ def _calls(
                 address, port = _split(target)
                 add(address, port, f"{job['job_name']} exporter")
                 calls.append(Call(prometheus, node(address, port), f"{SCRAPE}{job['job_name']}"))
+    # The model servers (file_sd): a fresh deployment's, each in slot blue.
+    for server in group_all["hxp_prometheus_vllm_targets"]:
+        address, port = _split(server["slots"]["blue"])
+        add(address, port, "vllm exporter")
+        calls.append(Call(prometheus, node(address, port), f"{SCRAPE}vllm"))
     for target in group_all["hxp_prometheus_alertmanagers"]:
         calls.append(Call(prometheus, node(*_split(target)), "alerts"))
     grafana = node(group_all["hxp_grafana_listen_address"], group_all["hxp_grafana_port"])

@@ -368,7 +368,7 @@ def _router_group(cfg: HxpConfig) -> Group:
             # Always in the rules: a router without router.tls exports no expiry series, so the
             # rule matches nothing there, and switching TLS on needs no new rules file.
             _alert(
-                "HxpRouterCertificateExpiresSoon",
+                "RouterCertificateExpiresSoon",
                 "hxp_router_tls_certificate_expiry_timestamp_seconds"
                 f'{{service="router"}} - time() < {CERTIFICATE_EXPIRY_WARNING_S}',
                 Severity.TICKET,

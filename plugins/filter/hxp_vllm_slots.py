@@ -13,20 +13,62 @@ from typing import Any
 BLUE, GREEN = "blue", "green"
 
 
+def _slot_record(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record a slurp read, or None when it is missing or unreadable."""
+    if "content" not in result:
+        return None
+    try:
+        record = json.loads(base64.b64decode(result["content"]))
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("slot") in (BLUE, GREEN) else None
+
+
 def hxp_vllm_slot_records(slurped: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Instance name -> its slot record, from role vllm's slurp of every record (loop over
     hxp_vllm_instances). A missing or unreadable record is left out: the deploy writes it."""
     records = {}
     for result in slurped:
-        if "content" not in result:
-            continue
-        try:
-            record = json.loads(base64.b64decode(result["content"]))
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("slot") in (BLUE, GREEN):
+        record = _slot_record(result)
+        if record is not None:
             records[result["item"]["name"]] = record
     return records
+
+
+def hxp_vllm_host_slot_records(
+    slurped: list[Mapping[str, Any]],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """LLM host -> instance name -> slot record, from role prometheus's slurp of the records
+    of every target (loop over hxp_prometheus_vllm_targets, each read on its host)."""
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    for result in slurped:
+        record = _slot_record(result)
+        if record is not None:
+            records.setdefault(result["item"]["host"], {})[result["item"]["name"]] = record
+    return records
+
+
+def hxp_vllm_live_targets(
+    targets: list[Mapping[str, Any]], records: Mapping[str, Mapping[str, Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Prometheus file_sd target groups of model servers: each server at the address of the
+    slot its record (``records``: host -> instance name -> record) says is live, labelled with
+    that slot. ``targets`` are hxp_runtime.observability.scrape.vllm_targets: the address of
+    every slot a server may live in, and its labels.
+
+    Without a record a server lives in slot blue (as hxp_vllm_slots has it). A record that
+    names slot green for a model that no longer swaps blue-green falls back to the model's
+    port: hxp.yml gives that model no spare port any more, and the firewall admits none."""
+    groups = []
+    for target in targets:
+        record = records.get(target["host"], {}).get(target["name"], {})
+        slot = record.get("slot", BLUE)
+        if slot not in target["slots"]:
+            slot = BLUE
+        groups.append(
+            {"targets": [target["slots"][slot]], "labels": {**target["labels"], "slot": slot}}
+        )
+    return groups
 
 
 def model_version(instance: Mapping[str, Any], verified: Mapping[str, Any]) -> str:
@@ -80,4 +122,9 @@ def hxp_vllm_slots(
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"hxp_vllm_slots": hxp_vllm_slots, "hxp_vllm_slot_records": hxp_vllm_slot_records}
+        return {
+            "hxp_vllm_slots": hxp_vllm_slots,
+            "hxp_vllm_slot_records": hxp_vllm_slot_records,
+            "hxp_vllm_host_slot_records": hxp_vllm_host_slot_records,
+            "hxp_vllm_live_targets": hxp_vllm_live_targets,
+        }

@@ -7,15 +7,18 @@ not with the unit and integration tests. HXP_STACK_CONFIG names the lab's hxp.ym
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import testinfra
@@ -110,3 +113,34 @@ def http_on(
     if not 200 <= status < 300:
         raise urllib.error.HTTPError(url, status, text[:200], Message(), None)
     return str(text)
+
+
+class Prometheus:
+    """Prometheus's HTTP API with the deployment's basic auth."""
+
+    def __init__(self, base_url: str, user: str, password: str) -> None:
+        self.base_url = base_url
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
+
+    def get(self, path: str, **params: str) -> Any:
+        url = f"{self.base_url}{path}?{urlencode(params)}"
+        request = urllib.request.Request(url, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            body = json.load(answer)
+        assert body["status"] == "success", body
+        return body["data"]
+
+
+@pytest.fixture(scope="module")
+def prometheus(cfg: HxpConfig) -> Prometheus:
+    assert cfg.metrics is not None
+    password = secret(cfg.metrics.web_password.value)
+    return Prometheus(_prometheus_url(cfg), cfg.metrics.web_user, password)
+
+
+def _prometheus_url(cfg: HxpConfig) -> str:
+    assert cfg.metrics is not None
+    host = resolve_host(cfg, cfg.metrics.host, HostGroup.METRICS)
+    assert host is not None
+    return f"http://{cfg.host(host).address}:{cfg.metrics.prometheus_port}"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import testinfra
@@ -24,7 +26,7 @@ import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, plan_deployment, plan_swaps, resolve_host
 from hxp_runtime.lab import load_lab
-from tests.stack.conftest import CONFIG, host_in, http_on
+from tests.stack.conftest import CONFIG, Prometheus, host_in, http_on
 from tests.stack.test_operations import hxp_deploy, load_while
 
 pytestmark = pytest.mark.slow
@@ -34,6 +36,9 @@ BROKEN_VERSION = "tiny-phi3-broken"
 ROUTER_ADMIN = "/opt/hxp/router/bin/hxp-router admin"
 # Both slots of MODEL read the same env file (roles/vllm/tasks/configure.yml).
 MODEL_ENV = f"/etc/hxp/vllm/{MODEL}.env"
+# Prometheus notices a changed file_sd file within seconds and scrapes a new target within one
+# scrape interval (5 s in the lab); this leaves room for a loaded host.
+TARGET_WITHIN_S = 60
 
 
 def with_version(copy: Path, artifact: str) -> None:
@@ -76,6 +81,31 @@ def router_urls(llm: testinfra.host.Host) -> list[str]:
     return json.loads(answer)["backends"][MODEL]["urls"]
 
 
+def prometheus_targets(prometheus: Prometheus, port: int) -> list[dict]:
+    """Prometheus's vllm targets of MODEL (port, slot label, health), once there is one, scraped
+    at ``port`` and up, or as they are after TARGET_WITHIN_S."""
+    deadline = time.monotonic() + TARGET_WITHIN_S
+    while True:
+        targets = [
+            {
+                "port": urlsplit(t["scrapeUrl"]).port,
+                "slot": t["labels"].get("slot"),
+                "health": t["health"],
+                "error": t["lastError"],
+            }
+            for t in prometheus.get("/api/v1/targets")["activeTargets"]
+            if t["labels"].get("service") == "vllm" and t["labels"].get("model") == MODEL
+        ]
+        live = [t["port"] == port and t["health"] == "up" for t in targets]
+        if live == [True] or time.monotonic() > deadline:
+            return targets
+        time.sleep(1)
+
+
+def scraped(targets: list[dict]) -> list[tuple[int, str, str]]:
+    return [(t["port"], t["slot"], t["health"]) for t in targets]
+
+
 def unit_of(slot: str) -> str:
     return f"hxp-vllm-{MODEL}" if slot == "blue" else f"hxp-vllm-{MODEL}-green"
 
@@ -89,7 +119,12 @@ def summary(what: str, took_s: float, report: dict) -> str:
 
 
 def swap_to_new_version(
-    cfg: HxpConfig, llm: testinfra.host.Host, copy: Path, ports: dict[str, int], old_slot: str
+    cfg: HxpConfig,
+    llm: testinfra.host.Host,
+    prometheus: Prometheus,
+    copy: Path,
+    ports: dict[str, int],
+    old_slot: str,
 ) -> dict:
     """Deploy NEW_VERSION under load on MODEL; what came of it."""
     new_slot = "green" if old_slot == "blue" else "blue"
@@ -103,11 +138,13 @@ def swap_to_new_version(
         "record": live_slot(llm),
         "urls": router_urls(llm),
         "old_running": llm.service(unit_of(old_slot)).is_running,
+        "targets": prometheus_targets(prometheus, ports[new_slot]),
     }
     print(f"\n{summary(f'blue-green swap {old_slot} -> {new_slot}', took_s, load)}")
     print(
         f"served from {seen['root']} on port {ports[new_slot]}; slot record {seen['record']}; "
-        f"router URLs {seen['urls']}; old unit running: {seen['old_running']}"
+        f"router URLs {seen['urls']}; old unit running: {seen['old_running']}; "
+        f"Prometheus's targets {seen['targets']}"
     )
     idempotent_s = hxp_deploy(copy, "--expect-no-changes").finished()
     print(f"--expect-no-changes after the swap {idempotent_s:.0f}s")
@@ -115,7 +152,12 @@ def swap_to_new_version(
 
 
 def swap_to_broken_version(
-    cfg: HxpConfig, llm: testinfra.host.Host, copy: Path, ports: dict[str, int], live: str
+    cfg: HxpConfig,
+    llm: testinfra.host.Host,
+    prometheus: Prometheus,
+    copy: Path,
+    ports: dict[str, int],
+    live: str,
 ) -> dict:
     """Deploy BROKEN_VERSION under load on MODEL (live in slot ``live``); what came of it."""
     idle = "green" if live == "blue" else "blue"
@@ -127,7 +169,10 @@ def swap_to_broken_version(
     message = output[said : said + 700] if said >= 0 else output[-3000:]
     print(summary("rolled back swap to a broken version", took_s, load))
     print(f"deploy said: {message}")
+    targets = prometheus_targets(prometheus, ports[live])
+    print(f"Prometheus's targets after the rollback {targets}")
     return {
+        "targets": targets,
         "load": load,
         "message": message,
         "root": served_root(cfg, ports[live]),
@@ -149,7 +194,10 @@ def assert_served_by_model_alone(load: dict) -> None:
 
 
 def test_blue_green_swap_and_rollback_under_load(
-    cfg: HxpConfig, hosts: dict[str, testinfra.host.Host], config_copy: Path
+    cfg: HxpConfig,
+    hosts: dict[str, testinfra.host.Host],
+    prometheus: Prometheus,
+    config_copy: Path,
 ) -> None:
     model = cfg.model(MODEL)
     assert plan_swaps(cfg, plan_deployment(cfg))[MODEL].blue_green, "the lab's phi3 must swap"
@@ -160,8 +208,8 @@ def test_blue_green_swap_and_rollback_under_load(
     old_root = served_root(cfg, ports[old_slot])
     assert old_root is not None, f"{MODEL} does not answer on port {ports[old_slot]}"
     try:
-        swapped = swap_to_new_version(cfg, llm, config_copy, ports, old_slot)
-        rolled_back = swap_to_broken_version(cfg, llm, config_copy, ports, new_slot)
+        swapped = swap_to_new_version(cfg, llm, prometheus, config_copy, ports, old_slot)
+        rolled_back = swap_to_broken_version(cfg, llm, prometheus, config_copy, ports, new_slot)
     finally:
         # scripts/test removes its lab right after: putting the original back there would
         # start a server again for nothing.
@@ -174,6 +222,8 @@ def test_blue_green_swap_and_rollback_under_load(
     assert swapped["record"]["slot"] == new_slot and NEW_VERSION in swapped["record"]["version"]
     assert swapped["urls"] == [f"{llm_url(cfg)}:{ports[new_slot]}"]
     assert not swapped["old_running"], f"{unit_of(old_slot)} still runs after the swap"
+    # Prometheus follows the swap: one target for MODEL, on the new slot's port, and up.
+    assert scraped(swapped["targets"]) == [(ports[new_slot], new_slot, "up")], swapped["targets"]
 
     assert_served_by_model_alone(rolled_back["load"])
     message = rolled_back["message"]
@@ -182,3 +232,7 @@ def test_blue_green_swap_and_rollback_under_load(
     assert rolled_back["running"] and rolled_back["root"] == swapped["root"]
     assert not rolled_back["idle_unit_file"] and not rolled_back["idle_answers"]
     assert rolled_back["urls"] == swapped["urls"]
+    # The rollback left Prometheus on the slot that still serves.
+    assert scraped(rolled_back["targets"]) == [(ports[new_slot], new_slot, "up")], rolled_back[
+        "targets"
+    ]

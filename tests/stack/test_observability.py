@@ -10,16 +10,14 @@ need), the panels last.
 
 from __future__ import annotations
 
-import base64
 import json
 import queue
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import openai
 import pytest
@@ -28,44 +26,13 @@ import testinfra
 from hxp_runtime.config import HostGroup, HxpConfig, resolve_host
 from hxp_runtime.observability.alerts import alert_rules
 from hxp_runtime.observability.dashboards import dashboards, panel_queries
-from tests.stack.conftest import host_in, secret
+from tests.stack.conftest import Prometheus, host_in, secret
 from tests.stack.hxpstatus import BACK_WITHIN_S, hxp_status, unit_problems
 
 Hosts = dict[str, testinfra.host.Host]
 # Not obtainable on this machine: the lab's vector host runs everything but the binary.
 # The prefix keeps this skip a skip under HXP_CI=1 (the repository's conftest.py).
 QDRANT_ABSENT = "not obtainable here: the Qdrant binary is not in the lab's bundle"
-
-
-class Prometheus:
-    """Prometheus's HTTP API with the deployment's basic auth."""
-
-    def __init__(self, base_url: str, user: str, password: str) -> None:
-        self.base_url = base_url
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.headers = {"Authorization": f"Basic {token}"}
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"{self.base_url}{path}?{urlencode(params)}"
-        request = urllib.request.Request(url, headers=self.headers)
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            body = json.load(answer)
-        assert body["status"] == "success", body
-        return body["data"]
-
-
-@pytest.fixture(scope="module")
-def prometheus(cfg: HxpConfig) -> Prometheus:
-    assert cfg.metrics is not None
-    password = secret(cfg.metrics.web_password.value)
-    return Prometheus(_prometheus_url(cfg), cfg.metrics.web_user, password)
-
-
-def _prometheus_url(cfg: HxpConfig) -> str:
-    assert cfg.metrics is not None
-    host = resolve_host(cfg, cfg.metrics.host, HostGroup.METRICS)
-    assert host is not None
-    return f"http://{cfg.host(host).address}:{cfg.metrics.prometheus_port}"
 
 
 def _query(prometheus: Prometheus, expr: str) -> list[dict[str, Any]]:

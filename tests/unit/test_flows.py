@@ -68,15 +68,27 @@ def test_a_lab_controller_is_its_gateway() -> None:
 
 def test_scrapes_follow_the_prometheus_config() -> None:
     cfg, flows = matrix(LAB)
-    files = inventory_files(cfg, plan_deployment(cfg))
+    group_all = inventory_files(cfg, plan_deployment(cfg))[Path("group_vars/all/hxp.yml")]
     targets = {
         t
-        for job in files[Path("group_vars/all/hxp.yml")]["hxp_prometheus_scrape_configs"]
-        for static in job["static_configs"]
+        for job in group_all["hxp_prometheus_scrape_configs"]
+        for static in job.get("static_configs", [])
         for t in static["targets"]
+    }
+    # The model servers come from file_sd: every slot a swap may move them to.
+    targets |= {
+        address
+        for server in group_all["hxp_prometheus_vllm_targets"]
+        for address in server["slots"].values()
     }
     scraped = {f"{f.address}:{f.port}" for f in flows if f.reason.startswith("Prometheus scrapes")}
     assert scraped == targets
+    phi3 = cfg.model("phi3")
+    assert cfg.blue_green_wanted(phi3)
+    assert {f.port for f in flows if f.reason == "Prometheus scrapes vllm"} >= {
+        phi3.port,
+        phi3.spare_port,
+    }
 
 
 def test_webhooks_are_egress_and_no_host_admits_them() -> None:

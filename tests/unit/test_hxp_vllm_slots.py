@@ -78,3 +78,17 @@ def test_the_same_version_does_not_swap_and_a_path_is_a_version() -> None:
     assert not same["swap"]
     by_path = {**instance(artifact=""), "model_path": "/srv/models/phi3"}
     assert slots.model_version(by_path, VERIFIED) == "path /srv/models/phi3"
+
+
+def test_records_read_for_prometheus_are_kept_apart_by_host() -> None:
+    # Role prometheus reads the record of every target on the target's own host: two hosts
+    # may serve replicas of one model, each in a slot of its own.
+    green, blue = {"slot": "green", "version": "v"}, {"slot": "blue", "version": "v"}
+    found = slots.hxp_vllm_host_slot_records(
+        [
+            {**slurped(green), "item": {"host": "llm-1", "name": "phi3"}},
+            {**slurped(blue), "item": {"host": "llm-2", "name": "phi3"}},
+            {"item": {"host": "llm-2", "name": "absent"}, "failed": True},
+        ]
+    )
+    assert found == {"llm-1": {"phi3": green}, "llm-2": {"phi3": blue}}

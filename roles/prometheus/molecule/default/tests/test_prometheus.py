@@ -80,7 +80,27 @@ def test_the_scrape_jobs_are_up(api, address):
         health = {t["labels"]["job"]: t["health"] for t in targets}
         return health if set(health.values()) == {"up"} else None
 
-    assert eventually(healthy) == {"node": "up", "prometheus": "up"}
+    assert eventually(healthy) == {"node": "up", "prometheus": "up", "vllm": "up"}
+
+
+def test_model_servers_are_scraped_at_their_live_slot(api, address, host):
+    """phi3's record says slot green: its spare port (converge.yml); minilm has no record: its
+    port, slot blue. The labels alerts and dashboards select on are kept."""
+
+    def scraped():
+        targets = api("/api/v1/targets?state=active")["activeTargets"]
+        found = {
+            t["labels"]["model"]: (t["scrapeUrl"], t["labels"]["slot"], t["labels"]["host"])
+            for t in targets
+            if t["labels"]["job"] == "vllm"
+        }
+        return found if len(found) == 2 else None
+
+    assert eventually(scraped) == {
+        "phi3": (f"http://{address}:9100/metrics", "green", "hx-metrics-server-01"),
+        "minilm": (f"http://{address}:9100/metrics", "blue", "hx-metrics-server-01"),
+    }
+    assert not host.file("/etc/prometheus/file_sd/vllm-hx-llm-server-09.json").exists
 
 
 def test_alerts_reach_the_alertmanager_with_the_web_password(
