@@ -96,7 +96,8 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class SizedModel:
-    """A model entry as the planner reads it: its host resolved and its shape known."""
+    """A model entry as the planner reads it: its host resolved and its shape known. A model
+    with replicas is one SizedModel per replica, each with its own host."""
 
     position: int  # in hxp.yml's models list; problems name models[position]
     name: str
@@ -304,6 +305,7 @@ class Plan:
         return [i for i in self.instances if i.host == host]
 
     def instance(self, model: str) -> Instance:
+        """The model's first replica (its only one, unless it has replicas)."""
         return next(i for i in self.instances if i.model == model)
 
 
@@ -801,8 +803,10 @@ def plan_models(
         problems.extend(_with_suggestions(host, placement))
     if problems:
         raise PlanError(problems)
-    positions = {m.name: m.position for m in models}
-    return Plan(tuple(sorted(instances, key=lambda i: positions[i.model])), tuple(usage))
+    # hxp.yml's order of models, each model's replicas in the order of its hosts: the order
+    # the router numbers a model's backends in (name, name-2, ...).
+    order = {(m.name, m.host): (m.position, k) for k, m in enumerate(models)}
+    return Plan(tuple(sorted(instances, key=lambda i: order[i.model, i.host])), tuple(usage))
 
 
 # --------------------------------------------------------------------------- blue-green swaps

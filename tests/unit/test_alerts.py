@@ -37,7 +37,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_TESTS = REPO / "tests/promtool"
 RUNBOOKS = REPO / "docs/runbooks"
 # The rules files the promtool tests name in rule_files.
-INVENTORIES = {"lab.rules.yml": "lab", "sample.rules.yml": "sample"}
+INVENTORIES = {
+    "lab.rules.yml": "lab",
+    "sample.rules.yml": "sample",
+    "lab-scale.rules.yml": "lab-scale",
+}
 SEVERITIES = {"page", "ticket", "info"}
 
 # Neither GPUs nor a database, vector database, cache or metrics host.
