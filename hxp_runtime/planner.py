@@ -308,6 +308,16 @@ class Plan:
         """The model's first replica (its only one, unless it has replicas)."""
         return next(i for i in self.instances if i.model == model)
 
+    def backend_ids(self) -> dict[tuple[str, int], str]:
+        """(host, port) of each server -> its backend in the router: the model's name, name-2...
+        for further replicas, in the plan's order (hxp_runtime.router.strategies.backends_from)."""
+        counts: dict[str, int] = {}
+        ids = {}
+        for inst in self.instances:
+            counts[inst.model] = n = counts.get(inst.model, 0) + 1
+            ids[inst.host, inst.port] = inst.model if n == 1 else f"{inst.model}-{n}"
+        return ids
+
 
 def valid_tp_sizes(heads: int, gpu_count: int) -> list[int]:
     return [tp for tp in range(1, gpu_count + 1) if heads % tp == 0]
