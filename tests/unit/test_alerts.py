@@ -140,7 +140,7 @@ CHECKS: dict[str, tuple[list[str], Callable[[HxpConfig], dict[str, Any]]]] = {
 }
 
 
-@pytest.mark.parametrize("inventory", ["lab", "sample", "minimal"])
+@pytest.mark.parametrize("inventory", ["lab", "lab-scale", "sample", "minimal"])
 @pytest.mark.parametrize("check", sorted(CHECKS))
 def test_the_owning_tool_accepts_the_file(
     check: str, inventory: str, tmp_path: Path, load_text: Callable[[str], HxpConfig]
