@@ -91,6 +91,14 @@ def test_a_host_listed_twice(problems_of: Problems) -> None:
     assert "hosts names llm-2 more than once" in p.message
 
 
+def test_a_model_without_a_host_among_several(problems_of: Problems) -> None:
+    p = only(problems_of(config("")))
+    assert p.field == "models[1]"
+    assert p.message.endswith(
+        "set models[1].host, or hosts (a replica on each) or replicas (how many)"
+    )
+
+
 def test_an_unknown_replica_host(problems_of: Problems) -> None:
     text = config().replace("hosts: [llm-2, llm-1]", "hosts: [llm-2, llm-9]")
     p = only(problems_of(text))

@@ -29,7 +29,15 @@ def service_host_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]
         elif model.replicas is not None:
             yield from _replicas_rule(cfg, model, ("models", i, "replicas"), dropped)
         else:
-            yield from _host_rule(cfg, model.host, HostGroup.LLM, ("models", i), what, dropped)
+            yield from _host_rule(
+                cfg,
+                model.host,
+                HostGroup.LLM,
+                ("models", i),
+                what,
+                dropped,
+                or_else=", or hosts (a replica on each) or replicas (how many)",
+            )
     yield from _host_rule(cfg, cfg.router.host, HostGroup.LLM, ("router",), "the router", dropped)
     sections: list[tuple[str, Database | VectorDb | Cache | Metrics | None, HostGroup]] = [
         ("database", cfg.database, HostGroup.DATABASE),
@@ -43,8 +51,16 @@ def service_host_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]
 
 
 def _host_rule(
-    cfg: HxpConfig, wanted: str | None, group: HostGroup, path: PathKey, what: str, dropped: Dropped
+    cfg: HxpConfig,
+    wanted: str | None,
+    group: HostGroup,
+    path: PathKey,
+    what: str,
+    dropped: Dropped,
+    or_else: str = "",
 ) -> Iterator[Problem]:
+    """``wanted`` or, when not given, the only host of ``group``; ``or_else``: what else the
+    entry may set instead of a host."""
     names = {h.name: h for h in cfg.hosts}
     if (wanted is None and group in dropped.groups) or (
         wanted in dropped.names and wanted not in names
@@ -57,7 +73,7 @@ def _host_rule(
             yield Problem(
                 path,
                 f"{what} needs a host: {len(members)} hosts are in group {group.value!r} "
-                f"({found}); set {format_path((*path, 'host'))}",
+                f"({found}); set {format_path((*path, 'host'))}{or_else}",
             )
         return
     yield from _named_host_rule(cfg, wanted, group, (*path, "host"), what, dropped)
