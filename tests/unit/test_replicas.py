@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hxp_runtime.config import (
     ConfigError,
@@ -346,3 +347,13 @@ def test_status_judges_each_replica_as_a_backend_of_its_host(lab_scale: HxpConfi
     verdict = judge(quiet, targets, answers)
     assert not any("hermes-2" in line or "phi3-2" in line for line in verdict.degraded)
     assert "vllm on hx-llm-server-02 stopped: maintenance" in verdict.expected
+
+
+def test_rolling_changes_take_one_llm_host_at_a_time() -> None:
+    # Two replicas of a model must never restart together; the router runs on its host only.
+    (llm,) = yaml.safe_load((REPO / "playbooks/llm.yml").read_text(encoding="utf-8"))
+    assert llm["hosts"] == "llm" and llm["serial"] == 1
+    (router,) = yaml.safe_load((REPO / "playbooks/router.yml").read_text(encoding="utf-8"))
+    (leave,) = router["pre_tasks"]
+    assert leave["ansible.builtin.meta"] == "end_host"
+    assert leave["when"] == "ansible_host != hxp_router_settings.listen_host"
