@@ -565,7 +565,7 @@ def print_status(view: dict[str, Any], seconds: float) -> None:
         "Units", dict.fromkeys(("host", "unit", "active", "since", "restarts"), "left")
     )
     models = plan_table(
-        "Models", dict.fromkeys(("model", "host", "ready", "served", "root"), "left")
+        "Models", dict.fromkeys(("model", "backend", "host", "ready", "served", "root"), "left")
     )
     for host in view["hosts"]:
         if not host["reachable"]:
@@ -582,6 +582,7 @@ def print_status(view: dict[str, Any], seconds: float) -> None:
         for model in host["models"]:
             models.add_row(
                 model["model"],
+                model["backend"],
                 host["name"],
                 "ready" if model["ready"] else str(model["problem"]),
                 ", ".join(str(s["id"]) for s in model["served"]),

@@ -96,7 +96,8 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class SizedModel:
-    """A model entry as the planner reads it: its host resolved and its shape known."""
+    """A model entry as the planner reads it: its host resolved and its shape known. A model
+    with replicas is one SizedModel per replica, each with its own host."""
 
     position: int  # in hxp.yml's models list; problems name models[position]
     name: str
@@ -304,7 +305,18 @@ class Plan:
         return [i for i in self.instances if i.host == host]
 
     def instance(self, model: str) -> Instance:
+        """The model's first replica (its only one, unless it has replicas)."""
         return next(i for i in self.instances if i.model == model)
+
+    def backend_ids(self) -> dict[tuple[str, int], str]:
+        """(host, port) of each server -> its backend in the router: the model's name, name-2...
+        for further replicas, in the plan's order (hxp_runtime.router.strategies.backends_from)."""
+        counts: dict[str, int] = {}
+        ids = {}
+        for inst in self.instances:
+            counts[inst.model] = n = counts.get(inst.model, 0) + 1
+            ids[inst.host, inst.port] = inst.model if n == 1 else f"{inst.model}-{n}"
+        return ids
 
 
 def valid_tp_sizes(heads: int, gpu_count: int) -> list[int]:
@@ -801,8 +813,10 @@ def plan_models(
         problems.extend(_with_suggestions(host, placement))
     if problems:
         raise PlanError(problems)
-    positions = {m.name: m.position for m in models}
-    return Plan(tuple(sorted(instances, key=lambda i: positions[i.model])), tuple(usage))
+    # hxp.yml's order of models, each model's replicas in the order of its hosts: the order
+    # the router numbers a model's backends in (name, name-2, ...).
+    order = {(m.name, m.host): (m.position, k) for k, m in enumerate(models)}
+    return Plan(tuple(sorted(instances, key=lambda i: order[i.model, i.host])), tuple(usage))
 
 
 # --------------------------------------------------------------------------- blue-green swaps

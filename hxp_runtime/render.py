@@ -308,17 +308,6 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     }
 
 
-def backend_ids(plan: Plan) -> dict[tuple[str, int], str]:
-    """(host, port) of each server -> its backend in the router: the model's name, name-2...
-    for further replicas, in the plan's order (hxp_runtime.router.strategies.backends_from)."""
-    counts: dict[str, int] = {}
-    ids = {}
-    for inst in plan.instances:
-        counts[inst.model] = n = counts.get(inst.model, 0) + 1
-        ids[inst.host, inst.port] = inst.model if n == 1 else f"{inst.model}-{n}"
-    return ids
-
-
 def rollout_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     return {
@@ -416,7 +405,7 @@ def inventory_hosts(cfg: HxpConfig) -> Vars:
 def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
     spec = cfg.host(host)
     instances = plan.for_host(host)
-    backends = backend_ids(plan)
+    backends = plan.backend_ids()
     swaps = plan_swaps(cfg, plan)
     return {
         "hxp_vllm_device": "cpu" if spec.accelerator == "cpu" else "cuda",

@@ -10,7 +10,12 @@
 Importers use the names below; the modules' layout is the package's own.
 """
 
-from hxp_runtime.config.endpoints import resolve_host, service_endpoints, service_hosts
+from hxp_runtime.config.endpoints import (
+    model_hosts,
+    resolve_host,
+    service_endpoints,
+    service_hosts,
+)
 from hxp_runtime.config.fit import (
     apply_change,
     plan_deployment,
@@ -168,6 +173,7 @@ __all__ = [
     "cross_field_problems",
     "format_path",
     "load_config",
+    "model_hosts",
     "plan_deployment",
     "plan_problems",
     "plan_swaps",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.config.schema import SPARE_PORT_OFFSET, HostGroup, HxpConfig, Service
+from hxp_runtime.config.schema import SPARE_PORT_OFFSET, Host, HostGroup, HxpConfig, Service
 from hxp_runtime.yamlsource import PathKey
 
 MAX_PORT = 65535
@@ -19,20 +19,73 @@ def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | 
     return members[0].name if len(members) == 1 else None
 
 
+def model_hosts(cfg: HxpConfig) -> dict[str, tuple[str, ...]]:
+    """Each model -> the hosts of its replicas, in the order the router numbers its backends
+    (name, name-2, ...): ``host`` (or the only llm host), every host of ``hosts``, or for
+    ``replicas: N`` the N llm hosts picked in hxp.yml's order of models.
+
+    A replicas: N model goes to the N llm hosts with the most free memory, where free memory is
+    what hxp.yml states: the host's memory_gb (none given: nothing) less the memory_limit_gb of
+    the servers already on it. Ties go to the host listed first, so the choice is the same on
+    every run. Hosts whose memory_gb is given and cannot hold the model's memory_limit_gb are
+    not picked; the planner checks the GPUs of the hosts picked. A model whose hosts cannot be
+    resolved (a rule reports why) gets none.
+    """
+    llm_hosts = cfg.hosts_in(HostGroup.LLM)
+    committed = {h.name: 0.0 for h in cfg.hosts}
+    placed: dict[str, tuple[str, ...]] = {}
+    # Named hosts commit their memory first: the picked replicas spread around them.
+    for model in cfg.models:
+        if model.replicas is None:
+            wanted: list[str | None] = (
+                list(model.hosts) if model.hosts else [resolve_host(cfg, model.host, HostGroup.LLM)]
+            )
+            placed[model.name] = tuple(h for h in wanted if h is not None)
+            for host in placed[model.name]:
+                if host in committed:
+                    committed[host] += model.memory_limit_gb
+    for model in cfg.models:
+        if model.replicas is not None:
+            picked = pick_replica_hosts(llm_hosts, committed, model.memory_limit_gb, model.replicas)
+            placed[model.name] = picked
+            for host in picked:
+                committed[host] += model.memory_limit_gb
+    return {m.name: placed[m.name] for m in cfg.models}
+
+
+def pick_replica_hosts(
+    hosts: list[Host], committed: dict[str, float], need_gb: float, count: int
+) -> tuple[str, ...]:
+    """``count`` distinct hosts with room for ``need_gb``, the most free memory first (the
+    host listed first on a tie); none when fewer than ``count`` have room."""
+
+    def free(host: Host) -> float:
+        return (host.memory_gb or 0.0) - committed[host.name]
+
+    roomy = [h for h in hosts if h.memory_gb is None or free(h) >= need_gb]
+    if len(roomy) < count:
+        return ()
+    ranked = sorted(enumerate(roomy), key=lambda pair: (-free(pair[1]), pair[0]))
+    chosen = {h.name for _, h in ranked[:count]}
+    # The router numbers the replicas in the hosts' order, whatever the memory said.
+    return tuple(h.name for h in roomy if h.name in chosen)
+
+
 def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, PathKey]]:
     """Every (host, port) a deployment listens on, with a label and the field that sets it."""
     llm_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    replicas = model_hosts(cfg)
     for i, model in enumerate(cfg.models):
-        model_host = resolve_host(cfg, model.host, HostGroup.LLM)
-        yield model_host, model.port, f"model {model.name}", ("models", i, "port")
-        # The other version of a blue-green swap listens there, for a while or for good.
-        if cfg.blue_green_wanted(model) and model.spare_port <= MAX_PORT:
-            yield (
-                model_host,
-                model.spare_port,
-                f"model {model.name}'s blue-green spare port (port + {SPARE_PORT_OFFSET})",
-                ("models", i, "port"),
-            )
+        for model_host in replicas[model.name] or (None,):
+            yield model_host, model.port, f"model {model.name}", ("models", i, "port")
+            # The other version of a blue-green swap listens there, for a while or for good.
+            if cfg.blue_green_wanted(model) and model.spare_port <= MAX_PORT:
+                yield (
+                    model_host,
+                    model.spare_port,
+                    f"model {model.name}'s blue-green spare port (port + {SPARE_PORT_OFFSET})",
+                    ("models", i, "port"),
+                )
     yield llm_host, cfg.router.port, "router", ("router", "port")
     # Loopback only, but a server on the host's address with the same port would still clash.
     yield llm_host, cfg.router.admin_port, "router admin API", ("router", "admin_port")
@@ -77,7 +130,7 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
 def service_hosts(cfg: HxpConfig) -> dict[Service, list[str]]:
     """The hosts each deployed service runs on (vllm: the hosts of the models)."""
     placed: dict[Service, list[str | None]] = {
-        Service.VLLM: [resolve_host(cfg, m.host, HostGroup.LLM) for m in cfg.models],
+        Service.VLLM: [h for hosts in model_hosts(cfg).values() for h in hosts],
         Service.ROUTER: [resolve_host(cfg, cfg.router.host, HostGroup.LLM)],
         Service.GPU_EXPORTER: [
             h.name for h in cfg.hosts_in(HostGroup.LLM) if h.accelerator == "nvidia"

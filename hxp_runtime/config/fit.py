@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hxp_runtime.config.endpoints import resolve_host
+from hxp_runtime.config.endpoints import model_hosts
 from hxp_runtime.config.problems import Dropped, Problem
-from hxp_runtime.config.schema import Architecture, HostGroup, HxpConfig, Model
+from hxp_runtime.config.schema import Architecture, HxpConfig, Model
 from hxp_runtime.modelinfo import ModelInfoError, ModelShape, shape_from_directory
 from hxp_runtime.planner import (
     Change,
@@ -36,9 +36,9 @@ def plan_deployment(cfg: HxpConfig) -> Plan:
     or does not fit."""
     problems: list[PlanProblem] = []
     sized: list[SizedModel] = []
+    replicas = model_hosts(cfg)
     for position, model in enumerate(cfg.models):
-        host = resolve_host(cfg, model.host, HostGroup.LLM)
-        if host is None:
+        if not replicas[model.name]:
             continue  # reported by the config's host rule
         shape = _shape(model, position, cfg.base_dir)
         if isinstance(shape, PlanProblem):
@@ -47,7 +47,8 @@ def plan_deployment(cfg: HxpConfig) -> Plan:
         context = _context_problem(model, shape, position)
         if context is not None:
             problems.append(context)
-        sized.append(sized_model(model, position, host, shape))
+        # Each replica is placed on its host's GPUs as a model of its own.
+        sized.extend(sized_model(model, position, host, shape) for host in replicas[model.name])
     try:
         plan = plan_models(planner_settings(cfg), host_specs(cfg), sized)
     except PlanError as exc:
@@ -96,13 +97,15 @@ def _plannable(cfg: HxpConfig, found: list[Problem], dropped: Dropped) -> list[i
         if p.path[:1] == ("hosts",) and len(p.path) > 1 and isinstance(p.path[1], int)
     }
     known_hosts = {h.name for h in cfg.hosts}
+    replicas = model_hosts(cfg)
     plannable: list[int] = []
     for i, model in enumerate(cfg.models):
-        host = resolve_host(cfg, model.host, HostGroup.LLM)
+        hosts = set(replicas[model.name])
         if (
-            host in known_hosts
-            and host not in faulty_hosts
-            and not (model.host is None and HostGroup.LLM in dropped.groups)
+            hosts
+            and hosts <= known_hosts
+            and not hosts & faulty_hosts
+            and not dropped.hides_host_of(cfg, ("models", i))
             and not any(p.path[:2] == ("models", i) for p in found)
         ):
             plannable.append(i)

@@ -188,6 +188,9 @@ class Dropped:
         if group is None or group not in self.groups or path[-1] in _PER_HOST_FIELDS:
             return False
         if path[0] == "models":
-            return isinstance(path[1], int) and cfg.models[path[1]].host is None
+            if not isinstance(path[1], int):
+                return False
+            model = cfg.models[path[1]]
+            return model.host is None and model.hosts is None
         section = getattr(cfg, str(path[0]))
         return section is not None and section.host is None

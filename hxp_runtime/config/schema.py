@@ -383,6 +383,17 @@ class Model(Strict):
     served_name: ModelId | None = None
     aliases: list[ModelId] = Field(default_factory=list)
     host: str | None = Field(None, description="defaults to the only host in group llm")
+    hosts: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="a replica on each of these llm hosts (instead of host); the router "
+        "balances requests over all of them",
+    )
+    replicas: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="this many replicas on distinct llm hosts the planner picks (the most free "
+        "memory first); instead of host and hosts",
+    )
     source: ModelSource = Field(default_factory=ModelSource)
     port: Port
     gpus: Literal["auto"] | Annotated[int, Field(ge=1)] | list[Annotated[int, Field(ge=0)]] = "auto"
@@ -405,6 +416,24 @@ class Model(Strict):
                 f"unknown preset {preset!r}; known presets: {', '.join(sorted(PRESETS))}"
             )
         return merge_preset(PRESETS[preset], data)
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> Model:
+        given = [f for f in ("host", "hosts", "replicas") if getattr(self, f) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"give one of host, hosts and replicas, not {' and '.join(given)}: host places "
+                "one server, hosts a replica on each host named, replicas N on N llm hosts "
+                "the planner picks"
+            )
+        if self.hosts is not None:
+            seen = [h for i, h in enumerate(self.hosts) if h in self.hosts[:i]]
+            if seen:
+                raise ValueError(
+                    f"hosts names {', '.join(dict.fromkeys(seen))} more than once; a host "
+                    "runs one replica of a model, list each host once"
+                )
+        return self
 
     @property
     def routing_name(self) -> str:

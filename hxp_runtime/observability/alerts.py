@@ -385,17 +385,33 @@ def _router_group(cfg: HxpConfig) -> Group:
 # --------------------------------------------------------------------------- model servers
 
 
+_VLLM_DOWN = 'up{service="vllm"} == 0'
+_VLLM_UP = '(up{service="vllm"} == 1)'
+
+
 def _model_server_group(cfg: HxpConfig) -> Group:
     down_for = _down_for_s(cfg)
     rules = [
+        # A model with replicas on several hosts is down when none of them is scraped: that
+        # pages, once per replica; one replica down while another serves is a ticket.
         _alert(
             "ModelServerDown",
-            'up{service="vllm"} == 0',
+            f"{_VLLM_DOWN} unless on (model) {_VLLM_UP}",
             Severity.PAGE,
             "Model server {{ $labels.model }} on {{ $labels.host }} is down",
             "Prometheus has not scraped the vLLM server of {{ $labels.model }} at "
             f"{{{{ $labels.instance }}}} for {duration(down_for)}: it is stopped, still loading "
             "its model, or unreachable. The router sends its requests to fallbacks, if any.",
+            for_s=down_for,
+        ),
+        _alert(
+            "ModelReplicaDown",
+            f"{_VLLM_DOWN} and on (model) {_VLLM_UP}",
+            Severity.TICKET,
+            "A replica of {{ $labels.model }} on {{ $labels.host }} is down",
+            "Prometheus has not scraped the vLLM server of {{ $labels.model }} at "
+            f"{{{{ $labels.instance }}}} for {duration(down_for)}, while another replica of the "
+            "model is up: the router sends the model's requests to the replicas left.",
             for_s=down_for,
         ),
         _alert(

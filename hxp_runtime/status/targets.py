@@ -56,6 +56,7 @@ class ModelTarget:
     artifact: str | None
     path: str | None
     url: str
+    backend: str  # its id in the router: the model's name, name-2... for further replicas
 
 
 @dataclass
@@ -105,6 +106,7 @@ def host_targets(cfg: HxpConfig, plan: Plan) -> list[HostTarget]:
         elif service is Service.POSTGRESQL:
             for name in names:
                 hosts[name].units.append(UnitTarget(service, postgresql_unit()))
+    backends = plan.backend_ids()
     for inst in plan.instances:
         model = cfg.model(inst.model)
         host = hosts[inst.host]
@@ -116,6 +118,7 @@ def host_targets(cfg: HxpConfig, plan: Plan) -> list[HostTarget]:
                 model.source.artifact,
                 model.source.path,
                 f"http://{host.address}:{inst.port}",
+                backends[inst.host, inst.port],
             )
         )
     router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)

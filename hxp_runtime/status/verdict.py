@@ -147,6 +147,7 @@ def _model(model: ModelTarget, http: dict[str, Any], host: str, off: Any) -> dic
         off(Service.VLLM.value, host, f"model {model.model} on {host} is not ready: {problem}")
     return {
         "model": model.model,
+        "backend": model.backend,
         "served_name": model.served_name,
         "artifact": model.artifact,
         "path": model.path,
@@ -169,12 +170,13 @@ def _backends(
         off(Service.ROUTER.value, router.name, f"router admin API on {router.name}: {problem}")
         return None
     backends: dict[str, Any] = (answer.get("body") or {}).get("backends") or {}
-    model_host = {m.model: t.name for t in targets for m in t.models}
-    for model, host in model_host.items():
-        if model not in backends:
-            off(Service.VLLM.value, host, f"backend {model}: the router does not know it")
+    # Each replica is a backend of its own (phi3, phi3-2...), on its own host.
+    backend_host = {m.backend: t.name for t in targets for m in t.models}
+    for backend, host in backend_host.items():
+        if backend not in backends:
+            off(Service.VLLM.value, host, f"backend {backend}: the router does not know it")
     for name, state in sorted(backends.items()):
-        host = model_host.get(name.rsplit("-", 1)[0], model_host.get(name, router.name))
+        host = backend_host.get(name, router.name)
         issues = [
             *([] if state.get("healthy") else ["unhealthy"]),
             *([] if state.get("breaker") == "closed" else [f"breaker {state.get('breaker')}"]),

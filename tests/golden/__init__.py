@@ -1,4 +1,5 @@
-"""Golden files: what `hxp render` writes for inventory/sample and inventory/lab.
+"""Golden files: what `hxp render` writes for inventory/sample, inventory/lab and
+inventory/lab-scale (two LLM hosts, models with replicas).
 
 A change to render, to the schema's defaults or to the planner shows up as a diff of these files
 in review. ``python -m tests.golden update`` writes them again; tests/unit/test_golden_renders.py
@@ -23,6 +24,7 @@ GOLDEN = Path(__file__).resolve().parent
 CONFIGS = {
     "sample": Path("inventory/sample/hxp.yml"),
     "lab": Path("inventory/lab/hxp.yml"),
+    "lab-scale": Path("inventory/lab-scale/hxp.yml"),
 }
 CHECKOUT = "<checkout>"
 UPDATE_COMMAND = "python -m tests.golden update"

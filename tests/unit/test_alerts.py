@@ -37,7 +37,11 @@ REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_TESTS = REPO / "tests/promtool"
 RUNBOOKS = REPO / "docs/runbooks"
 # The rules files the promtool tests name in rule_files.
-INVENTORIES = {"lab.rules.yml": "lab", "sample.rules.yml": "sample"}
+INVENTORIES = {
+    "lab.rules.yml": "lab",
+    "sample.rules.yml": "sample",
+    "lab-scale.rules.yml": "lab-scale",
+}
 SEVERITIES = {"page", "ticket", "info"}
 
 # Neither GPUs nor a database, vector database, cache or metrics host.
@@ -136,7 +140,7 @@ CHECKS: dict[str, tuple[list[str], Callable[[HxpConfig], dict[str, Any]]]] = {
 }
 
 
-@pytest.mark.parametrize("inventory", ["lab", "sample", "minimal"])
+@pytest.mark.parametrize("inventory", ["lab", "lab-scale", "sample", "minimal"])
 @pytest.mark.parametrize("check", sorted(CHECKS))
 def test_the_owning_tool_accepts_the_file(
     check: str, inventory: str, tmp_path: Path, load_text: Callable[[str], HxpConfig]

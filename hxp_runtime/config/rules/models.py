@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.config.endpoints import resolve_host
+from hxp_runtime.config.endpoints import model_hosts
 from hxp_runtime.config.problems import Dropped, Problem
 from hxp_runtime.config.rules.duplicates import duplicates
 from hxp_runtime.config.schema import Host, HostGroup, HxpConfig, Model
@@ -14,13 +14,15 @@ from hxp_runtime.yamlsource import PathKey
 
 def gpu_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
     hosts = {h.name: h for h in cfg.hosts}
+    replicas = model_hosts(cfg)
     for i, model in enumerate(cfg.models):
-        llm_host = hosts.get(resolve_host(cfg, model.host, HostGroup.LLM) or "")
-        if llm_host is None or HostGroup.LLM not in llm_host.groups:
-            continue  # the service host rule already reported it
         if dropped.hides_host_of(cfg, ("models", i)):
             continue
-        yield from _gpu_rules(model, llm_host, ("models", i))
+        for name in replicas[model.name]:
+            llm_host = hosts.get(name)
+            if llm_host is None or HostGroup.LLM not in llm_host.groups:
+                continue  # the service host rule already reported it
+            yield from _gpu_rules(model, llm_host, ("models", i))
 
 
 def _gpu_rules(model: Model, host: Host, path: PathKey) -> Iterator[Problem]:

@@ -30,6 +30,14 @@ def blue_green_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
         if not cfg.blue_green_wanted(model):
             continue
         where = ("models", i, "rollout", "strategy") if model.rollout.strategy else None
+        if len(model.hosts or ()) > 1 or (model.replicas or 1) > 1:
+            yield Problem(
+                where or ("rollout", "strategy"),
+                f"model {model.name} has replicas on several hosts, which blue-green swaps do "
+                "not support (the router switches a model, not one replica); set its "
+                "rollout.strategy: rolling, which drains and restarts one replica at a time "
+                "while the others serve",
+            )
         if model.spare_port > MAX_PORT:
             yield Problem(
                 ("models", i, "port"),

@@ -8,7 +8,7 @@ import pytest
 
 from hxp_runtime.config import HxpConfig, plan_deployment
 from hxp_runtime.config.problems import Problem
-from hxp_runtime.render import backend_ids, host_vars, rollout_vars
+from hxp_runtime.render import host_vars, rollout_vars
 from tests.unit.conftest import BASE, line_of, only
 
 WITH_ADMIN_KEY = BASE.replace("router:\n", 'router:\n  admin_key: "env:HXP_ADMIN_KEY"\n')
@@ -63,7 +63,7 @@ def test_each_server_knows_its_backend_in_the_router(
         "minilm": "minilm",
         "small": "small",
     }
-    assert sorted(backend_ids(plan).values()) == ["minilm", "phi3", "small"]
+    assert sorted(plan.backend_ids().values()) == ["minilm", "phi3", "small"]
 
 
 def test_blue_green_is_off_unless_asked_for(load_text: Callable[[str], HxpConfig]) -> None:
