@@ -10,7 +10,13 @@
 Importers use the names below; the modules' layout is the package's own.
 """
 
-from hxp_runtime.config.endpoints import resolve_host, service_endpoints, service_hosts
+from hxp_runtime.config.endpoints import (
+    cache_address,
+    database_address,
+    resolve_host,
+    service_endpoints,
+    service_hosts,
+)
 from hxp_runtime.config.fit import (
     apply_change,
     plan_deployment,
@@ -81,12 +87,14 @@ from hxp_runtime.config.schema import (
     SecretScheme,
     Semantic,
     Service,
+    ServiceTls,
     Slo,
     SqlName,
     StatusSettings,
     Strategy,
     Strict,
     Text,
+    TlsPair,
     UserName,
     VectorDb,
     walk_secret_refs,
@@ -153,17 +161,21 @@ __all__ = [
     "SecretScheme",
     "Semantic",
     "Service",
+    "ServiceTls",
     "Slo",
     "SqlName",
     "StatusSettings",
     "Strategy",
     "Strict",
     "Text",
+    "TlsPair",
     "UserName",
     "VectorDb",
     "_pydantic_problems",
     "apply_change",
+    "cache_address",
     "cross_field_problems",
+    "database_address",
     "format_path",
     "load_config",
     "plan_deployment",

@@ -76,7 +76,7 @@ from hxp_runtime.router.settings import (
     load_settings,
 )
 from hxp_runtime.router.shared import STATE_ENV, SharedState
-from hxp_runtime.router.tls import TlsEndpoint, TlsError
+from hxp_runtime.router.tls import TlsEndpoint, TlsError, client_context
 
 log = logging.getLogger("hxp_runtime.router")
 
@@ -500,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
         if settings.tls is not None:
             # The pair loads as a worker will load it: the role checks a new one so.
             TlsEndpoint(settings.tls.certificate_file, settings.tls.key_file)
+        for service in (settings.database, settings.redis):
+            if service is not None and service.ca_file is not None:
+                client_context(service.ca_file)  # the CA PostgreSQL or Redis is verified with
     except SettingsError as exc:
         print(f"invalid: {exc.render()}", file=sys.stderr)
         return EXIT_INVALID
