@@ -50,6 +50,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -353,6 +354,16 @@ def run_worker(
         uvloop.run(serve(args, settings, secrets, early, listener))
     except TlsError as exc:
         log.error("start-up failed: TLS: %s", exc)
+        return EXIT_INVALID
+    except ssl.SSLError as exc:
+        # Before OSError (its base): the only TLS connection made at start is PostgreSQL's.
+        where = f"{settings.database.host}:{settings.database.port}" if settings.database else ""
+        log.error(
+            "start-up failed: TLS to PostgreSQL at %s: %s; its certificate must come from the "
+            "CA in database.ca_file and name that address",
+            where,
+            exc,
+        )
         return EXIT_INVALID
     except OSError as exc:
         log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
