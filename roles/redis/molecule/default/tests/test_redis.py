@@ -59,13 +59,13 @@ def test_a_plain_connection_gets_no_answer(host, address, password):
 
 
 def test_tls_verified_against_the_ca_is_served(host, address):
-    version = host.check_output("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, address, PORT)
+    version = host.check_output("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, address, str(PORT))
     assert version in {"TLSv1.2", "TLSv1.3"}
 
 
 def test_a_client_without_the_ca_fails_verification(host, address):
     # An empty cafile: the system's trust store, which never heard of the scenario CA.
-    untrusted = host.run("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, "", address, PORT)
+    untrusted = host.run("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, "", address, str(PORT))
     assert untrusted.rc != 0
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
 
