@@ -59,7 +59,9 @@ def test_a_plain_connection_gets_no_answer(host, address, password):
 
 
 def test_tls_verified_against_the_ca_is_served(host, address):
-    version = host.check_output("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, address, str(PORT))
+    version = host.check_output(
+        "python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, address, str(PORT)
+    )
     assert version in {"TLSv1.2", "TLSv1.3"}
 
 
