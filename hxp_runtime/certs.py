@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -59,11 +59,16 @@ def _san(cert: x509.Certificate) -> tuple[list[str], list[object]]:
 
 
 def check_pair(
-    cert_pem: bytes, key_pem: bytes, address: ipaddress.IPv4Address, host_name: str
+    cert_pem: bytes,
+    key_pem: bytes,
+    address: ipaddress.IPv4Address,
+    host_name: str,
+    server: str = "the router",
 ) -> PairProblems:
-    """The problems of a PEM certificate (chain, leaf first) and its PEM private key for a
-    router that clients reach at ``address`` (hxp addresses hosts by IP: the scrape, the role's
-    health checks, `hxp status`), also known as ``host_name``."""
+    """The problems of a PEM certificate (chain, leaf first) and its PEM private key for
+    ``server`` (in messages: "the router", "PostgreSQL") that clients reach at ``address`` (hxp
+    addresses hosts by IP: the scrape, the role's health checks, `hxp status`), also known as
+    ``host_name``."""
     problems = PairProblems([], [])
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
@@ -102,11 +107,37 @@ def check_pair(
     if address not in addresses:
         covered = ", ".join([*names, *map(str, addresses)]) or "nothing"
         problems.certificate.append(
-            f"does not cover the router's address {address} (host {host_name}): its subject "
+            f"does not cover {server}'s address {address} (host {host_name}): its subject "
             f"alternative names cover {covered}; issue it with IP:{address} (and DNS:{host_name}) "
             "in subjectAltName"
         )
     return problems
+
+
+def check_issuer(cert_pem: bytes, ca_pem: bytes) -> list[str]:
+    """The problems of a PEM certificate (chain, leaf first) that clients verify with only the
+    CA certificate(s) in ``ca_pem``: one of the chain's certificates must be signed by one of
+    them (OpenSSL on the client checks the rest of the path)."""
+    try:
+        anchors = x509.load_pem_x509_certificates(ca_pem)
+    except ValueError:
+        return ["is not a PEM certificate (-----BEGIN CERTIFICATE-----); give the CA's certificate"]
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        return []  # check_pair reports the certificate itself
+    for cert in chain:
+        for anchor in anchors:
+            try:
+                cert.verify_directly_issued_by(anchor)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return []
+    subjects = ", ".join(a.subject.rfc4514_string() for a in anchors) or "nothing"
+    return [
+        f"did not issue the certificate (this CA is {subjects}; the certificate's issuer is "
+        f"{chain[-1].issuer.rfc4514_string()}); give the CA that issued it"
+    ]
 
 
 # --------------------------------------------------------------------------- a CA
@@ -233,3 +264,29 @@ class FileCa:
         write_private(self.key_file, ca.key)
         self.certificate_file.write_bytes(ca.certificate)
         return ca
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m hxp_runtime.certs DIR FILE_STEM HOST ADDRESS...``: issue a server pair for
+    HOST and its ADDRESSes with the CA kept in DIR (created on first use) into
+    DIR/FILE_STEM.crt and DIR/FILE_STEM.key (0600), unless both exist. The Molecule scenarios
+    issue their servers' certificates with it, as ``hxp lab up`` does with the lab's CA."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m hxp_runtime.certs")
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("stem")
+    parser.add_argument("host")
+    parser.add_argument("addresses", nargs="+", type=ipaddress.IPv4Address)
+    args = parser.parse_args(argv)
+    certificate = args.directory / f"{args.stem}.crt"
+    key = args.directory / f"{args.stem}.key"
+    if certificate.exists() and key.exists():
+        return
+    pair = issue(FileCa(args.directory).ensure("hxp scenario CA"), args.host, args.addresses)
+    write_private(key, pair.key)
+    certificate.write_bytes(pair.certificate)
+
+
+if __name__ == "__main__":
+    main()

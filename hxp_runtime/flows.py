@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from hxp_runtime.config import Firewall, HostGroup, HxpConfig, resolve_host
+from hxp_runtime.config import Firewall, HostGroup, HxpConfig, cache_address, resolve_host
 from hxp_runtime.observability.scrape import scraped_addresses
 from hxp_runtime.planner import Plan
 
@@ -102,10 +102,10 @@ def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
             db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
             if db is not None:
                 yield to(router, own[router], db, cfg.database.port, "PostgreSQL: keys, usage")
-        if cfg.cache is not None:
-            cache = resolve_host(cfg, cfg.cache.host, HostGroup.CACHE)
-            if cache is not None:
-                yield to(router, own[router], cache, cfg.cache.port, "Redis: limits, cache")
+        cache = cache_address(cfg)
+        # On the router's own host Redis listens on loopback: no flow crosses the firewall.
+        if cfg.cache is not None and cache is not None and not cache[1].is_loopback:
+            yield to(router, own[router], cache[0], cfg.cache.port, "Redis: limits, cache")
     if cfg.vector_db is not None:
         vector = resolve_host(cfg, cfg.vector_db.host, HostGroup.VECTOR)
         if vector is not None:

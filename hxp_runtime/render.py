@@ -30,6 +30,9 @@ from hxp_runtime.config import (
     HxpConfig,
     Metrics,
     SecretRef,
+    ServiceTls,
+    cache_address,
+    database_address,
     format_path,
     plan_swaps,
     resolve_host,
@@ -114,6 +117,15 @@ def _secret(cfg: HxpConfig, ref: SecretRef | None, *, pem: bool = False) -> Expr
     return Expression(f"{{{{ lookup('hxp_secret', hxp_secret_refs['{key}']{options}) }}}}")
 
 
+def _tls_pair(cfg: HxpConfig, tls: ServiceTls | None) -> dict[str, Expression | None]:
+    """A server's certificate, key and CA (database.tls, cache.tls) as role variables."""
+    return {
+        "certificate": _secret(cfg, tls.certificate if tls else None, pem=True),
+        "key": _secret(cfg, tls.key if tls else None, pem=True),
+        "ca": _secret(cfg, tls.ca if tls else None, pem=True),
+    }
+
+
 def _address(cfg: HxpConfig, host: str | None) -> str | None:
     return str(cfg.host(host).address) if host else None
 
@@ -135,6 +147,7 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     db = cfg.database
     if db is None:
         return {}
+    tls = _tls_pair(cfg, db.tls)
     return {
         "hxp_postgresql_port": db.port,
         "hxp_postgresql_database": db.name,
@@ -153,16 +166,28 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         ),
         # Only the LLM hosts (where the router runs) may connect.
         "hxp_postgresql_allowed_clients": [str(h.address) for h in cfg.hosts_in(HostGroup.LLM)],
+        # database.tls: ssl = on and pg_hba hostssl lines only (null: plain TCP).
+        "hxp_postgresql_tls_certificate": tls["certificate"],
+        "hxp_postgresql_tls_key": tls["key"],
     }
 
 
 def redis_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     cache = cfg.cache
+    placed = cache_address(cfg)
     if cache is None:
         return {}
+    tls = _tls_pair(cfg, cache.tls)
     return {
         "hxp_redis_port": cache.port,
-        "hxp_redis_bind_address": _address(cfg, resolve_host(cfg, cache.host, HostGroup.CACHE)),
+        # Loopback on the router's host (its only client), else the cache host's address.
+        "hxp_redis_bind_address": str(placed[1]) if placed else None,
+        # Prometheus scrapes the exporter from the metrics host: it listens on the host address.
+        "hxp_redis_exporter_address": _address(cfg, resolve_host(cfg, cache.host, HostGroup.CACHE)),
+        # cache.tls: TLS only, no plain port (null: plain TCP).
+        "hxp_redis_tls_certificate": tls["certificate"],
+        "hxp_redis_tls_key": tls["key"],
+        "hxp_redis_tls_ca": tls["ca"],
         "hxp_redis_password": _secret(cfg, cache.password),
         "hxp_redis_maxmemory_mb": cache.maxmemory_mb,
         "hxp_redis_maxmemory_policy": cache.maxmemory_policy,
@@ -214,9 +239,10 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     # The gateway listens on its host's address (hxp_runtime.router.settings.RouterSettings).
     settings["listen_host"] = _address(cfg, resolve_host(cfg, router.host, HostGroup.LLM))
     settings["backends"] = _backends(cfg, plan)
+    database, cache = database_address(cfg), cache_address(cfg)
     if cfg.database is not None:
         settings["database"] = {
-            "host": _address(cfg, resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)),
+            "host": str(database[1]) if database else None,
             "port": cfg.database.port,
             "name": cfg.database.name,
             "user": cfg.database.router_user,
@@ -224,7 +250,7 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         }
     if cfg.cache is not None:
         settings["redis"] = {
-            "host": _address(cfg, resolve_host(cfg, cfg.cache.host, HostGroup.CACHE)),
+            "host": str(cache[1]) if cache else None,
             "port": cfg.cache.port,
         }
     return {
@@ -249,6 +275,10 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
             cfg, cfg.database.router_password if cfg.database else None
         ),
         "hxp_router_redis_password": _secret(cfg, cfg.cache.password if cfg.cache else None),
+        # The CAs the router verifies PostgreSQL and Redis with (database.tls, cache.tls); the
+        # role installs them and adds their paths to the settings (database.ca_file, ...).
+        "hxp_router_database_ca": _tls_pair(cfg, cfg.database.tls if cfg.database else None)["ca"],
+        "hxp_router_redis_ca": _tls_pair(cfg, cfg.cache.tls if cfg.cache else None)["ca"],
     }
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hxp_runtime.config import load_config, plan_deployment
+from hxp_runtime.config.endpoints import LOOPBACK
 from hxp_runtime.render import Vars, inventory_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,11 @@ def topology(files: dict[Path, Vars], source: Path) -> Topology:
         )
         for name, connection in inventory["hosts"].items()
     )
+    router = group_all["hxp_router_settings"]
     by_address = {h.address: h.name for h in hosts}
+    # Loopback is the router's host: only a service beside the router, for the router alone,
+    # listens there (Redis: hxp_runtime.config.endpoints.cache_address).
+    by_address[str(LOOPBACK)] = by_address[router["listen_host"]]
     services: dict[tuple[str, int], Service] = {}
 
     def add(address: str, port: int, name: str) -> None:
@@ -124,7 +129,6 @@ def topology(files: dict[Path, Vars], source: Path) -> Topology:
             "hxp_vllm_instances", []
         ):
             add(host.address, instance["port"], f"vLLM {instance['name']}")
-    router = group_all["hxp_router_settings"]
     add(router["listen_host"], router["port"], "hxp-router")
     for address_var, port_var, name in ADDRESSED:
         if group_all.get(address_var) and group_all.get(port_var):

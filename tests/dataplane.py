@@ -8,8 +8,10 @@ directory on a free port, gone when the context ends::
 
 PostgreSQL refuses to run as root: as root, the cluster belongs to the ``postgres`` system
 user (created by the Debian package) and commands run through ``runuser``. Both servers
-require a password over TCP, like production. When a binary is missing, ``ServiceMissing``
-says which package to install (tests turn it into a skip).
+require a password over TCP, like production. Given a :class:`ServerTls` (a PEM certificate,
+its key, the CA), each serves TLS only, as the postgresql and redis roles configure it:
+PostgreSQL with hostssl lines only, Redis with no plain port. When a binary is missing,
+``ServiceMissing`` says which package to install (tests turn it into a skip).
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ START_TIMEOUT_S = 30.0
 
 class ServiceMissing(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files: the server's certificate and key, and the CA that issued the certificate."""
+
+    certificate: Path
+    key: Path
+    ca: Path
 
 
 # Every port free_port handed out in this test run: the kernel may hand a port that was bound
@@ -64,6 +75,7 @@ class Postgres:
     user: str
     password: str
     host: str = HOST
+    socket_dir: Path | None = None  # the superuser's way in (trust over the socket)
 
     @property
     def dsn(self) -> str:
@@ -72,9 +84,13 @@ class Postgres:
 
 @contextmanager
 def postgres_server(
-    database: str = "citadel_ai", user: str = "hxp_router", password: str = "router-db-password"
+    database: str = "citadel_ai",
+    user: str = "hxp_router",
+    password: str = "router-db-password",
+    tls: ServerTls | None = None,
 ) -> Iterator[Postgres]:
-    """A fresh cluster with ``user`` owning ``database`` (password auth over TCP)."""
+    """A fresh cluster with ``user`` owning ``database`` (password auth over TCP; with ``tls``
+    over TLS only)."""
     binaries = postgres_bin()
     as_root = os.geteuid() == 0
     base = Path(tempfile.mkdtemp(prefix="hxp-pg-"))
@@ -97,11 +113,24 @@ def postgres_server(
             *("-D", data, "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"),
         )
         options = f"-p {port} -k {sockets} -c listen_addresses={HOST} -c fsync=off"
+        if tls is not None:
+            # The postgresql role's rules: the socket for the superuser, TCP over TLS only.
+            (data / "pg_hba.conf").write_text(
+                "local all postgres trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+            )
+            # Copies the server's user can read; the key its own, 0600, as PostgreSQL wants.
+            certificate, key = base / "server.crt", base / "server.key"
+            for copy, original in ((certificate, tls.certificate), (key, tls.key)):
+                copy.write_bytes(original.read_bytes())
+                copy.chmod(0o600)
+                if as_root:
+                    shutil.chown(copy, "postgres", "postgres")
+            options += f" -c ssl=on -c ssl_cert_file={certificate} -c ssl_key_file={key}"
         run(binaries / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start")
         psql = [binaries / "psql", "-h", sockets, "-p", str(port), "-U", "postgres", "-q"]
         run(*psql, "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
         run(*psql, "-c", f"CREATE DATABASE {database} OWNER {user}")
-        yield Postgres(port, database, user, password)
+        yield Postgres(port, database, user, password, socket_dir=sockets)
     finally:
         if (data / "postmaster.pid").exists():
             run(binaries / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
@@ -113,34 +142,48 @@ class Redis:
     port: int
     password: str
     host: str = HOST
+    ca_file: Path | None = None  # TLS only, verified with this CA
 
     def cli(self, *args: str) -> str:
+        tls = ["--tls", "--cacert", str(self.ca_file)] if self.ca_file else []
         done = subprocess.run(
-            ["redis-cli", "-h", self.host, "-p", str(self.port), "--no-auth-warning",
-             "-a", self.password, *args],
+            ["redis-cli", "-h", self.host, "-p", str(self.port), *tls, "--no-auth-warning",
+             *args],
             capture_output=True, text=True, check=True,
+            env={**os.environ, "REDISCLI_AUTH": self.password},
         )  # fmt: skip
         return done.stdout.strip()
 
 
 @contextmanager
-def redis_server(password: str = "redis-password") -> Iterator[Redis]:
+def redis_server(password: str = "redis-password", tls: ServerTls | None = None) -> Iterator[Redis]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceMissing("redis-server is not installed (Debian package redis-server)")
     base = Path(tempfile.mkdtemp(prefix="hxp-redis-"))
     port = free_port()
     with (base / "log").open("wb") as log:
+        # The redis role's TLS settings: no plain port, no client certificates.
+        ports = (
+            ("--port", str(port))
+            if tls is None
+            else (
+                *("--port", "0", "--tls-port", str(port), "--tls-auth-clients", "no"),
+                *("--tls-cert-file", str(tls.certificate), "--tls-key-file", str(tls.key)),
+                *("--tls-ca-cert-file", str(tls.ca)),
+            )
+        )
         process = subprocess.Popen(
             [
                 binary,
-                *("--port", str(port), "--bind", HOST, "--dir", str(base)),
+                *ports,
+                *("--bind", HOST, "--dir", str(base)),
                 *("--save", "", "--appendonly", "no", "--requirepass", password),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = Redis(port, password)
+    server = Redis(port, password, ca_file=tls.ca if tls else None)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:

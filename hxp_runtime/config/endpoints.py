@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 from hxp_runtime.config.schema import SPARE_PORT_OFFSET, Host, HostGroup, HxpConfig, Service
 from hxp_runtime.yamlsource import PathKey
 
 MAX_PORT = 65535
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
 
 def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | None:
@@ -69,6 +71,29 @@ def pick_replica_hosts(
     chosen = {h.name for _, h in ranked[:count]}
     # The router numbers the replicas in the hosts' order, whatever the memory said.
     return tuple(h.name for h in roomy if h.name in chosen)
+
+
+def database_address(cfg: HxpConfig) -> tuple[str, ipaddress.IPv4Address] | None:
+    """(host, address) the router connects to PostgreSQL at; None without a database host."""
+    host = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE) if cfg.database else None
+    return _placed(cfg, host)
+
+
+def cache_address(cfg: HxpConfig) -> tuple[str, ipaddress.IPv4Address] | None:
+    """(host, address) Redis listens on and the router connects to. The router is Redis's only
+    client, so on the router's own host Redis listens on loopback only: nothing off the host
+    can reach it, whatever the firewall says."""
+    host = resolve_host(cfg, cfg.cache.host, HostGroup.CACHE) if cfg.cache else None
+    placed = _placed(cfg, host)
+    if placed is not None and host == resolve_host(cfg, cfg.router.host, HostGroup.LLM):
+        return placed[0], LOOPBACK
+    return placed
+
+
+def _placed(cfg: HxpConfig, host: str | None) -> tuple[str, ipaddress.IPv4Address] | None:
+    # A host name hxp.yml does not define is the rules' to report; here it has no address.
+    found = [h for h in cfg.hosts if h.name == host]
+    return (found[0].name, found[0].address) if found else None
 
 
 def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, PathKey]]:

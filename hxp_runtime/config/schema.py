@@ -612,12 +612,12 @@ class RouterPolicy(Strict):
         return strategies
 
 
-class RouterTls(Strict):
-    """HTTPS on the router's public port: a PEM certificate (chain after it) and its key."""
+class TlsPair(Strict):
+    """A server's PEM certificate (chain after it) and its key, both secret references."""
 
     certificate: SecretRef = Field(
-        description="PEM certificate (its chain after it) covering the router host's address "
-        "in subjectAltName; render and deploy check it with the key"
+        description="PEM certificate (its chain after it) covering the address clients connect "
+        "to in subjectAltName; render and deploy check it with the key"
     )
     key: SecretRef = Field(
         description="the certificate's PEM private key, unencrypted; written 0600 on the host"
@@ -629,10 +629,24 @@ class RouterTls(Strict):
         if isinstance(data, dict) and len({"certificate", "key"} & set(data)) == 1:
             missing = "key" if "certificate" in data else "certificate"
             raise ValueError(
-                f"router.tls needs both certificate and key; add {missing} (a secret reference) "
-                "or remove router.tls to serve plain HTTP"
+                f"needs both certificate and key; add {missing} (a secret reference) "
+                "or remove tls to go without TLS"
             )
         return data
+
+
+class RouterTls(TlsPair):
+    """HTTPS on the router's public port: a PEM certificate (chain after it) and its key."""
+
+
+class ServiceTls(TlsPair):
+    """TLS on a connection the router opens (PostgreSQL, Redis): the server's pair, and the CA
+    the router verifies the server's certificate and address with."""
+
+    ca: SecretRef = Field(
+        description="PEM certificate(s) of the CA that issued the server's certificate; the "
+        "router trusts only these for this connection"
+    )
 
 
 class Router(RouterPolicy):
@@ -663,6 +677,11 @@ class Database(Strict):
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 20
     router_user: SqlName = "hxp_router"
     router_password: SecretRef
+    tls: ServiceTls | None = Field(
+        None,
+        description="TLS only on TCP (pg_hba hostssl; a plain connection is refused); the router "
+        "connects with sslmode=verify-full. none: plain TCP",
+    )
     exporter_port: Port = 9187
     backup_dir: HostPath = "/var/backups/hxp/postgresql"
 
@@ -694,6 +713,12 @@ class Cache(Strict):
     host: str | None = None
     port: Port = 6379
     password: SecretRef
+    tls: ServiceTls | None = Field(
+        None,
+        description="TLS only (no plain port); the router verifies the server's certificate and "
+        "address. On the router's host Redis listens on 127.0.0.1: the certificate covers it. "
+        "none: plain TCP",
+    )
     maxmemory_mb: Annotated[int, Field(ge=16)] = 1024
     maxmemory_policy: Literal["allkeys-lru", "allkeys-lfu", "volatile-lru", "volatile-lfu"] = (
         "allkeys-lru"

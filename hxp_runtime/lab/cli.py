@@ -100,7 +100,7 @@ def up(
         f"[green]lab {spec.name} up[/] in {time.monotonic() - started:.1f}s: "
         f"{len(spec.hosts)} hosts on {spec.bridge} ({spec.gateway}), "
         f"apt proxy {spec.apt_proxy_url}\ninventory: {spec.inventory_file}\n"
-        f"CA (clients verify router.tls with it): {spec.ca_dir / 'ca.crt'}",
+        f"CA (clients verify router.tls, PostgreSQL and Redis with it): {spec.ca_dir / 'ca.crt'}",
         highlight=False,
     )
 

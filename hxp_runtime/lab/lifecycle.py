@@ -16,11 +16,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hxp_runtime.certs import FileCa, issue, write_private
+from hxp_runtime.certs import FileCa, Issued, issue, write_private
 from hxp_runtime.lab.aptproxy import AptProxy
 from hxp_runtime.lab.cgroups import kill_cgroups, lab_cgroups, remove_empty_parents
 from hxp_runtime.lab.errors import LabError, Log
@@ -40,7 +42,7 @@ from hxp_runtime.lab.hostos import (
 )
 from hxp_runtime.lab.image import BaseImage
 from hxp_runtime.lab.inventory import write_inventory
-from hxp_runtime.lab.spec import LabHost, LabSpec, free_network
+from hxp_runtime.lab.spec import LabHost, LabSpec, LabTls, free_network
 from hxp_runtime.lab.state import (
     RUN_DIR,
     RUN_ENV,
@@ -57,6 +59,23 @@ from hxp_runtime.lab.supervisor import HostMachine
 
 BOOT_TIMEOUT_S = 90.0
 BOOTED_STATES = frozenset({"running", "degraded"})
+
+
+def write_tls_files(tls: LabTls, ca: Issued, before_write: Callable[[Path], None]) -> None:
+    """Each pair of ``tls`` issued by ``ca`` for its host's name and addresses, and the CA's
+    certificate at each CA reference, where the files do not exist (0600); ``before_write`` is
+    told each path first."""
+    for pair in tls.pairs:
+        if pair.certificate.exists() and pair.key.exists():
+            continue
+        issued = issue(ca, pair.host, pair.addresses)
+        for path, data in ((pair.certificate, issued.certificate), (pair.key, issued.key)):
+            before_write(path)
+            write_private(path, data)
+    for path in tls.ca_files:
+        if not path.exists():
+            before_write(path)
+            write_private(path, ca.certificate)
 
 
 @dataclass(frozen=True)
@@ -227,17 +246,11 @@ class Lab:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _ensure_tls(self, state: LabState) -> None:
-        """The lab's CA (in the state directory, key 0600), and router.tls's pair issued with it
-        for the router host's name and address when the config names files that do not exist."""
+        """The lab's CA (in the state directory, key 0600), and the files of the config's TLS
+        (router.tls, database.tls, cache.tls) made with it where they do not exist."""
         ca = FileCa(self.spec.ca_dir).ensure(f"hxp lab {self.spec.name} CA")
-        tls = self.spec.tls
-        if tls is None or (tls.certificate.exists() and tls.key.exists()):
-            return
-        host = self.spec.host(tls.host)
-        pair = issue(ca, host.name, [host.address])
-        for path, data in ((tls.certificate, pair.certificate), (tls.key, pair.key)):
-            self._record_secret_file(state, path)
-            write_private(path, data)
+        if self.spec.tls is not None:
+            write_tls_files(self.spec.tls, ca, partial(self._record_secret_file, state))
 
     def _ensure_host(self, host: LabHost, rootfs: Path) -> subprocess.Popen[bytes] | None:
         """Start the host's supervisor unless it runs; return the process started, if any."""

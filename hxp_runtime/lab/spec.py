@@ -28,6 +28,7 @@ from hxp_runtime.lab.errors import LabError
 from hxp_runtime.yamlsource import YamlSourceError, load_yaml
 
 AUTO_POOL = ipaddress.IPv4Network("10.77.0.0/16")
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 AUTO_BRIDGE_PREFIX = "hxpbr"
 # systemd-nspawn's limit on a machine name.
 MACHINE_NAME_MAX = 64
@@ -45,13 +46,30 @@ class LabHost:
 
 
 @dataclass(frozen=True)
-class LabTls:
-    """router.tls given as ``file:`` references: ``up`` issues the pair with the lab's CA for the
-    router's host when the files do not exist (so switching TLS on is one config change)."""
+class LabPair:
+    """A server's certificate and key given as ``file:`` references (router.tls, database.tls,
+    cache.tls): ``up`` issues them with the lab's CA for the host's name and ``addresses`` when
+    the files do not exist (so switching TLS on is one config change)."""
 
     host: str
+    addresses: tuple[ipaddress.IPv4Address, ...]
     certificate: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class LabTls:
+    """The pairs ``up`` issues, and the ``file:`` references of the CA the router verifies
+    PostgreSQL and Redis with (database.tls.ca, cache.tls.ca): ``up`` writes the lab CA's
+    certificate there."""
+
+    pairs: tuple[LabPair, ...]
+    ca_files: tuple[Path, ...] = ()
+
+    @property
+    def files(self) -> set[Path]:
+        """Every file ``up`` writes from the CA (not random secrets)."""
+        return {f for p in self.pairs for f in (p.certificate, p.key)} | set(self.ca_files)
 
 
 @dataclass(frozen=True)
@@ -230,18 +248,32 @@ def file_secrets(node: Any) -> set[Path]:
 
 
 def lab_tls(data: dict[str, Any], hosts: Sequence[Host]) -> LabTls | None:
-    """router.tls of the document when both are ``file:`` references and the router's host is
-    known (router.host, or the only host in group llm); None otherwise."""
-    router = data.get("router")
-    tls = router.get("tls") if isinstance(router, dict) else None
-    if not isinstance(router, dict) or not isinstance(tls, dict):
+    """The TLS files of the document ``up`` makes from the lab's CA: router.tls, database.tls
+    and cache.tls given as ``file:`` references whose server host is known (named, or the only
+    host of its group); None when there are none."""
+    addresses = {h.name: ipaddress.IPv4Address(h.address) for h in hosts}
+    pairs, ca_files = [], set()
+    # Redis may listen on loopback (on the router's host): its certificate covers 127.0.0.1.
+    for section, group, loopback in (
+        ("router", "llm", False),
+        ("database", "database", False),
+        ("cache", "cache", True),
+    ):
+        node = data.get(section)
+        tls = node.get("tls") if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(tls, dict):
+            continue
+        members = [h.name for h in hosts if group in h.groups]
+        host = node.get("host") or (members[0] if len(members) == 1 else None)
+        certificate, key = file_secrets(tls.get("certificate")), file_secrets(tls.get("key"))
+        ca_files |= file_secrets(tls.get("ca"))
+        if len(certificate) != 1 or len(key) != 1 or host not in addresses:
+            continue
+        extra = (LOOPBACK,) if loopback else ()
+        pairs.append(LabPair(host, (addresses[host], *extra), certificate.pop(), key.pop()))
+    if not pairs and not ca_files:
         return None
-    certificate, key = file_secrets(tls.get("certificate")), file_secrets(tls.get("key"))
-    llm = [h.name for h in hosts if "llm" in h.groups]
-    host = router.get("host") or (llm[0] if len(llm) == 1 else None)
-    if len(certificate) != 1 or len(key) != 1 or not isinstance(host, str):
-        return None
-    return LabTls(host, certificate.pop(), key.pop())
+    return LabTls(tuple(pairs), tuple(sorted(ca_files)))
 
 
 def load_lab(file: Path) -> LabSpec:
@@ -261,7 +293,7 @@ def load_lab(file: Path) -> LabSpec:
     if problems:
         raise ConfigError(file, [replace(p, line=lines.line_of(p.path)) for p in problems])
     tls = lab_tls(data, doc.hosts)
-    issued = {tls.certificate, tls.key} if tls else set()  # a CA's, not random
+    issued = tls.files if tls else set()  # a CA's, not random
     state_root = doc.lab.state_dir
     if not state_root.is_absolute():
         state_root = file.parent / state_root

@@ -49,6 +49,7 @@ from hxp_runtime.router.strategies import (
     Stats,
     backends_from,
 )
+from hxp_runtime.router.tls import redis_tls_kwargs
 from hxp_runtime.router.upstream import UpstreamPool
 from hxp_runtime.router.usage import UsageRecorder
 
@@ -145,13 +146,7 @@ class Gateway:
             db = settings.database
             password = secrets.database_password
             self._db = await asyncpg.create_pool(
-                **store.connect_kwargs(
-                    db.host,
-                    db.port,
-                    db.name,
-                    db.user,
-                    password.get_secret_value() if password else None,
-                ),
+                **store.connect_kwargs(db, password.get_secret_value() if password else None),
                 min_size=1,
                 max_size=max(1, min(db.pool_size, 4)),
             )
@@ -167,6 +162,9 @@ class Gateway:
                 password=password.get_secret_value() if password else None,
                 socket_timeout=2,
                 socket_connect_timeout=2,
+                # TLS only when the settings name the CA: the certificate and the address it
+                # is reached at are verified (rediss:// with ssl_cert_reqs=required).
+                **redis_tls_kwargs(settings.redis.ca_file),
             )
             self.limiter = RateLimiter(RedisBuckets(self._redis))
         self.keys = KeyStore(

@@ -28,6 +28,7 @@ from hxp_runtime.router.settings import (
     load_secrets,
     load_settings,
 )
+from hxp_runtime.router.tls import TlsError
 
 T = TypeVar("T")
 
@@ -74,9 +75,13 @@ def _connect_kwargs(
         problem = "no database section; keys need PostgreSQL (or give --dsn)"
         report.fail([CliProblem(Kind.CONFIG, problem, "database", str(settings_file))], EXIT_FAILED)
     password = secrets.database_password
-    return store.connect_kwargs(
-        db.host, db.port, db.name, db.user, password.get_secret_value() if password else None
-    )
+    try:
+        return store.connect_kwargs(db, password.get_secret_value() if password else None)
+    except TlsError as exc:
+        report.fail(
+            [CliProblem(Kind.CONFIG, str(exc), "database.ca_file", str(settings_file))],
+            EXIT_FAILED,
+        )
 
 
 def _run(report: Report, kwargs: dict[str, Any], work: Callable[[Any], Awaitable[T]]) -> T:

@@ -50,6 +50,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -76,7 +77,7 @@ from hxp_runtime.router.settings import (
     load_settings,
 )
 from hxp_runtime.router.shared import STATE_ENV, SharedState
-from hxp_runtime.router.tls import TlsEndpoint, TlsError
+from hxp_runtime.router.tls import TlsEndpoint, TlsError, client_context
 
 log = logging.getLogger("hxp_runtime.router")
 
@@ -354,6 +355,16 @@ def run_worker(
     except TlsError as exc:
         log.error("start-up failed: TLS: %s", exc)
         return EXIT_INVALID
+    except ssl.SSLError as exc:
+        # Before OSError (its base): the only TLS connection made at start is PostgreSQL's.
+        where = f"{settings.database.host}:{settings.database.port}" if settings.database else ""
+        log.error(
+            "start-up failed: TLS to PostgreSQL at %s: %s; its certificate must come from the "
+            "CA in database.ca_file and name that address",
+            where,
+            exc,
+        )
+        return EXIT_INVALID
     except OSError as exc:
         log.error("start-up failed (%s:%d): %s", settings.listen_host, settings.port, exc)
         return EXIT_INVALID
@@ -500,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
         if settings.tls is not None:
             # The pair loads as a worker will load it: the role checks a new one so.
             TlsEndpoint(settings.tls.certificate_file, settings.tls.key_file)
+        for service in (settings.database, settings.redis):
+            if service is not None and service.ca_file is not None:
+                client_context(service.ca_file)  # the CA PostgreSQL or Redis is verified with
     except SettingsError as exc:
         print(f"invalid: {exc.render()}", file=sys.stderr)
         return EXIT_INVALID

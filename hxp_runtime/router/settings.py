@@ -71,12 +71,22 @@ class DatabaseSettings(Strict):
     name: str
     user: str
     pool_size: Annotated[int, Field(ge=1, le=1000)] = 20
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA the server's certificate is verified with: TLS with "
+        "sslmode=verify-full (none: plain TCP)",
+    )
 
 
 class RedisSettings(Strict):
     host: str
     port: Port = 6379
     db: Annotated[int, Field(ge=0)] = 0
+    ca_file: Path | None = Field(
+        None,
+        description="PEM CA the server's certificate and address are verified with: TLS "
+        "(rediss://; none: plain TCP)",
+    )
 
 
 class TlsFiles(Strict):

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from hxp_runtime.router.settings import DatabaseSettings
+from hxp_runtime.router.tls import client_context
+
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
@@ -179,15 +182,16 @@ async def write_usage(conn: Executor, rows: list[UsageRow]) -> None:
     )
 
 
-def connect_kwargs(
-    host: str, port: int, database: str, user: str, password: str | None
-) -> dict[str, Any]:
+def connect_kwargs(db: DatabaseSettings, password: str | None) -> dict[str, Any]:
+    """asyncpg's arguments for the database of the settings; with ``ca_file`` TLS only, the
+    server's certificate and address verified (libpq's sslmode=verify-full)."""
     return {
-        "host": host,
-        "port": port,
-        "database": database,
-        "user": user,
+        "host": db.host,
+        "port": db.port,
+        "database": db.name,
+        "user": db.user,
         "password": password,
+        "ssl": client_context(db.ca_file) if db.ca_file is not None else False,
         "timeout": 5,
         "command_timeout": 10,
     }

@@ -1,4 +1,5 @@
-"""HTTPS on the router's public port: the TLS context every worker wraps its socket with.
+"""TLS of the router: HTTPS on its public port (the context every worker wraps its socket
+with), and the client contexts it verifies PostgreSQL and Redis with.
 
 The same listening socket serves TLS (from systemd or bound with SO_REUSEPORT): the worker hands
 aiohttp an :class:`ssl.SSLContext` for it. The certificate and key are read at start and again
@@ -23,6 +24,7 @@ import re
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 # TLS 1.2 suites (TLS 1.3's are all AEAD and forward secret, OpenSSL's defaults): ECDHE only.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -52,6 +54,39 @@ def server_context(certificate: Path, key: Path) -> ssl.SSLContext:
             "give the PEM certificate and the private key it was issued for"
         ) from None
     return context
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    """A client context that trusts only the CA(s) in ``ca_file`` and checks that the server's
+    certificate names the host or address connected to (libpq's sslmode=verify-full); TLS 1.2+.
+    Raises TlsError."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except FileNotFoundError:
+        raise TlsError(f"{ca_file}: no such file; install the CA certificate") from None
+    except PermissionError:
+        raise TlsError(f"{ca_file}: not readable by the router's user") from None
+    except ssl.SSLError as exc:
+        raise TlsError(f"{ca_file}: not a PEM CA certificate ({exc.reason})") from None
+    return context
+
+
+def redis_tls_kwargs(ca_file: Path | None) -> dict[str, Any]:
+    """redis-py's arguments for TLS verified with ``ca_file`` (none: plain TCP, no arguments).
+    The file is loaded here first so that a missing or broken CA is a TlsError at start, not a
+    failed connection later."""
+    if ca_file is None:
+        return {}
+    client_context(ca_file)
+    return {
+        "ssl": True,
+        "ssl_ca_certs": str(ca_file),
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+        "ssl_min_version": ssl.TLSVersion.TLSv1_2,
+    }
 
 
 def expiry_timestamp(certificate: Path) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from hxp_runtime.config import HostGroup, HxpConfig
+from hxp_runtime.config import HostGroup, HxpConfig, cache_address
 from tests.stack.conftest import host_in, secret
 from tests.unit.conftest import load_file_module
 
@@ -49,16 +49,17 @@ def test_postgresql_serves_the_llm_host_only(cfg: HxpConfig, hosts: Hosts) -> No
     assert "no pg_hba.conf entry" in refused.stderr, refused.stderr
 
 
-# Run with python3 on the cache host: argv[1] is [address, port]. The password is read there from
-# the exporter's environment file (JSON-quoted by role redis), never put on a command line.
+# Run with python3 on the cache host: argv[1] is [address, port, TLS options]. The password is
+# read there from the exporter's environment file (JSON-quoted by role redis), never put on a
+# command line.
 REDIS_PINGS = """
 import json, os, subprocess, sys
-address, port = json.loads(sys.argv[1])
+address, port, tls = json.loads(sys.argv[1])
 settings = {}
 for line in open("/etc/default/prometheus-redis-exporter", encoding="utf-8"):
     name, _, value = line.strip().partition("=")
     settings[name] = value
-ping = ["redis-cli", "-h", address, "-p", str(port), "--no-auth-warning", "ping"]
+ping = ["redis-cli", "-h", address, "-p", str(port), *tls, "--no-auth-warning", "ping"]
 anonymous = subprocess.run(ping, capture_output=True, text=True)
 password = json.loads(settings["REDIS_PASSWORD"])
 authed = subprocess.run(
@@ -71,9 +72,12 @@ print(json.dumps([anonymous.stdout + anonymous.stderr, authed.stdout.strip()]))
 def test_redis_requires_its_password(cfg: HxpConfig, hosts: Hosts) -> None:
     assert cfg.cache is not None
     cache = host_in(cfg, hosts, HostGroup.CACHE)
-    address = str(cfg.host(cache.backend.get_hostname()).address)
+    # Where the router connects (loopback on its own host); over TLS when cache.tls is on.
+    placed = cache_address(cfg)
+    assert placed is not None
+    tls = ["--tls", "--cacert", "/etc/hxp-redis-tls/ca.crt"] if cfg.cache.tls is not None else []
     answer = cache.check_output(
-        "python3 -c %s %s", REDIS_PINGS, json.dumps([address, cfg.cache.port])
+        "python3 -c %s %s", REDIS_PINGS, json.dumps([str(placed[1]), cfg.cache.port, tls])
     )
     anonymous, authed = json.loads(answer)
     assert "NOAUTH" in anonymous

@@ -18,7 +18,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from hxp_runtime.certs import create_ca
 from hxp_runtime.cli import main
+from hxp_runtime.lab import load_lab
+from hxp_runtime.lab.lifecycle import write_tls_files
 from tests.unit.conftest import BASE, line_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,10 +38,17 @@ def lab_config_with_secrets(tmp_path: Path) -> str:
     """inventory/lab/hxp.yml with its file: secrets (written by `hxp lab up` under /var/lib)
     moved to files of this test; relative paths in it start from inventory/lab."""
     text = LAB.read_text(encoding="utf-8")
-    for secret in sorted(set(re.findall(r"file:(/var/lib/hxp-lab/secrets/[\w-]+)", text))):
+    for secret in sorted(set(re.findall(r"file:(/var/lib/hxp-lab/secrets/[\w.-]+)", text))):
         moved = tmp_path / Path(secret).name
         moved.write_text("lab-secret\n", encoding="utf-8")
         text = text.replace(f"file:{secret}", f"file:{moved}")
+    # Its TLS files as `hxp lab up` makes them, from a CA of this test.
+    (tmp_path / "lab.yml").write_text(text, encoding="utf-8")
+    tls = load_lab(tmp_path / "lab.yml").tls
+    assert tls is not None
+    for path in tls.files:
+        path.unlink()
+    write_tls_files(tls, create_ca("unit CA"), lambda _: None)
     return text
 
 

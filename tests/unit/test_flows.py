@@ -11,7 +11,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from hxp_runtime.config import ConfigError, load_config, plan_deployment, service_endpoints
+from hxp_runtime.config import (
+    ConfigError,
+    cache_address,
+    load_config,
+    plan_deployment,
+    service_endpoints,
+)
 from hxp_runtime.flows import CLIENTS, CONTROLLER, allowed, flow_matrix, inbound
 from hxp_runtime.render import inventory_files
 
@@ -31,8 +37,11 @@ def matrix(path: Path = LAB):  # type: ignore[no-untyped-def]
 def test_every_listening_port_but_loopback_ones_has_a_flow() -> None:
     cfg, flows = matrix(SAMPLE)
     reached = {(f.destination, f.port) for f in flows}
+    cache = cache_address(cfg)
+    loopback = {"router admin API"} | ({"redis"} if cache and cache[1].is_loopback else set())
+    assert "redis" in loopback  # the sample's Redis is beside the router
     for host, port, label, _ in service_endpoints(cfg):
-        if label == "router admin API":  # loopback only
+        if label in loopback:
             continue
         assert (host, port) in reached, (host, port, label)
 

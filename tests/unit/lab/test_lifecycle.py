@@ -169,3 +169,41 @@ def test_up_keeps_a_ca_and_issues_router_tls_with_it(
     before = (ca / "ca.crt").read_bytes(), certificate.read_bytes()
     lab._ensure_tls(LabState.of(lab.spec))
     assert ((ca / "ca.crt").read_bytes(), certificate.read_bytes()) == before
+
+
+def test_up_issues_the_database_and_cache_pairs_and_writes_their_ca(
+    lab: Lab, spec_of: SpecOf, tmp_path: Path
+) -> None:
+    tls = tmp_path / "tls"
+    lab.spec = spec_of(
+        LAB_CONFIG.replace(
+            '  router_password: "file:/tmp/hxp-unit/secrets/db"\n',
+            '  router_password: "file:/tmp/hxp-unit/secrets/db"\n'
+            f"  tls: {{certificate: 'file:{tls}/pg.crt', key: 'file:{tls}/pg.key', "
+            f"ca: 'file:{tls}/ca.crt'}}\n",
+        )
+        + "cache:\n  password: file:/tmp/hxp-unit/secrets/redis\n"
+        f"  tls: {{certificate: 'file:{tls}/redis.crt', key: 'file:{tls}/redis.key', "
+        f"ca: 'file:{tls}/ca.crt'}}\n"
+    )
+    issued = {tls / n for n in ("pg.crt", "pg.key", "redis.crt", "redis.key", "ca.crt")}
+    assert not issued & set(lab.spec.secret_files)  # from the CA, not random
+    state = LabState.of(lab.spec)
+    lab.spec.state_dir.mkdir(parents=True)
+    lab._ensure_tls(state)
+    assert set(map(Path, state.created_secret_files)) == issued
+    assert (tls / "ca.crt").read_bytes() == (lab.spec.ca_dir / "ca.crt").read_bytes()
+    assert stat.S_IMODE((tls / "redis.key").stat().st_mode) == 0o600
+    # PostgreSQL at its host's address; Redis on the router's host at loopback (and its address).
+    for stem, address, host in (
+        ("pg", "10.99.5.11", "db-1"),
+        ("redis", "127.0.0.1", "llm-1"),
+        ("redis", "10.99.5.10", "llm-1"),
+    ):
+        problems = check_pair(
+            (tls / f"{stem}.crt").read_bytes(),
+            (tls / f"{stem}.key").read_bytes(),
+            ipaddress.IPv4Address(address),
+            host,
+        )
+        assert problems.certificate == problems.key == [], stem

@@ -1,5 +1,6 @@
-"""The router's TLS context (hxp_runtime.router.tls): the expiry it reads without cryptography,
-the pair it refuses, and a reload that keeps the running pair when the new one is broken."""
+"""The router's TLS contexts (hxp_runtime.router.tls): the expiry it reads without cryptography,
+the pair it refuses, a reload that keeps the running pair when the new one is broken, and the
+client context it verifies PostgreSQL and Redis with (CA and address, as verify-full)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 
 from hxp_runtime.certs import Issued, create_ca, issue, not_after
 from hxp_runtime.router.metrics import RouterMetrics
-from hxp_runtime.router.tls import TlsEndpoint, TlsError, expiry_timestamp, server_context
+from hxp_runtime.router.tls import (
+    TlsEndpoint,
+    TlsError,
+    client_context,
+    expiry_timestamp,
+    redis_tls_kwargs,
+    server_context,
+)
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
@@ -76,3 +84,42 @@ def test_no_expiry_series_without_tls() -> None:
     assert metrics.tls_expiry is not None
     metrics.tls_expiry.set(1.8e9)
     assert b"hxp_router_tls_certificate_expiry_timestamp_seconds 1.8e+09" in metrics.exposition()
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext, address: str) -> None:
+    """A TLS handshake between the two contexts in memory, the client connecting to
+    ``address``; raises ssl.SSLError (SSLCertVerificationError) when the client refuses."""
+    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    near = client.wrap_bio(to_client, to_server, server_hostname=address)
+    far = server.wrap_bio(to_server, to_client, server_side=True)
+    for _ in range(10):
+        done = 0
+        for end in (near, far):
+            try:
+                end.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        if done == 2:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+def test_the_client_context_verifies_the_ca_and_the_address(ca: Issued, tmp_path: Path) -> None:
+    server = server_context(*write(tmp_path, issue(ca, "llm-1", [LOOPBACK])))
+    (tmp_path / "ca.crt").write_bytes(ca.certificate)
+    (tmp_path / "other.crt").write_bytes(create_ca("another CA").certificate)
+    handshake(server, client_context(tmp_path / "ca.crt"), "127.0.0.1")
+    with pytest.raises(ssl.SSLCertVerificationError, match="IP address mismatch"):
+        handshake(server, client_context(tmp_path / "ca.crt"), "10.0.0.99")
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer"):
+        handshake(server, client_context(tmp_path / "other.crt"), "127.0.0.1")
+
+
+def test_a_missing_or_broken_ca_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(TlsError, match="no such file; install the CA certificate"):
+        client_context(tmp_path / "missing.crt")
+    (tmp_path / "broken.crt").write_text("not a certificate\n")
+    with pytest.raises(TlsError, match="not a PEM CA certificate"):
+        redis_tls_kwargs(tmp_path / "broken.crt")
+    assert redis_tls_kwargs(None) == {}

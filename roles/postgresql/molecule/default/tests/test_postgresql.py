@@ -1,6 +1,8 @@
 """Role postgresql on lab hosts: the cluster on one address and port, pg_hba open to the router
-on the LLM host only, the router's role writing its usage table, settings sized from memory,
-the exporter, hardened units, and a pg_dump backup restored into a fresh database."""
+on the LLM host only and over TLS only (database.tls: a plain connection is refused, one that
+verifies the server against the CA succeeds), the router's role writing its usage table,
+settings sized from memory, the exporter, hardened units, and a pg_dump backup restored into a
+fresh database."""
 
 import os
 import shlex
@@ -20,6 +22,8 @@ EXPORTER_PORT = 9187
 DATABASE = "citadel_ai"
 ROUTER = "hxp_router"
 UNIT = "postgresql@15-main"
+TLS_DIR = "/etc/postgresql/15/main/tls"
+CLIENT_CA = "/etc/ssl/hxp-scenario-ca.crt"  # prepare.yml installs it on the router's host
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +36,11 @@ def password(scenario_secret):
     return scenario_secret("postgres-router-password")
 
 
-def psql_tcp(on, address, sql, *, secret=None, user=ROUTER, database=DATABASE):
-    """psql over TCP to the cluster's address, never prompting (-w)."""
+def psql_tcp(on, address, sql, *, secret=None, user=ROUTER, database=DATABASE, ssl="prefer"):
+    """psql over TCP to the cluster's address, never prompting (-w); ``ssl``: libpq's sslmode
+    (verify-full with the scenario CA on the router's host)."""
     env = f"PGPASSWORD={shlex.quote(secret)} " if secret is not None else ""
+    env += f"PGSSLMODE={ssl} PGSSLROOTCERT={CLIENT_CA} "
     return on.run(
         f"{env}psql -w -XAtq -v ON_ERROR_STOP=1 -h {address} -p {PORT} -U {user} -d {database} "
         f"-c {shlex.quote(sql)}"
@@ -96,8 +102,38 @@ def test_pg_hba_admits_only_the_router_from_the_llm_host(host, client, address, 
     assert rules == [
         ["local", "all", "postgres", "peer"],
         ["local", "all", "prometheus", "peer"],
-        ["host", DATABASE, ROUTER, f"{client_address}/32", "scram-sha-256"],
+        ["hostssl", DATABASE, ROUTER, f"{client_address}/32", "scram-sha-256"],
     ]
+
+
+def test_a_plain_connection_is_refused(client, address, password):
+    plain = psql_tcp(client, address, "SELECT 1", secret=password, ssl="disable")
+    assert plain.rc != 0
+    assert "no pg_hba.conf entry" in plain.stderr
+    assert "no encryption" in plain.stderr
+
+
+def test_tls_verified_against_the_ca_is_admitted(client, address, password):
+    verified = psql_tcp(
+        client,
+        address,
+        "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        secret=password,
+        ssl="verify-full",
+    )
+    assert verified.rc == 0, verified.stderr
+    encrypted, version = verified.stdout.strip().split("|")
+    assert encrypted == "t"
+    assert version in {"TLSv1.2", "TLSv1.3"}
+
+
+@pytest.mark.parametrize(
+    ("path", "mode"),
+    [(TLS_DIR, 0o700), (f"{TLS_DIR}/server.crt", 0o644), (f"{TLS_DIR}/server.key", 0o600)],
+)
+def test_the_tls_files_are_postgres_own(host, path, mode):
+    installed = host.file(path)
+    assert (installed.user, installed.group, installed.mode) == ("postgres", "postgres", mode)
 
 
 def test_the_router_writes_its_usage_table(client, address, password):

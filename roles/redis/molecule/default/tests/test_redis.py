@@ -1,5 +1,7 @@
-"""Role redis on a lab host: Redis bound to one address, password required, a cache's memory
-settings, the exporter, hardened units, no secret in a world-readable file or in the journal."""
+"""Role redis on a lab host: Redis bound to one address, TLS only (cache.tls: a plain connection
+gets no answer, one that verifies the certificate and address against the CA is served),
+password required, a cache's memory settings, the exporter over TLS, hardened units, no secret
+in a world-readable file or in the journal."""
 
 import shlex
 
@@ -7,6 +9,16 @@ import pytest
 
 PORT = 6379
 EXPORTER_PORT = 9121
+TLS_DIR = "/etc/hxp-redis-tls"
+CA = f"{TLS_DIR}/ca.crt"
+# Python's client context on the host: the CA, the certificate's name for the address.
+VERIFIED_HANDSHAKE = """
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[1])
+with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10) as raw:
+    with context.wrap_socket(raw, server_hostname=sys.argv[2]) as tls:
+        print(tls.version())
+"""
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +26,12 @@ def password(scenario_secret):
     return scenario_secret("redis-password")
 
 
-def redis_cli(host, address, *args, secret=None):
+def redis_cli(host, address, *args, secret=None, tls=True):
     auth = f"REDISCLI_AUTH={shlex.quote(secret)} " if secret is not None else ""
-    command = f"{auth}redis-cli -h {address} -p {PORT} --no-auth-warning {shlex.join(args)}"
+    verified = f"--tls --cacert {CA} " if tls else ""
+    command = (
+        f"{auth}redis-cli -h {address} -p {PORT} {verified}--no-auth-warning {shlex.join(args)}"
+    )
     return host.run(command)
 
 
@@ -37,6 +52,40 @@ def test_a_password_is_required(host, address, password):
     assert redis_cli(host, address, "PING", secret=password).stdout.strip() == "PONG"
 
 
+def test_a_plain_connection_gets_no_answer(host, address, password):
+    plain = redis_cli(host, address, "PING", secret=password, tls=False)
+    assert "PONG" not in plain.stdout
+    assert plain.rc != 0 or plain.stdout.strip() == ""
+
+
+def test_tls_verified_against_the_ca_is_served(host, address):
+    version = host.check_output(
+        "python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, address, str(PORT)
+    )
+    assert version in {"TLSv1.2", "TLSv1.3"}
+
+
+def test_a_client_without_the_ca_fails_verification(host, address):
+    # An empty cafile: the system's trust store, which never heard of the scenario CA.
+    untrusted = host.run("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, "", address, str(PORT))
+    assert untrusted.rc != 0
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "mode"),
+    [
+        (TLS_DIR, "root", 0o755),
+        (f"{TLS_DIR}/redis.crt", "root", 0o644),
+        (CA, "root", 0o644),
+        (f"{TLS_DIR}/redis.key", "redis", 0o600),
+    ],
+)
+def test_the_tls_files(host, path, owner, mode):
+    installed = host.file(path)
+    assert (installed.user, installed.mode) == (owner, mode)
+
+
 def test_cache_settings(host, address, password):
     def config(name):
         return redis_cli(host, address, "CONFIG", "GET", name, secret=password).stdout.split()
@@ -46,6 +95,8 @@ def test_cache_settings(host, address, password):
     assert config("save") == ["save"]  # no snapshots
     assert config("appendonly") == ["appendonly", "no"]
     assert config("bind") == ["bind", address]
+    assert config("port") == ["port", "0"]  # no plain port
+    assert config("tls-port") == ["tls-port", str(PORT)]
 
 
 def test_writes_and_reads_a_key(host, address, password):
