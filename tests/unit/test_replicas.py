@@ -19,7 +19,7 @@ from hxp_runtime.config import (
 )
 from hxp_runtime.config.schema import ExpectedService, Service, StatusSettings
 from hxp_runtime.flows import allowed, flow_matrix
-from hxp_runtime.observability.scrape import scrape_configs
+from hxp_runtime.observability.scrape import vllm_targets
 from hxp_runtime.planner import PlanError
 from hxp_runtime.render import inventory_files
 from hxp_runtime.status.collect import HostAnswer
@@ -270,16 +270,15 @@ def test_flows_admit_the_router_and_prometheus_to_every_replica(lab_scale: HxpCo
 
 
 def test_prometheus_scrapes_each_replica(lab_scale: HxpConfig) -> None:
-    jobs = {j["job_name"]: j for j in scrape_configs(lab_scale, plan_deployment(lab_scale))}
     targets = [
-        (static["targets"], static["labels"]["host"], static["labels"]["model"])
-        for static in jobs["vllm"]["static_configs"]
+        (t["slots"], t["labels"]["host"], t["labels"]["model"])
+        for t in vllm_targets(lab_scale, plan_deployment(lab_scale))
     ]
     assert targets == [
-        (["10.78.0.10:11403"], "hx-llm-server-01", "phi3"),
-        (["10.78.0.11:11403"], "hx-llm-server-02", "phi3"),
-        (["10.78.0.10:11401"], "hx-llm-server-01", "hermes"),
-        (["10.78.0.11:11401"], "hx-llm-server-02", "hermes"),
+        ({"blue": "10.78.0.10:11403"}, "hx-llm-server-01", "phi3"),
+        ({"blue": "10.78.0.11:11403"}, "hx-llm-server-02", "phi3"),
+        ({"blue": "10.78.0.10:11401"}, "hx-llm-server-01", "hermes"),
+        ({"blue": "10.78.0.11:11401"}, "hx-llm-server-02", "hermes"),
     ]
 
 

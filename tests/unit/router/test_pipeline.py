@@ -348,11 +348,11 @@ async def test_concurrent_requests_with_one_new_prompt_share_one_embeddings_call
         with caplog.at_level(logging.WARNING, logger="hxp_runtime.router.pipeline"):
             burst = await asyncio.gather(
                 *(
-                    route(table, table_stats(table), prompt, None, embedder, metrics)
+                    route(table, table_stats(table), prompt, None, None, embedder, metrics)
                     for _ in range(8)
                 )
             )
-            again = await route(table, table_stats(table), prompt, None, embedder, metrics)
+            again = await route(table, table_stats(table), prompt, None, None, embedder, metrics)
     assert "semantic routing skipped" not in caplog.text  # no second call was made
     assert {r.primary for r in [*burst, again]} == {"chatty"}
     assert all(r.decision.strategies[0] is Strategy.SEMANTIC for r in burst)
@@ -371,7 +371,7 @@ async def test_a_client_going_away_does_not_cancel_the_call_others_wait_for(
         queued.append([[0.1, 3.0]])
 
         def routing() -> asyncio.Task[Routed]:
-            coro = route(table, table_stats(table), prompt, None, embedder, RouterMetrics())
+            coro = route(table, table_stats(table), prompt, None, None, embedder, RouterMetrics())
             return asyncio.get_running_loop().create_task(coro)
 
         first = routing()
@@ -391,7 +391,7 @@ async def test_a_failed_embedding_is_counted_as_such(embeddings: tuple[str, list
     async with aiohttp.ClientSession() as session:
         embedder = Embedder(session, url, "minilm", authorization=None, timeout_s=5)
         prompt = chat(messages=[{"role": "user", "content": "how are you"}])
-        await route(table, table_stats(table), prompt, None, embedder, metrics)
+        await route(table, table_stats(table), prompt, None, None, embedder, metrics)
     assert decision_counts(metrics) == {"failed": 1}
 
 
