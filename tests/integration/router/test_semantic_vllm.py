@@ -98,7 +98,7 @@ async def test_a_burst_with_one_new_prompt_makes_one_embeddings_call(
         before = settled_prompt_tokens(server, 0)
         metrics = RouterMetrics()
         burst = await asyncio.gather(
-            *(route(table, stats, request, None, embedder, metrics) for _ in range(8))
+            *(route(table, stats, request, None, None, embedder, metrics) for _ in range(8))
         )
     assert {r.primary for r in burst} == {"code"}
     assert settled_prompt_tokens(server, before + tokens) - before == tokens
