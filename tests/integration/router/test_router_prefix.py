@@ -9,7 +9,6 @@ mid-conversation: no request fails, only its conversations move, and each to one
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from hxp_runtime.router.prefix import (
     replica_key,
     session_hash,
 )
+from tests.integration.router.clients import ClientThreads
 from tests.integration.router.conftest import RouterProcess, call, worker_pids
 from tests.integration.router.loopback import Arrival, LoopbackBackend
 from tests.integration.router.test_router_recovery import KEY, WORKERS, settings, wait_for
@@ -70,24 +70,13 @@ def pick_conversations() -> list[int]:
     raise AssertionError("no balanced set of conversations among the first thousand")
 
 
-class Conversations:
+class Conversations(ClientThreads):
     """One thread per conversation: a turn, its answer appended, the next turn, until told."""
 
     def __init__(self, router: RouterProcess, conversations: list[int]) -> None:
         self.router = router
         self.statuses: list[int] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in conversations]
-
-    def __enter__(self) -> Conversations:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
+        super().__init__([(n,) for n in conversations])
 
     def _run(self, n: int) -> None:
         messages = first_messages(n)

@@ -13,7 +13,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 
 from hxp_runtime.router.admin_cli import call_admin
 from tests.dataplane import free_port
+from tests.integration.router.clients import ClientThreads
 from tests.integration.router.conftest import RouterProcess, call, worker_pids
 from tests.integration.router.loopback import LoopbackBackend
 
@@ -56,24 +56,13 @@ def settings(backends: list[tuple[str, LoopbackBackend]], **extra: Any) -> dict[
     }
 
 
-class Load:
+class Load(ClientThreads):
     """``clients`` threads sending completions over new connections (spread over workers)."""
 
     def __init__(self, router: RouterProcess, model: str, clients: int) -> None:
         self.router, self.model = router, model
         self.statuses: list[int] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
+        super().__init__([() for _ in range(clients)])
 
     def _run(self) -> None:
         body = {"model": self.model, "prompt": "load", "max_tokens": 1}

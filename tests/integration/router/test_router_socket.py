@@ -29,6 +29,7 @@ import aiohttp
 import pytest
 
 from tests.dataplane import free_port
+from tests.integration.router.clients import ClientThreads
 from tests.integration.router.conftest import REPO, RouterProcess, call, worker_pids
 
 pytestmark = pytest.mark.slow
@@ -90,25 +91,16 @@ class Tally:
         return sum(self.failed.values())
 
 
-class CloseAwareLoad:
+class CloseAwareLoad(ClientThreads):
     """http.client keep-alive connections that reconnect after ``Connection: close``; no retry."""
+
+    join_s = 60.0
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.tally = Tally()
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run) for _ in range(CLIENTS)]
-
-    def __enter__(self) -> CloseAwareLoad:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        super().__init__([() for _ in range(CLIENTS)])
 
     def _run(self) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
