@@ -19,6 +19,13 @@ def breaker(clock: Clock, changes: list[BreakerState] | None = None) -> CircuitB
     )
 
 
+def opened(cb: CircuitBreaker) -> CircuitBreaker:
+    """``cb`` after as many failures in a row as open it."""
+    for _ in range(cb.failure_threshold):
+        cb.record_failure()
+    return cb
+
+
 def test_opens_after_consecutive_failures_only() -> None:
     clock = Clock()
     cb = breaker(clock)
@@ -36,8 +43,7 @@ def test_opens_after_consecutive_failures_only() -> None:
 def test_half_open_after_the_open_period_lets_a_limited_number_of_probes() -> None:
     clock = Clock()
     cb = breaker(clock)
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     clock.now += 29.9
     assert cb.state is BreakerState.OPEN
     clock.now += 0.2
@@ -51,8 +57,7 @@ def test_a_successful_probe_closes_a_failed_one_reopens() -> None:
     clock = Clock()
     changes: list[BreakerState] = []
     cb = breaker(clock, changes)
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     clock.now += 31
     assert cb.acquire()
     cb.record_failure()
@@ -85,8 +90,7 @@ def test_reconfigure_applies_new_thresholds() -> None:
 def test_a_released_probe_slot_can_be_taken_again() -> None:
     clock = Clock()
     cb = breaker(clock)
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     clock.now += 30
     assert cb.acquire() and cb.acquire() and not cb.acquire()
     cb.release()  # an abandoned probe: no verdict, but its slot is free again
@@ -100,8 +104,7 @@ def test_half_open_ends_the_open_period_early_with_every_slot_free() -> None:
     cb = breaker(clock, changes)
     cb.half_open()
     assert cb.state is BreakerState.CLOSED and changes == []  # a closed breaker stays closed
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     assert cb.opened_at == clock.now
     clock.now += 1
     cb.half_open()
@@ -118,8 +121,7 @@ def test_passing_checks_close_a_half_open_breaker_that_no_request_probes() -> No
     clock = Clock()
     changes: list[BreakerState] = []
     cb = breaker(clock, changes)
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     clock.now += 31
     cb.health_passed()  # the first check may come the instant it half-opens
     assert cb.state is BreakerState.HALF_OPEN
@@ -134,8 +136,7 @@ def test_passing_checks_close_a_half_open_breaker_that_no_request_probes() -> No
 def test_a_probe_between_checks_leaves_the_decision_to_the_probes() -> None:
     clock = Clock()
     cb = breaker(clock)
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     clock.now += 31
     cb.health_passed()
     assert cb.acquire()  # traffic probes it: its result decides, not the checks
@@ -149,8 +150,7 @@ def test_a_probe_between_checks_leaves_the_decision_to_the_probes() -> None:
 def test_checks_do_not_close_an_open_breaker() -> None:
     clock = Clock()
     cb = breaker(clock)
-    for _ in range(3):
-        cb.record_failure()
+    opened(cb)
     for _ in range(5):
         cb.health_passed()
     assert cb.state is BreakerState.OPEN  # only the open period or a failed check ends it
