@@ -10,6 +10,7 @@ from stdin.
 
 from __future__ import annotations
 
+import ssl
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -439,13 +440,21 @@ def read_key_file(report: Report, key_file: Path) -> str:
 
 @app.command()
 def loadtest(
-    url: Annotated[str, typer.Argument(help="the router's base URL, http://HOST:PORT")],
+    url: Annotated[
+        str, typer.Argument(help="the router's base URL, http://HOST:PORT or https://HOST:PORT")
+    ],
     key_file: Annotated[
         Path, typer.Option("--key-file", help="file holding a router API key (mode 0600)")
     ],
     models: Annotated[
         list[str], typer.Option("--model", help="a model to send to; repeat for several")
     ],
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca", help="PEM CA certificate(s) to verify an https router with (default: system)"
+        ),
+    ] = None,
     embeddings_models: Annotated[
         list[str] | None,
         typer.Option("--embeddings-model", help="a model sent /v1/embeddings; repeatable"),
@@ -482,7 +491,10 @@ def loadtest(
 
     report = Report("loadtest", as_json)
     if not url.startswith(("http://", "https://")):
-        problem = "give the router's base URL as http://HOST:PORT"
+        problem = "give the router's base URL as http://HOST:PORT or https://HOST:PORT"
+        report.fail([CliProblem(Kind.USAGE, problem, "URL", url)], EXIT_USAGE)
+    if ca is not None and not url.startswith("https://"):
+        problem = "--ca verifies an https:// router; give the URL as https://HOST:PORT"
         report.fail([CliProblem(Kind.USAGE, problem, "URL", url)], EXIT_USAGE)
     spec = LoadSpec(
         url=url,
@@ -497,7 +509,16 @@ def loadtest(
         stream=stream,
         max_tokens=max_tokens,
         timeout_s=timeout,
+        ca_file=ca,
     )
+    try:
+        spec.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        problem = (
+            f"cannot load the CA certificate: {getattr(exc, 'strerror', None) or exc}; "
+            "give a PEM file with the CA that issued the router's certificate"
+        )
+        report.fail([CliProblem(Kind.USAGE, problem, "--ca", str(ca))], EXIT_USAGE)
     result = summarise(asyncio.run(run_load(spec)))
     if as_json:
         print_json(result)

@@ -12,6 +12,9 @@ Two clients, because the question "did a restart fail requests?" depends on the 
 - ``openai``: ``openai.AsyncOpenAI`` at its defaults (``max_retries=2``), as an application
   would use it, or with ``max_retries=0`` (``retries=False``).
 
+An ``https://`` router is verified: against ``ca_file`` when given (the lab's CA, a private
+CA), else against the system's trust store. Neither client ever skips verification.
+
 Every request leaves a :class:`Outcome` (seconds since the start when it was sent, model, the
 backend from the router's ``x-hxp-backend`` header, cause of failure, latency);
 :func:`summarise` turns them into the report that ``--json`` prints.
@@ -22,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -91,6 +96,12 @@ class LoadSpec:
     stream: bool = False
     max_tokens: int = DEFAULT_MAX_TOKENS
     timeout_s: float = DEFAULT_TIMEOUT_S
+    ca_file: Path | None = None  # the CA an https:// router's certificate is verified against
+
+    def tls_context(self) -> ssl.SSLContext:
+        """What both clients verify an https:// router with; raises OSError or ssl.SSLError
+        when ``ca_file`` cannot be read as PEM certificates."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     @property
     def max_retries(self) -> int:
@@ -167,7 +178,7 @@ class HxpSender:
         self.session = aiohttp.ClientSession(
             base_url=spec.url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {spec.key}"},
-            connector=aiohttp.TCPConnector(limit=spec.concurrency),
+            connector=aiohttp.TCPConnector(limit=spec.concurrency, ssl=spec.tls_context()),
             timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
         )
 
@@ -235,6 +246,8 @@ class OpenAISender:
             api_key=spec.key,
             max_retries=spec.max_retries,
             timeout=spec.timeout_s,
+            # The SDK's own client and limits, verifying as the hxp client does.
+            http_client=openai.DefaultAsyncHttpxClient(verify=spec.tls_context()),
         )
 
     async def close(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import tempfile
 import urllib.error
@@ -25,9 +24,7 @@ import testinfra
 
 from hxp_runtime.config import HostGroup, HxpConfig, load_config, resolve_host
 from hxp_runtime.lab import load_lab
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = Path(os.environ.get("HXP_STACK_CONFIG", REPO / "inventory/lab/hxp.yml"))
+from tests.stack.router import CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ subprocess, so that the test itself is free to restart units, deploy, and wait::
     assert report["failed"] == {}
 
 The subprocess runs this checkout's hxp_runtime (not whichever hxp the venv installed), against
-the router on the lab's LLM host with the lab's router API key. Models with ``task: embed`` are
+the router on the lab's LLM host with the lab's router API key (over HTTPS, verified against
+the lab's CA, when hxp.yml sets router.tls). Models with ``task: embed`` are
 sent embeddings requests.
 """
 
@@ -21,18 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hxp_runtime.config import HostGroup, HxpConfig, resolve_host
+from hxp_runtime.config import HxpConfig
+from tests.stack.router import router_ca, router_url
 
 REPO = Path(__file__).resolve().parents[2]
 # How long a run may take beyond its duration: the requests in flight at its end finish or
 # time out (the load tool's per-request timeout, 60 s), plus the interpreter's start.
 GRACE_S = 90.0
-
-
-def router_url(cfg: HxpConfig) -> str:
-    name = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
-    assert name is not None, "the config names no router host and has no single llm host"
-    return f"http://{cfg.host(name).address}:{cfg.router.port}"
 
 
 def loadtest_command(
@@ -62,6 +58,9 @@ def loadtest_command(
         client,
         "--json",
     ]
+    ca = router_ca(cfg)
+    if ca is not None:
+        command += ["--ca", str(ca)]
     for model in models:
         command += ["--embeddings-model" if model in embeddings else "--model", model]
     if not retries:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 
-import openai
 import pytest
 import testinfra
 
 from hxp_runtime.config import HostGroup, HxpConfig
 from tests.stack.conftest import host_in, secret
+from tests.stack.router import openai_client
 
 Hosts = dict[str, testinfra.host.Host]
 ADMIN = "/opt/hxp/router/bin/hxp-router admin"
@@ -64,13 +64,8 @@ def test_a_drained_backend_gets_no_requests_until_undrained(
 ) -> None:
     model = next(m for m in cfg.models if m.task == "generate")
     name = model.name  # the backend's id: the model's name (its only replica in the lab)
-    address = cfg.host(llm.backend.get_hostname()).address
-    client = openai.OpenAI(
-        base_url=f"http://{address}:{cfg.router.port}/v1",
-        api_key=secret(cfg.router.api_keys[0].secret.value),
-        timeout=60,
-        max_retries=0,
-    )
+    key = secret(cfg.router.api_keys[0].secret.value)
+    client = openai_client(cfg, key, timeout=60, max_retries=0)
     rc, answer = admin(llm, "drain", name, "--deadline-s", "30")
     try:
         assert rc == 0 and answer["drained"], answer

@@ -28,6 +28,7 @@ from hxp_runtime.observability.alerts import alert_rules
 from hxp_runtime.observability.dashboards import dashboards, panel_queries
 from tests.stack.conftest import Prometheus, host_in, secret
 from tests.stack.hxpstatus import BACK_WITHIN_S, hxp_status, unit_problems
+from tests.stack.router import openai_client
 
 Hosts = dict[str, testinfra.host.Host]
 # Not obtainable on this machine: the lab's vector host runs everything but the binary.
@@ -76,12 +77,8 @@ def expected_targets(cfg: HxpConfig) -> set[tuple[str, str, int]]:
 
 @pytest.fixture(scope="module")
 def client(cfg: HxpConfig, hosts: Hosts) -> openai.OpenAI:
-    llm = host_in(cfg, hosts, HostGroup.LLM)
-    address = cfg.host(llm.backend.get_hostname()).address
     key = secret(cfg.router.api_keys[0].secret.value)
-    return openai.OpenAI(
-        base_url=f"http://{address}:{cfg.router.port}/v1", api_key=key, timeout=60, max_retries=2
-    )
+    return openai_client(cfg, key, timeout=60, max_retries=2)
 
 
 def _load(cfg: HxpConfig, client: openai.OpenAI, rounds: int) -> int:
@@ -294,7 +291,7 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
     # not on health checks alone.
     while unit_problems(again := hxp_status()):
         assert time.monotonic() - started < BACK_WITHIN_S, again.envelope["problems"]
-        _one_request(client, model.routing_name)
+        _one_request(cfg, client, model.routing_name)
         time.sleep(5)
     print(
         f"hxp status healthy again {time.monotonic() - started:.1f} s after the start "
@@ -302,11 +299,9 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
     )
 
 
-def _one_request(client: openai.OpenAI, model: str) -> None:
+def _one_request(cfg: HxpConfig, client: openai.OpenAI, model: str) -> None:
     """One short chat completion on a connection of its own; its outcome is not judged here."""
-    with openai.OpenAI(
-        base_url=str(client.base_url), api_key=client.api_key, timeout=60, max_retries=0
-    ) as fresh:
+    with openai_client(cfg, client.api_key, timeout=60, max_retries=0) as fresh:
         try:
             fresh.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "Hi."}], max_tokens=1

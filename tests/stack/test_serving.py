@@ -12,16 +12,14 @@ import testinfra
 
 from hxp_runtime.config import HostGroup, HxpConfig
 from tests.stack.conftest import host_in, secret
+from tests.stack.router import openai_client
 
 Hosts = dict[str, testinfra.host.Host]
 
 
 @pytest.fixture(scope="module")
 def client(cfg: HxpConfig, hosts: Hosts) -> openai.OpenAI:
-    llm = host_in(cfg, hosts, HostGroup.LLM)
-    address = cfg.host(llm.backend.get_hostname()).address
-    key = secret(cfg.router.api_keys[0].secret.value)
-    return openai.OpenAI(base_url=f"http://{address}:{cfg.router.port}/v1", api_key=key, timeout=60)
+    return openai_client(cfg, secret(cfg.router.api_keys[0].secret.value), timeout=60)
 
 
 def test_every_model_unit_is_active(cfg: HxpConfig, hosts: Hosts) -> None:

@@ -1,4 +1,5 @@
-"""TLS between the router and its data plane (hxp.yml database.tls, cache.tls), tried from the
+"""TLS on the router's public port (hxp.yml router.tls), tried as a client does from the
+controller, and between the router and its data plane (database.tls, cache.tls), tried from the
 router's host with the router's own code and files: its installed hxp_runtime, its settings and
 its secrets file (read there as root, so no password crosses the connection or a command line).
 
@@ -8,13 +9,19 @@ sslmode=verify-full against the CA; Redis has no plain port and accepts a verifi
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
+import urllib.error
+import urllib.request
 
+import openai
 import pytest
 import testinfra
 
 from hxp_runtime.config import HostGroup, HxpConfig
-from tests.stack.conftest import host_in
+from tests.stack.conftest import host_in, secret
+from tests.stack.router import openai_client, router_url
 
 Hosts = dict[str, testinfra.host.Host]
 
@@ -115,3 +122,31 @@ def test_redis_listens_on_loopback_only_beside_the_router(
     address = cfg.host(cache.backend.get_hostname()).address
     assert cache.socket(f"tcp://127.0.0.1:{cfg.cache.port}").is_listening
     assert not cache.socket(f"tcp://{address}:{cfg.cache.port}").is_listening
+
+
+def test_the_openai_client_verifies_the_router_against_the_lab_ca(cfg: HxpConfig) -> None:
+    assert cfg.router.tls is not None, "router.tls is off"
+    key = secret(cfg.router.api_keys[0].secret.value)
+    with openai_client(cfg, key, timeout=30, max_retries=0) as client:
+        served = {m.id for m in client.models.list()}
+    assert {m.routing_name for m in cfg.models} <= served
+    # The same request from a client that trusts only the system's CAs fails the handshake.
+    stranger = openai.OpenAI(
+        base_url=f"{router_url(cfg)}/v1", api_key=key, timeout=30, max_retries=0
+    )
+    with stranger, pytest.raises(openai.APIConnectionError) as raised:
+        stranger.models.list()
+    cause = raised.value.__cause__
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    assert isinstance(cause, ssl.SSLCertVerificationError), repr(raised.value)
+
+
+def test_plain_http_to_the_public_port_gets_no_http_answer(cfg: HxpConfig) -> None:
+    """Refused, not redirected (README, "TLS on the router's public port"): the TLS handshake
+    fails on the request's first bytes and the connection closes without a response."""
+    assert cfg.router.tls is not None, "router.tls is off"
+    plain = router_url(cfg).replace("https://", "http://", 1)
+    refused = (http.client.HTTPException, ConnectionError, urllib.error.URLError)
+    with pytest.raises(refused), urllib.request.urlopen(f"{plain}/health", timeout=20) as answer:
+        pytest.fail(f"plain HTTP got an answer: {answer.status}")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from hxp_runtime.certs import create_ca, issue
 from hxp_runtime.config import HostGroup, SecretRef, load_config, resolve_host
 from hxp_runtime.loadtest import (
     NO_BACKEND,
@@ -66,8 +69,11 @@ class Server:
     runner: web.AppRunner
 
 
-async def start(handler: Handler, served: Served, key: str | None) -> Server:
-    """A server on loopback; ``key``: the API key every request must carry, if any."""
+async def start(
+    handler: Handler, served: Served, key: str | None, tls: ssl.SSLContext | None = None
+) -> Server:
+    """A server on loopback; ``key``: the API key every request must carry, if any; ``tls``:
+    serve HTTPS with it."""
 
     async def recorded(request: web.Request) -> web.StreamResponse:
         if key is not None:
@@ -80,9 +86,10 @@ async def start(handler: Handler, served: Served, key: str | None) -> Server:
     app.router.add_post("/v1/embeddings", recorded)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
-    return Server(f"http://127.0.0.1:{runner.addresses[0][1]}", served, runner)
+    scheme = "https" if tls else "http"
+    return Server(f"{scheme}://127.0.0.1:{runner.addresses[0][1]}", served, runner)
 
 
 Serve = Callable[..., Awaitable[Server]]
@@ -92,8 +99,10 @@ Serve = Callable[..., Awaitable[Server]]
 async def serve() -> AsyncIterator[Serve]:
     servers: list[Server] = []
 
-    async def serve(handler: Handler, key: str | None = KEY) -> Server:
-        servers.append(await start(handler, Served(), key))
+    async def serve(
+        handler: Handler, key: str | None = KEY, tls: ssl.SSLContext | None = None
+    ) -> Server:
+        servers.append(await start(handler, Served(), key, tls))
         return servers[-1]
 
     yield serve
@@ -311,6 +320,35 @@ async def test_the_openai_client_retries_a_dropped_connection_unless_told_not_to
         assert report["by_backend"] == {"m-0": 1}
 
 
+@pytest.mark.parametrize("client", list(Client))
+async def test_both_clients_verify_an_https_router_against_the_given_ca(
+    serve: Serve, client: Client, tmp_path: Path
+) -> None:
+    ca, stranger = create_ca("hxp loadtest CA"), create_ca("another CA")
+    pair = issue(ca, "localhost", [ipaddress.IPv4Address("127.0.0.1")])
+    for name, data in (("router.crt", pair.certificate), ("router.key", pair.key)):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "ca.crt").write_bytes(ca.certificate)
+    (tmp_path / "stranger.crt").write_bytes(stranger.certificate)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "router.crt", tmp_path / "router.key")
+    server = await serve(replicas(), tls=tls)
+    assert server.url.startswith("https://")
+    trusted = spec(
+        server.url, client=client, retries=False, requests=4, ca_file=tmp_path / "ca.crt"
+    )
+    report = summarise(await run_load(trusted))
+    assert report["ok"] == 4 and report["failed"] == {}
+    # A certificate from a CA it was not given is refused before any request is sent.
+    wrong = spec(
+        server.url, client=client, retries=False, requests=2, ca_file=tmp_path / "stranger.crt"
+    )
+    report = summarise(await run_load(wrong))
+    assert report["ok"] == 0 and report["failed"] == {"connect": 2}
+    assert any("certificate" in f["detail"].lower() for f in report["failures"]), report
+    assert len(server.served.bodies) == 4
+
+
 async def test_the_hxp_client_never_retries() -> None:
     url, server, connections = await drop_first_connection()
     async with server:
@@ -467,6 +505,7 @@ def test_the_command_exits_1_when_a_request_failed(key_file: Path) -> None:
         ["--model", "m"],
         ["--key-file", "KEY", "--model", "m", "--concurrency", "0"],
         ["--key-file", "KEY", "--model", "m", "--client", "curl"],
+        ["--key-file", "KEY", "--model", "m", "--ca", "KEY"],  # --ca with an http:// URL
     ],
 )
 def test_bad_usage_exits_2(args: list[str], key_file: Path) -> None:
@@ -474,6 +513,17 @@ def test_bad_usage_exits_2(args: list[str], key_file: Path) -> None:
     done = hxp("http://127.0.0.1:9", *args, "--requests", "1", "--json")
     assert done.returncode == 2
     assert json.loads(done.stdout)["problems"], done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ca", ["/nonexistent/ca.crt", "KEY"])
+def test_a_ca_that_is_not_a_readable_pem_file_exits_2(ca: str, key_file: Path) -> None:
+    ca = str(key_file) if ca == "KEY" else ca
+    done = hxp("https://127.0.0.1:9", "--key-file", key_file, "--model", "m", "--ca", ca, "--json")
+    assert done.returncode == 2
+    [problem] = json.loads(done.stdout)["problems"]
+    assert problem["field"] == "--ca" and "cannot load the CA certificate" in problem["message"]
+    assert KEY not in done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -500,7 +550,8 @@ def test_start_load_runs_against_the_configured_router(
                 h.model_copy(update={"address": "127.0.0.1"}) if h is router_host else h
                 for h in lab.hosts
             ],
-            "router": lab.router.model_copy(update={"port": port, "api_keys": [key]}),
+            # The fast backend serves plain HTTP on loopback.
+            "router": lab.router.model_copy(update={"port": port, "api_keys": [key], "tls": None}),
         }
     )
     run = start_load(cfg, models=["hermes", "minilm"], concurrency=2, duration_s=0.5)
