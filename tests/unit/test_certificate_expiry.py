@@ -66,7 +66,7 @@ def export(tmp_path: Path, registered: dict[str, bytes]) -> tuple[str, str]:
 
 def samples(text: str) -> dict[tuple[str, str], float]:
     return {
-        (s.name, s.labels["service"]): s.value
+        (s.name, s.labels["certificate"]): s.value
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
