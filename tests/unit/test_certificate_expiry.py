@@ -1,4 +1,4 @@
-"""Role node_exporter's certificate expiry export (templates/usr/local/libexec/
+"""Role node_exporter's certificate expiry export (templates/usr/local/sbin/
 hxp-certificate-expiry.j2), rendered as a deploy renders it and run with Debian's openssl on
 real certificates: the notAfter of each registered certificate, a read error for one that cannot
 be read, nothing for a name that is not a service's, and a file the node exporter can parse."""
@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.unit_templates import REPO, render, variables
 
-SCRIPT = REPO / "roles/node_exporter/templates/usr/local/libexec/hxp-certificate-expiry.j2"
+SCRIPT = REPO / "roles/node_exporter/templates/usr/local/sbin/hxp-certificate-expiry.j2"
 NOT_AFTER = datetime.datetime(2031, 5, 17, 8, 30, 15, tzinfo=datetime.UTC)
 
 
