@@ -196,3 +196,18 @@ def allowed(flows: list[Flow], source_address: str, host: str, port: int) -> boo
         and any(src in ipaddress.IPv4Network(n) for n in f.networks)
         for f in flows
     )
+
+
+def host_sources(flows: list[Flow], host: str, port: int) -> list[str]:
+    """The addresses of the hxp hosts that connect to ``host``:``port``, in the matrix's order:
+    a service's own client list (PostgreSQL's pg_hba) taken from here cannot admit a host the
+    firewall drops, nor miss one it admits."""
+    networks = (
+        f.networks
+        for f in flows
+        if f.destination == host
+        and f.port == port
+        and not f.egress
+        and f.source not in (CLIENTS, CONTROLLER)
+    )
+    return list(dict.fromkeys(n for ns in networks for n in ns))

@@ -39,7 +39,7 @@ from hxp_runtime.config import (
     service_endpoints,
     walk_secret_refs,
 )
-from hxp_runtime.flows import firewall_settings, flow_matrix, inbound
+from hxp_runtime.flows import firewall_settings, flow_matrix, host_sources, inbound
 from hxp_runtime.observability.alerts import alert_rules, alertmanager_config
 from hxp_runtime.observability.dashboards import dashboards
 from hxp_runtime.observability.scrape import (
@@ -148,6 +148,7 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     if db is None:
         return {}
     tls = _tls_pair(cfg, db.tls)
+    db_host = resolve_host(cfg, db.host, HostGroup.DATABASE)
     return {
         "hxp_postgresql_port": db.port,
         "hxp_postgresql_database": db.name,
@@ -161,11 +162,12 @@ def postgresql_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_postgresql_router_schema": ROUTER_SCHEMA,
         "hxp_postgresql_exporter_port": db.exporter_port,
         "hxp_postgresql_backup_dir": db.backup_dir,
-        "hxp_postgresql_listen_address": _address(
-            cfg, resolve_host(cfg, db.host, HostGroup.DATABASE)
+        "hxp_postgresql_listen_address": _address(cfg, db_host),
+        # Only the hosts the flow matrix sends to PostgreSQL (the router's), the same list the
+        # firewall admits; the exporter and administration use the local socket.
+        "hxp_postgresql_allowed_clients": (
+            host_sources(flow_matrix(cfg, plan), db_host, db.port) if db_host else []
         ),
-        # Only the LLM hosts (where the router runs) may connect.
-        "hxp_postgresql_allowed_clients": [str(h.address) for h in cfg.hosts_in(HostGroup.LLM)],
         # database.tls: ssl = on and pg_hba hostssl lines only (null: plain TCP).
         "hxp_postgresql_tls_certificate": tls["certificate"],
         "hxp_postgresql_tls_key": tls["key"],

@@ -7,6 +7,7 @@ repository its rootdir), so each role's molecule/*/tests asks for these fixtures
 from __future__ import annotations
 
 import base64
+import datetime
 import importlib.util
 import json
 import os
@@ -311,3 +312,45 @@ def converge(request: pytest.FixtureRequest) -> Callable[[dict[str, Any]], PlayR
         return PlayRun(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def assert_certificate_exported(
+    host: Any, address: str, http_on_host: HttpRequest
+) -> Callable[[str, str], None]:
+    """assert_certificate_exported(name, served): role node_exporter's export of the certificate
+    the service serves from ``served``: registered as ``name`` (a copy of the served file), and
+    its notAfter, as `openssl x509 -enddate` reads it, in the textfile and in the node exporter's
+    answer, with no read error."""
+
+    def check(name: str, served: str) -> None:
+        registered = host.file(f"/etc/hxp-certificates.d/{name}.crt")
+        assert registered.mode == 0o644
+        assert registered.content_string == host.file(served).content_string
+        end = host.check_output("openssl x509 -noout -enddate -in %s", served)
+        not_after = datetime.datetime.strptime(
+            end.removeprefix("notAfter="), "%b %d %H:%M:%S %Y %Z"
+        ).replace(tzinfo=datetime.UTC)
+        expected = [
+            f'hxp_certificate_expiry_timestamp_seconds{{certificate="{name}"}} '
+            f"{int(not_after.timestamp())}",
+            f'hxp_certificate_read_error{{certificate="{name}"}} 0',
+        ]
+        textfile = "/var/lib/hxp-node-exporter/hxp-certificates.prom"
+        # The timer's first run starts with it, at the end of the converge: moments, not minutes.
+        host.run("timeout 30 sh -c %s", f"until [ -s {textfile} ]; do sleep 1; done")
+        text = host.file(textfile).content_string
+        assert all(line in text.splitlines() for line in expected), text
+        status, metrics = http_on_host(f"http://{address}:9100/metrics")
+        assert status == 200
+
+        # Go writes 1.9e+09 where the file has 1900000000: compare numbers.
+        def value(line: str) -> tuple[str, float]:
+            series, number = line.rsplit(" ", 1)
+            return series, float(number)
+
+        wanted = dict(map(value, expected))
+        served = dict(value(ln) for ln in metrics.splitlines() if ln.startswith("hxp_certificate_"))
+        assert {series: served.get(series) for series in wanted} == wanted, metrics
+
+    return check

@@ -43,8 +43,12 @@ NULL_RECEIVER = "null"
 DOWN_SCRAPES = 4
 ERROR_RATIO_HIGH = 0.05
 FALLBACK_SHARE_HIGH = 0.05
-# Time left to replace the router's certificate: two weeks, for a ticket to be worked on.
+# Time left to replace a certificate (the router's, PostgreSQL's, Redis's): two weeks, for a
+# ticket to be worked on.
 CERTIFICATE_EXPIRY_WARNING_S = 14 * 86400
+# The certificates role node_exporter exports (label `certificate`, the name the service's role
+# registers it under) -> the hxp.yml field that gives each.
+EXPORTED_CERTIFICATES = {"postgresql": "database.tls", "redis": "cache.tls"}
 KV_CACHE_USAGE_HIGH = 0.9
 GPU_TEMPERATURE_HIGH_C = 85  # where datacenter GPUs begin to slow their clocks
 # Filesystems that hold no data of their own: their free space says nothing about the host.
@@ -541,7 +545,42 @@ def _host_group(cfg: HxpConfig) -> Group:
         )
         for free, within_s, for_s, severity in DISK_FILLING
     )
+    rules += _certificate_rules()
     return {"name": "hxp-hosts", "rules": rules}
+
+
+def _certificate_rules() -> list[Rule]:
+    """The expiry of the data services' TLS certificates, as each host's node exporter reads it
+    from its textfile directory (role node_exporter, hxp-certificate-expiry). The router exports
+    its own (RouterCertificateExpiresSoon). Always in the rules: a host without a registered
+    certificate exports no series, and switching TLS on needs no new rules file.
+
+    The label is `certificate`, not `service`: every series of the node exporter has
+    service="node" (the scrape contract), so a scraped `service` would become `exported_service`.
+    """
+    where = ", ".join(f"{field} for {name}" for name, field in EXPORTED_CERTIFICATES.items())
+    return [
+        _alert(
+            "CertificateExpiresSoon",
+            'hxp_certificate_expiry_timestamp_seconds{service="node"} - time() < '
+            f"{CERTIFICATE_EXPIRY_WARNING_S}",
+            Severity.TICKET,
+            "The TLS certificate of {{ $labels.certificate }} on {{ $labels.host }} expires soon",
+            "The certificate {{ $labels.certificate }} serves on {{ $labels.host }} expires in "
+            "{{ $value | humanizeDuration }}, less than "
+            f"{duration(CERTIFICATE_EXPIRY_WARNING_S)}: issue a new one, point hxp.yml at it "
+            f"({where}) and deploy.",
+        ),
+        _alert(
+            "CertificateUnreadable",
+            'hxp_certificate_read_error{service="node"} == 1',
+            Severity.TICKET,
+            "The TLS certificate of {{ $labels.certificate }} on {{ $labels.host }} cannot be read",
+            "The copy of its certificate registered on {{ $labels.host }} for the expiry export "
+            "is not a certificate openssl can read (`journalctl -u hxp-certificate-expiry` "
+            "names the file), so its expiry is not known: deploy again, which writes it anew.",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- data services

@@ -32,6 +32,8 @@ from hxp_runtime.render import router_vars
 from hxp_runtime.router.metrics import RouterMetrics, slo_thresholds_s
 from hxp_runtime.router.settings import RouterSettings
 from tests.nvml_double import FakeGpu, fake_nvml
+from tests.unit.test_certificate_expiry import NOT_AFTER, certificate
+from tests.unit.test_certificate_expiry import export as export_certificates
 
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL_TESTS = REPO / "tests/promtool"
@@ -248,13 +250,19 @@ def _gpu_names() -> set[str]:
     return _exported(text)
 
 
+def _textfile_names(tmp_path: Path) -> set[str]:
+    """The series role node_exporter's certificate export writes, read from a run of it."""
+    text, _ = export_certificates(tmp_path, {"redis.crt": certificate(NOT_AFTER)})
+    return _exported(text)
+
+
 @pytest.fixture(scope="module")
-def allowed() -> dict[str, set[str]]:
+def allowed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     return {
         "router": _router_names(),
         "gpu": _gpu_names(),
         "vllm": VLLM,
-        "node": NODE,
+        "node": NODE | _textfile_names(tmp_path_factory.mktemp("textfile")),
         "postgres": {"pg_up"},
         "redis": {"redis_up"},
         "qdrant": set(),

@@ -13,9 +13,11 @@ import pytest
 
 from hxp_runtime.config import (
     ConfigError,
+    HostGroup,
     cache_address,
     load_config,
     plan_deployment,
+    resolve_host,
     service_endpoints,
 )
 from hxp_runtime.flows import CLIENTS, CONTROLLER, allowed, flow_matrix, inbound
@@ -58,6 +60,28 @@ def test_only_the_router_host_reaches_the_data_plane() -> None:
         assert allowed(flows, router, "hx-llm-server-01", model_port)
         assert allowed(flows, metrics, "hx-llm-server-01", model_port)
         assert not allowed(flows, db, "hx-llm-server-01", model_port)
+
+
+@pytest.mark.parametrize("path", [LAB, SAMPLE, REPO / "inventory/lab-scale/hxp.yml"])
+def test_pg_hba_admits_exactly_the_hosts_the_firewall_admits_to_postgresql(path: Path) -> None:
+    cfg, flows = matrix(path)
+    assert cfg.database is not None
+    group_all = inventory_files(cfg, plan_deployment(cfg))[Path("group_vars/all/hxp.yml")]
+    clients = group_all["hxp_postgresql_allowed_clients"]
+    admitted = {
+        n
+        for f in inbound(flows, resolve_host(cfg, cfg.database.host, HostGroup.DATABASE) or "")
+        if f["port"] == cfg.database.port and f["source"] not in (CLIENTS, CONTROLLER)
+        for n in f["networks"]
+    }
+    assert clients and set(clients) == admitted
+    # Only the router's host connects: another LLM host (lab-scale has two) gets no line.
+    llm_addresses = {f"{h.address}/32" for h in cfg.hosts_in(HostGroup.LLM)}
+    router = next(
+        h for h in cfg.hosts if h.name == resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    )
+    assert clients == [f"{router.address}/32"]
+    assert set(clients) <= llm_addresses
 
 
 def test_client_networks_and_controller_come_from_the_config() -> None:

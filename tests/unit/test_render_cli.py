@@ -72,7 +72,7 @@ def test_rendered_inventory_is_read_by_ansible_inventory(sample: str, tmp_path: 
     db = hostvars["hx-postgres-server-01"]
     assert db["hxp_postgresql_port"] == 5433
     assert db["hxp_postgresql_database"] == "citadel_ai"
-    assert db["hxp_postgresql_allowed_clients"] == [llm["ansible_host"]]
+    assert db["hxp_postgresql_allowed_clients"] == [f"{llm['ansible_host']}/32"]
     # The ports role common reserves: each host's own services, and nothing of another host's.
     assert {8000, 6379, 11400, 11401, 11402, 11403, 11404} <= set(llm["hxp_host_listen_ports"])
     assert 5433 not in llm["hxp_host_listen_ports"]

@@ -30,7 +30,7 @@ TOKEN = re.compile(r"(?<![\w.'\"/-])(hxp_[a-z0-9_]+)")
 # Set by the lab's inventory, not by hxp render.
 NOT_RENDERED = {"hxp_lab_gateway"}
 # Names that look like variables but are not: modules shipped in roles/*/library, plugins, the
-# Python package, and the router's PostgreSQL login role.
+# Python package, the router's PostgreSQL login role and metric names.
 NOT_VARIABLES = {
     *(p.stem for p in REPO.glob("roles/*/library/*.py")),
     *(p.stem for p in REPO.glob("plugins/*/*.py")),
@@ -42,6 +42,9 @@ NOT_VARIABLES = {
     ),
     "hxp_runtime",
     "hxp_router",
+    # The metrics role node_exporter's certificate export writes.
+    "hxp_certificate_expiry_timestamp_seconds",
+    "hxp_certificate_read_error",
 }
 
 
@@ -72,6 +75,12 @@ def _defined_by_roles(texts: dict[Path, str]) -> set[str]:
             set(re.findall(r"^\s+(hxp_[a-z0-9_]+):", text, re.M)) if "set_fact" in text else set()
         )
         defined |= set(re.findall(r"register:\s*(hxp_[a-z0-9_]+)", text))
+    # An entry point other than main (include_role tasks_from) declares the inputs its callers
+    # pass with it: role node_exporter's `certificate`.
+    for specs in REPO.glob("roles/*/meta/argument_specs.yml"):
+        for entry, spec in (yaml.safe_load(specs.read_text()) or {})["argument_specs"].items():
+            if entry != "main":
+                defined |= set(spec.get("options") or {})
     return defined
 
 

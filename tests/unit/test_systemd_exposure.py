@@ -42,6 +42,7 @@ HARDENING = load_file_module("hxp_systemd_hardening", FILTER_PLUGINS / "hxp_syst
 RECORDED: dict[tuple[str, str], tuple[float, float]] = {
     ("grafana-server.service.j2", "sample"): (1.4, 1.9),
     ("hxp-postgresql-backup.service.j2", "sample"): (0.8, 1.4),
+    ("hxp-certificate-expiry.service.j2", "sample"): (0.6, 1.0),
     ("hxp-qdrant-snapshot.service.j2", "sample"): (1.5, 2.0),
     ("qdrant.service.j2", "sample"): (1.4, 1.9),
     ("hxp-router.service.j2", "sample"): (1.5, 2.1),

@@ -18,11 +18,11 @@ REPO = Path(__file__).resolve().parents[2]
 FILTER_PLUGINS = REPO / "plugins" / "filter"
 GOLDEN = REPO / "tests" / "golden"
 
-# Every template of a unit or drop-in that runs a process (a timer or a socket has none).
+# Every template of a unit or drop-in that runs a process (a timer, a socket or a path has none).
 UNIT_TEMPLATES = sorted(
     path
     for path in REPO.glob("roles/*/templates/etc/systemd/system/**/*.j2")
-    if not path.name.endswith((".timer.j2", ".socket.j2"))
+    if not path.name.endswith((".timer.j2", ".socket.j2", ".path.j2"))
 )
 # The templates of whole units (not drop-ins on a Debian unit).
 FULL_UNIT_TEMPLATES = [path for path in UNIT_TEMPLATES if path.name.endswith(".service.j2")]

@@ -240,15 +240,23 @@ def test_backup_restores_into_a_fresh_database_with_the_same_rows(host):
         host.run(f"runuser -u postgres -- dropdb -p {PORT} {restored}")
 
 
-@pytest.mark.parametrize(
-    "unit", [UNIT, "prometheus-postgres-exporter", "hxp-postgresql-backup.service"]
-)
+HXP_UNITS = [
+    UNIT,
+    "prometheus-postgres-exporter",
+    "hxp-postgresql-backup.service",
+    "hxp-certificate-expiry.service",
+]
+
+
+@pytest.mark.parametrize("unit", HXP_UNITS)
 def test_units_are_hardened(assert_hardened, unit):
     assert assert_hardened(unit, "User")["User"] in {"postgres", "prometheus"}
 
 
-@pytest.mark.parametrize(
-    "unit", [UNIT, "prometheus-postgres-exporter", "hxp-postgresql-backup.service"]
-)
+@pytest.mark.parametrize("unit", HXP_UNITS)
 def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
     assert_exposure(unit)
+
+
+def test_the_certificates_expiry_is_exported(assert_certificate_exported):
+    assert_certificate_exported("postgresql", f"{TLS_DIR}/server.crt")

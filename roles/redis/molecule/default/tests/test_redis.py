@@ -129,12 +129,16 @@ def test_the_password_is_never_logged(host, password):
     assert password not in journal.stdout
 
 
-@pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
+@pytest.mark.parametrize(
+    "unit", ["redis-server", "prometheus-redis-exporter", "hxp-certificate-expiry.service"]
+)
 def test_units_are_hardened(assert_hardened, unit):
     assert_hardened(unit)
 
 
-@pytest.mark.parametrize("unit", ["redis-server", "prometheus-redis-exporter"])
+@pytest.mark.parametrize(
+    "unit", ["redis-server", "prometheus-redis-exporter", "hxp-certificate-expiry.service"]
+)
 def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
     assert_exposure(unit)
 
@@ -142,3 +146,26 @@ def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
 def test_redis_writes_only_its_own_directories(host):
     paths = host.check_output("systemctl show redis-server -p ReadWritePaths").split("=", 1)[1]
     assert sorted(paths.split()) == ["-/run/redis", "-/var/lib/redis"]
+
+
+def test_the_certificates_expiry_is_exported(assert_certificate_exported):
+    assert_certificate_exported("redis", f"{TLS_DIR}/redis.crt")
+
+
+# Last: it converges the host without TLS and back.
+def test_without_tls_the_registration_goes_and_comes_back(
+    host, converge, assert_certificate_exported
+):
+    registered = "/etc/hxp-certificates.d/redis.crt"
+    textfile = "/var/lib/hxp-node-exporter/hxp-certificates.prom"
+    plain = converge({f"hxp_redis_tls_{name}": "" for name in ("certificate", "key", "ca")})
+    assert plain.returncode == 0, plain.stdout[-3000:]
+    assert not host.file(registered).exists
+    # The path unit exports again as the registration goes.
+    gone = host.run(
+        "timeout 30 sh -c %s", f"while grep -q 'certificate=\"redis\"' {textfile}; do sleep 1; done"
+    )
+    assert gone.rc == 0, host.file(textfile).content_string
+    tls = converge({})
+    assert tls.returncode == 0, tls.stdout[-3000:]
+    assert_certificate_exported("redis", f"{TLS_DIR}/redis.crt")
