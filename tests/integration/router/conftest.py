@@ -195,6 +195,24 @@ def backend_port() -> Iterator[int]:
         process.wait(10)
 
 
+def hxp_keys(dataplane: Dataplane, *args: str) -> subprocess.CompletedProcess[str]:
+    """`hxp keys ARGS` against the data plane's PostgreSQL."""
+    return subprocess.run(
+        [sys.executable, "-m", "hxp_runtime.cli", "keys", *args, "--dsn", dataplane.postgres.dsn],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+
+
+def new_key(dataplane: Dataplane, name: str, *limits: str) -> str:
+    """A new API key NAME in PostgreSQL (``limits``: `hxp keys create` options); the key."""
+    done = hxp_keys(dataplane, "create", name, *limits, "--json")
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout)["result"]["key"])
+
+
 @dataclass(frozen=True)
 class Dataplane:
     postgres: Postgres

@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,12 +31,13 @@ import openai
 import pytest
 
 from tests.integration.router.conftest import (
-    REPO,
     Dataplane,
     RouterProcess,
     Tap,
     call,
     dechunk,
+    hxp_keys,
+    new_key,
     worker_pids,
 )
 from tests.vllm_servers import ServerSpec, VllmServer, embeddings_spec, free_port
@@ -146,22 +146,6 @@ def router(
     process.wait_ready("semantic")
     yield process
     assert process.stop() == 0, process.log_tail()
-
-
-def hxp_keys(dataplane: Dataplane, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hxp_runtime.cli", "keys", *args, "--dsn", dataplane.postgres.dsn],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-    )
-
-
-def new_key(dataplane: Dataplane, name: str, *limits: str) -> str:
-    done = hxp_keys(dataplane, "create", name, *limits, "--json")
-    assert done.returncode == 0, done.stderr
-    return str(json.loads(done.stdout)["result"]["key"])
 
 
 def client(router: RouterProcess, key: str = ADMIN_KEY) -> openai.OpenAI:
