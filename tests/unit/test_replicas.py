@@ -82,7 +82,7 @@ def test_host_hosts_and_replicas_exclude_each_other(problems_of: Problems) -> No
     text = config("replicas: 2, host: llm-1,")
     p = only(problems_of(text))
     assert p.field == "models[1]"
-    assert "give one of host, hosts and replicas, not host and replicas" in p.message
+    assert "give one of host, hosts, replicas and pipeline, not host and replicas" in p.message
 
 
 def test_a_host_listed_twice(problems_of: Problems) -> None:
@@ -96,7 +96,8 @@ def test_a_model_without_a_host_among_several(problems_of: Problems) -> None:
     p = only(problems_of(config("")))
     assert p.field == "models[1]"
     assert p.message.endswith(
-        "set models[1].host, or hosts (a replica on each) or replicas (how many)"
+        "set models[1].host, or hosts (a replica on each), replicas (how many) or pipeline "
+        "(one server split across hosts)"
     )
 
 

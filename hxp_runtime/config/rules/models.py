@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.config.endpoints import model_hosts
+from hxp_runtime.config.endpoints import engine_hosts
 from hxp_runtime.config.problems import Dropped, Problem
 from hxp_runtime.config.rules.duplicates import duplicates
 from hxp_runtime.config.schema import Host, HostGroup, HxpConfig, Model
@@ -14,7 +14,8 @@ from hxp_runtime.yamlsource import PathKey
 
 def gpu_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
     hosts = {h.name: h for h in cfg.hosts}
-    replicas = model_hosts(cfg)
+    # Every stage of a model split across hosts has the GPUs of its own host.
+    replicas = engine_hosts(cfg)
     for i, model in enumerate(cfg.models):
         if dropped.hides_host_of(cfg, ("models", i)):
             continue
