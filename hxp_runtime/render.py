@@ -407,7 +407,7 @@ def _pipeline_vars(cfg: HxpConfig, inst: Instance) -> Vars:
         "master_address": str(cfg.host(head).address),
         "master_port": model.pipeline.master_port,
     }
-    unit = {"unit": f"{model.unit_name}-stage{inst.pipeline_rank}"} if inst.pipeline_rank else {}
+    unit = {"unit": model.stage_unit_name(inst.pipeline_rank)} if inst.pipeline_rank else {}
     return {"pipeline": stage, **unit}
 
 

@@ -490,6 +490,10 @@ class Model(Strict):
     def unit_name(self) -> str:
         return f"hxp-vllm-{self.name}"
 
+    def stage_unit_name(self, rank: int) -> str:
+        """The unit of pipeline stage ``rank``: the head's is the model's own unit."""
+        return self.unit_name if rank == 0 else f"{self.unit_name}-stage{rank}"
+
     @property
     def spare_port(self) -> int:
         """Where a blue-green swap starts the other version (then the live one, until the next)."""

@@ -22,6 +22,7 @@ from hxp_runtime.config import (
 from hxp_runtime.flows import ENGINE_PORTS, allowed, flow_matrix
 from hxp_runtime.planner import stage_layers
 from hxp_runtime.render import inventory_files, router_vars
+from hxp_runtime.status.targets import host_targets
 from tests.unit.conftest import Problems, line_of, load_file_module, only
 from tests.unit.unit_templates import REPO, render
 
@@ -295,6 +296,17 @@ def test_the_worker_unit_runs_headless(example: HxpConfig) -> None:
     assert "Description=vLLM pipeline stage 2/2 of llama70b (head on hx-llm-server-01)" in unit
     # The engine's sockets bind the host's own address, which the head reaches.
     assert "Environment=VLLM_HOST_IP=10.77.50.11" in unit
+
+
+def test_status_checks_the_worker_unit_and_the_head_model(cfg: HxpConfig) -> None:
+    targets = {t.name: t for t in host_targets(cfg, plan_deployment(cfg))}
+    assert [(u.unit, u.model) for u in targets["llm-2"].units if u.model] == [
+        ("hxp-vllm-big-stage1", "big")
+    ]
+    assert targets["llm-2"].models == []
+    assert [m.url for m in targets["llm-1"].models if m.model == "big"] == [
+        "http://10.0.0.10:11420"
+    ]
 
 
 # --------------------------------------------------------------------------- flows
