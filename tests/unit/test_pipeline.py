@@ -124,6 +124,17 @@ def test_a_stage_host_outside_group_llm(problems_of: Problems) -> None:
     assert "host 'db-1' is not in group 'llm'" in p.message
 
 
+def test_stages_on_one_kind_of_host(problems_of: Problems) -> None:
+    text = config().replace(
+        "  - {name: llm-2, address: 10.0.0.11, groups: [llm],\n"
+        "     gpus: [{index: 0, memory_gb: 80}, {index: 1, memory_gb: 80}]}",
+        "  - {name: llm-2, address: 10.0.0.11, groups: [llm], accelerator: cpu}",
+    )
+    p = only(problems_of(text))
+    assert p.field == "models[0].pipeline.hosts"
+    assert "different accelerators (llm-2: cpu, llm-1: nvidia)" in p.message
+
+
 def test_the_master_port_must_be_free_on_the_head(problems_of: Problems) -> None:
     # The router listens on llm-1:8000, the head's host.
     p = only(problems_of(config("pipeline: {hosts: [llm-1, llm-2], master_port: 8000}")))

@@ -24,6 +24,22 @@ def gpu_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
             if llm_host is None or HostGroup.LLM not in llm_host.groups:
                 continue  # the service host rule already reported it
             yield from _gpu_rules(model, llm_host, ("models", i))
+        yield from _one_platform(model, hosts, ("models", i))
+
+
+def _one_platform(model: Model, hosts: dict[str, Host], path: PathKey) -> Iterator[Problem]:
+    """The stages of a pipeline run one engine: vLLM's build for one platform, GPU or CPU."""
+    if model.pipeline is None:
+        return
+    kinds = {hosts[h].accelerator: h for h in model.pipeline.hosts if h in hosts}
+    if len(kinds) > 1:
+        found = ", ".join(f"{h}: {kind}" for kind, h in sorted(kinds.items()))
+        yield Problem(
+            (*path, "pipeline", "hosts"),
+            f"the stages of model {model.name!r} are on hosts of different accelerators "
+            f"({found}); one model's stages all run on nvidia hosts or all on cpu hosts: "
+            "list hosts of one kind",
+        )
 
 
 def _gpu_rules(model: Model, host: Host, path: PathKey) -> Iterator[Problem]:
