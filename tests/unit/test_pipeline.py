@@ -135,6 +135,26 @@ def test_stages_on_one_kind_of_host(problems_of: Problems) -> None:
     assert "different accelerators (llm-2: cpu, llm-1: nvidia)" in p.message
 
 
+def test_cpu_stages_are_not_eager(problems_of: Problems) -> None:
+    cpu_hosts = (
+        config()
+        .replace(
+            "groups: [llm, cache],\n     gpus: [{index: 0, memory_gb: 80}, {index: 1, "
+            "memory_gb: 80}]}",
+            "groups: [llm, cache], accelerator: cpu}",
+        )
+        .replace(
+            "groups: [llm],\n     gpus: [{index: 0, memory_gb: 80}, {index: 1, memory_gb: 80}]}",
+            "groups: [llm], accelerator: cpu}",
+            1,
+        )
+        .replace("max_num_seqs: 16}", "max_num_seqs: 16, extra_args: [--enforce_eager]}", 1)
+    )
+    p = only(problems_of(cpu_hosts))
+    assert p.field == "models[0].engine.extra_args[0]"
+    assert "split across CPU hosts" in p.message and "remove --enforce-eager" in p.message
+
+
 def test_the_master_port_must_be_free_on_the_head(problems_of: Problems) -> None:
     # The router listens on llm-1:8000, the head's host.
     p = only(problems_of(config("pipeline: {hosts: [llm-1, llm-2], master_port: 8000}")))

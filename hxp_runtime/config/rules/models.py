@@ -25,6 +25,7 @@ def gpu_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
                 continue  # the service host rule already reported it
             yield from _gpu_rules(model, llm_host, ("models", i))
         yield from _one_platform(model, hosts, ("models", i))
+        yield from _cpu_stages_compiled(model, hosts, ("models", i))
 
 
 def _one_platform(model: Model, hosts: dict[str, Host], path: PathKey) -> Iterator[Problem]:
@@ -40,6 +41,25 @@ def _one_platform(model: Model, hosts: dict[str, Host], path: PathKey) -> Iterat
             f"({found}); one model's stages all run on nvidia hosts or all on cpu hosts: "
             "list hosts of one kind",
         )
+
+
+def _cpu_stages_compiled(model: Model, hosts: dict[str, Host], path: PathKey) -> Iterator[Problem]:
+    """vLLM 0.32 on CPU allocates a later stage's buffer for the activations it receives only in
+    its compilation warm-up (CPUModelRunner.warming_up_model, skipped in eager mode): with
+    --enforce-eager the first request kills the engine (docs/benchmarks.md, "A model split
+    across two processes")."""
+    if model.pipeline is None or not any(
+        h in hosts and hosts[h].accelerator == "cpu" for h in model.pipeline.hosts
+    ):
+        return
+    for j, arg in enumerate(model.engine.extra_args):
+        if arg.split("=", 1)[0].replace("_", "-") == "--enforce-eager":
+            yield Problem(
+                (*path, "engine", "extra_args", j),
+                f"model {model.name!r} is split across CPU hosts, where vLLM's pipeline stages "
+                "fail the first request in eager mode (the later stages' buffers are set up "
+                "only while compiling); remove --enforce-eager",
+            )
 
 
 def _gpu_rules(model: Model, host: Host, path: PathKey) -> Iterator[Problem]:
