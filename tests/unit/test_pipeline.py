@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hxp_runtime.cli import plan_json
 from hxp_runtime.config import (
     ConfigError,
     HxpConfig,
@@ -18,6 +19,7 @@ from hxp_runtime.config import (
     load_config,
     model_hosts,
     plan_deployment,
+    plan_swaps,
 )
 from hxp_runtime.flows import ENGINE_PORTS, allowed, flow_matrix
 from hxp_runtime.planner import stage_layers
@@ -270,6 +272,18 @@ def test_each_stage_holds_its_share_of_the_memory(load_text: Callable[[str], Hxp
     assert (worker.gpu_ids, worker.tensor_parallel_size) == ((0, 1), 2)
     tenants = {(g.host, g.index): g.tenants for g in split.gpus}
     assert tenants[("llm-2", 0)] == ("big",)
+
+
+def test_plan_shows_the_split(cfg: HxpConfig) -> None:
+    plan = plan_deployment(cfg)
+    answer = plan_json(plan, plan_swaps(cfg, plan))
+    (head,) = [i for i in answer["instances"] if i["model"] == "big"]
+    assert head["pipeline"] == {"rank": 0, "size": 2, "layers": [0, 40]}
+    assert [(w["host"], w["pipeline"]) for w in answer["pipeline_workers"]] == [
+        ("llm-2", {"rank": 1, "size": 2, "layers": [40, 80]})
+    ]
+    (small,) = [i for i in answer["instances"] if i["model"] == "small"]
+    assert "pipeline" not in small
 
 
 # --------------------------------------------------------------------------- render
