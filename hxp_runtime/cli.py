@@ -46,7 +46,7 @@ from hxp_runtime.loadtest import (
     DEFAULT_TIMEOUT_S,
     Client,
 )
-from hxp_runtime.planner import Plan, SwapFit
+from hxp_runtime.planner import Instance, Plan, SwapFit
 from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
 from hxp_runtime.yamlsource import MAX_BYTES
@@ -142,26 +142,8 @@ def validate(file: ConfigFile, as_json: JsonFlag = False) -> None:
 
 
 def plan_json(plan: Plan, swaps: Mapping[str, SwapFit]) -> dict[str, Any]:
-    return {
-        "instances": [
-            {
-                "model": i.model,
-                "host": i.host,
-                "port": i.port,
-                "device": i.device,
-                "gpu_ids": list(i.gpu_ids),
-                "tensor_parallel_size": i.tensor_parallel_size,
-                "weights_gib": round(i.weights_gib, 3),
-                "kv_cache_gib": round(i.kv_gib, 3),
-                "need_per_gpu_gib": round(i.need_per_gpu_gib, 3),
-                "gpu_memory_utilization": i.gpu_memory_utilization,
-                "headroom_gib": None if i.headroom_gib is None else round(i.headroom_gib, 3),
-                "start_order": i.start_order,
-                "sized_from": i.shape_origin,
-                "rollout": swaps[i.model].describe(),
-            }
-            for i in plan.instances
-        ],
+    answer = {
+        "instances": [_instance_json(i, swaps) for i in plan.instances],
         "gpus": [
             {
                 "host": g.host,
@@ -174,6 +156,41 @@ def plan_json(plan: Plan, swaps: Mapping[str, SwapFit]) -> dict[str, Any]:
             }
             for g in plan.gpus
         ],
+    }
+    # Models split across hosts only: the headless stages (their heads are instances).
+    if plan.workers:
+        answer["pipeline_workers"] = [_instance_json(w, swaps) for w in plan.workers]
+    return answer
+
+
+def _instance_json(i: Instance, swaps: Mapping[str, SwapFit]) -> dict[str, Any]:
+    stage = (
+        {}
+        if i.layers is None
+        else {
+            "pipeline": {
+                "rank": i.pipeline_rank,
+                "size": i.pipeline_size,
+                "layers": list(i.layers),
+            }
+        }
+    )
+    return {
+        "model": i.model,
+        "host": i.host,
+        "port": i.port,
+        "device": i.device,
+        "gpu_ids": list(i.gpu_ids),
+        "tensor_parallel_size": i.tensor_parallel_size,
+        "weights_gib": round(i.weights_gib, 3),
+        "kv_cache_gib": round(i.kv_gib, 3),
+        "need_per_gpu_gib": round(i.need_per_gpu_gib, 3),
+        "gpu_memory_utilization": i.gpu_memory_utilization,
+        "headroom_gib": None if i.headroom_gib is None else round(i.headroom_gib, 3),
+        "start_order": i.start_order,
+        "sized_from": i.shape_origin,
+        "rollout": swaps[i.model].describe(),
+        **stage,
     }
 
 
@@ -229,9 +246,9 @@ def plan(
             "new version": "left",
         },
     )
-    for i in result.instances:
+    for i in (s for server in result.instances for s in _with_stages(result, server)):
         table.add_row(
-            i.model,
+            _model_cell(i),
             i.host,
             ",".join(map(str, i.gpu_ids)) if i.gpu_ids else "cpu",
             str(i.tensor_parallel_size),
@@ -267,6 +284,22 @@ def plan(
     )
 
 
+def _with_stages(plan: Plan, server: Instance) -> list[Instance]:
+    """A server, and after the head of a model split across hosts its other stages."""
+    return plan.stages(server.model) if server.layers is not None else [server]
+
+
+def _model_cell(i: Instance) -> str:
+    if i.layers is None:
+        return i.model
+    first, end = i.layers
+    role = "head" if i.pipeline_rank == 0 else "headless"
+    return (
+        f"{i.model} stage {i.pipeline_rank + 1}/{i.pipeline_size} ({role}), "
+        f"layers {first}-{end - 1}"
+    )
+
+
 def print_flows(console: Console, cfg: HxpConfig, matrix: list[Flow]) -> None:
     table = plan_table(
         f"Flows of {cfg.name}",
@@ -275,7 +308,11 @@ def print_flows(console: Console, cfg: HxpConfig, matrix: list[Flow]) -> None:
     for f in matrix:
         to = f"{f.destination} (egress)" if f.egress else f.destination
         table.add_row(
-            f.source, ", ".join(f.networks) or "-", to, f"{f.port}/{f.protocol}", f.reason
+            f.source,
+            ", ".join(f.networks) or "-",
+            to,
+            f"{f.port}{f'-{f.port_end}' if f.port_end else ''}/{f.protocol}",
+            f.reason,
         )
     console.print(table)
 

@@ -16,14 +16,20 @@ Sources:
 - an hxp host: its address (``/32``).
 
 Services that only listen on loopback (the router's admin API) and vLLM's internal worker ports
-need no flow: the firewall leaves loopback alone and drops the rest. hxp runs every model on one
-host (tensor parallelism within it), so there are no multi-node engine flows.
+need no flow: the firewall leaves loopback alone and drops the rest.
+
+A model split across hosts (``models[].pipeline``) is the exception: its engine processes talk
+across hosts, unauthenticated. The workers connect to the head's master port (the
+torch.distributed store); then every stage binds ephemeral ports that the others connect to (the
+gloo process group's pairs, the ZeroMQ queues that carry the scheduler's steps and the results),
+so those flows cover the llm hosts' ephemeral range. Both go from the model's stage hosts to the
+model's stage hosts only: no other host, client or the controller reaches them.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +41,10 @@ from hxp_runtime.planner import Plan
 CLIENTS = "clients"
 CONTROLLER = "controller"
 TCP = "tcp"
+# The ephemeral ports of the llm hosts: role common's net.ipv4.ip_local_port_range there
+# (hxp_common_sysctl_llm; tests/unit/test_flows.py keeps the two in step). vLLM's inter-node
+# sockets bind port 0, so they land in it; the ports hxp services listen on are reserved out of it.
+ENGINE_PORTS = (10240, 65000)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,11 @@ class Flow:
     protocol: str = TCP
     # Leaves the deployment (Alertmanager's webhooks): informational, no host admits it.
     egress: bool = False
+    # The last port of a range that starts at ``port`` (a pipeline's engine sockets); None: one.
+    port_end: int | None = None
+
+    def admits(self, port: int) -> bool:
+        return self.port <= port <= (self.port_end or self.port)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -56,10 +71,16 @@ class Flow:
             "destination": self.destination,
             "address": self.address,
             "port": self.port,
+            **_port_end(self),
             "protocol": self.protocol,
             "reason": self.reason,
             "egress": self.egress,
         }
+
+
+def _port_end(flow: Flow) -> dict[str, int]:
+    # Written only for a range, so that single-port flows read as they always have.
+    return {} if flow.port_end is None else {"port_end": flow.port_end}
 
 
 def firewall_settings(cfg: HxpConfig) -> Firewall:
@@ -106,12 +127,38 @@ def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
         # On the router's own host Redis listens on loopback: no flow crosses the firewall.
         if cfg.cache is not None and cache is not None and not cache[1].is_loopback:
             yield to(router, own[router], cache[0], cfg.cache.port, "Redis: limits, cache")
+    yield from _pipeline_flows(cfg, address, own)
     if cfg.vector_db is not None:
         vector = resolve_host(cfg, cfg.vector_db.host, HostGroup.VECTOR)
         if vector is not None:
             yield to(CLIENTS, clients, vector, cfg.vector_db.http_port, "Qdrant REST")
             yield to(CLIENTS, clients, vector, cfg.vector_db.grpc_port, "Qdrant gRPC")
     yield from _metrics_flows(cfg, plan, address, by_address, controller)
+
+
+def _pipeline_flows(
+    cfg: HxpConfig, address: Mapping[str, str], own: Mapping[str, tuple[str, ...]]
+) -> Iterator[Flow]:
+    """The engine traffic of each model split across hosts, between its stage hosts only."""
+    for model in cfg.models:
+        if model.pipeline is None:
+            continue
+        head, *workers = model.pipeline.hosts
+        for worker in workers:
+            yield Flow(
+                worker,
+                own[worker],
+                head,
+                address[head],
+                model.pipeline.master_port,
+                f"model {model.name}: pipeline stage joins the head",
+            )
+        first, last = ENGINE_PORTS
+        for host in model.pipeline.hosts:
+            for peer in model.pipeline.hosts:
+                if peer != host:
+                    why = f"model {model.name}: pipeline engine sockets"
+                    yield Flow(peer, own[peer], host, address[host], first, why, port_end=last)
 
 
 def _metrics_flows(
@@ -178,6 +225,7 @@ def inbound(flows: list[Flow], host: str) -> list[dict[str, Any]]:
             "source": f.source,
             "networks": list(f.networks),
             "port": f.port,
+            **_port_end(f),
             "protocol": f.protocol,
             "reason": f.reason,
         }
@@ -191,7 +239,7 @@ def allowed(flows: list[Flow], source_address: str, host: str, port: int) -> boo
     src = ipaddress.IPv4Address(source_address)
     return any(
         f.destination == host
-        and f.port == port
+        and f.admits(port)
         and not f.egress
         and any(src in ipaddress.IPv4Network(n) for n in f.networks)
         for f in flows

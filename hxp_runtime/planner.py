@@ -97,7 +97,8 @@ class EngineSpec:
 @dataclass(frozen=True)
 class SizedModel:
     """A model entry as the planner reads it: its host resolved and its shape known. A model
-    with replicas is one SizedModel per replica, each with its own host."""
+    with replicas is one SizedModel per replica, each with its own host; a model split across
+    hosts (pipeline parallel) one per stage, ``pipeline_rank`` of ``pipeline_size``."""
 
     position: int  # in hxp.yml's models list; problems name models[position]
     name: str
@@ -107,6 +108,24 @@ class SizedModel:
     gpus: str | int | list[int]  # "auto", a count, or GPU indexes
     engine: EngineSpec
     shape: ModelShape
+    pipeline_rank: int = 0
+    pipeline_size: int = 1
+
+    @property
+    def layers(self) -> tuple[int, int]:
+        """[start, end) of the layers this stage holds (all of them without a pipeline)."""
+        return stage_layers(self.shape.num_layers, self.pipeline_rank, self.pipeline_size)
+
+
+def stage_layers(num_layers: int, rank: int, size: int) -> tuple[int, int]:
+    """The layers pipeline stage ``rank`` of ``size`` holds, [start, end), split as vLLM splits
+    them (vllm.distributed.utils.get_pp_indices): evenly, the remainder one each to the stages
+    before the last, from the last but one backwards."""
+    partitions = [num_layers // size] * size
+    for i in range(2, num_layers % size + 2):
+        partitions[-i] += 1
+    start = sum(partitions[:rank])
+    return start, start + partitions[rank]
 
 
 def with_change(model: SizedModel, change: Change) -> SizedModel:
@@ -196,8 +215,11 @@ def estimate_memory(
 
 
 def _estimate(model: SizedModel, overhead: float) -> MemoryEstimate:
+    """The model's memory, or a pipeline stage's: its share of the layers' weights and KV cache
+    (embeddings and the output head are counted as spread evenly, which is close for large
+    models and slightly low for the first and last stage of a small one)."""
     engine = model.engine
-    return estimate_memory(
+    whole = estimate_memory(
         model.shape,
         dtype=engine.dtype,
         quantization=engine.quantization,
@@ -207,6 +229,9 @@ def _estimate(model: SizedModel, overhead: float) -> MemoryEstimate:
         overhead_gib_per_gpu=overhead,
         task=model.task,
     )
+    start, end = model.layers
+    share = (end - start) / model.shape.num_layers
+    return replace(whole, weights_gib=whole.weights_gib * share, kv_gib=whole.kv_gib * share)
 
 
 # --------------------------------------------------------------------------- placement
@@ -268,7 +293,8 @@ class GpuState:
 
 @dataclass(frozen=True)
 class Instance:
-    """One vLLM server of the plan."""
+    """One vLLM server of the plan, or one stage of a model split across hosts: stage 0 (the
+    head) serves, the others (``Plan.workers``) run headless."""
 
     model: str
     host: str
@@ -283,6 +309,9 @@ class Instance:
     headroom_gib: float | None
     start_order: int
     shape_origin: str
+    pipeline_rank: int = 0
+    pipeline_size: int = 1
+    layers: tuple[int, int] | None = None  # [start, end) of a pipeline stage; None: all
 
 
 @dataclass(frozen=True)
@@ -298,11 +327,21 @@ class GpuUsage:
 
 @dataclass(frozen=True)
 class Plan:
-    instances: tuple[Instance, ...]
+    instances: tuple[Instance, ...]  # the servers: the router's backends
     gpus: tuple[GpuUsage, ...]
+    # The headless stages of models split across hosts (their heads are among the instances).
+    workers: tuple[Instance, ...] = ()
 
     def for_host(self, host: str) -> list[Instance]:
         return [i for i in self.instances if i.host == host]
+
+    def workers_on(self, host: str) -> list[Instance]:
+        return [w for w in self.workers if w.host == host]
+
+    def stages(self, model: str) -> list[Instance]:
+        """A model's engine processes, stage by stage (its servers without a pipeline)."""
+        engines = [i for i in (*self.instances, *self.workers) if i.model == model]
+        return sorted(engines, key=lambda i: i.pipeline_rank)
 
     def instance(self, model: str) -> Instance:
         """The model's first replica (its only one, unless it has replicas)."""
@@ -444,6 +483,7 @@ def _place_cpu_host(host_name: str, demands: list[_Demand]) -> list[Instance]:
             headroom_gib=None,
             start_order=order,
             shape_origin=d.shape.origin,
+            **_stage_fields(d.model),
         )
         for order, d in enumerate(sorted(demands, key=lambda d: d.position), start=1)
     ]
@@ -570,7 +610,18 @@ def _gpu_instance(host_name: str, demand: _Demand, placement: _Placement, wave: 
         headroom_gib=min(g.memory_gib for g in chosen) * utilization - need,
         start_order=wave,
         shape_origin=demand.shape.origin,
+        **_stage_fields(demand.model),
     )
+
+
+def _stage_fields(model: SizedModel) -> dict[str, Any]:
+    if model.pipeline_size == 1:
+        return {}
+    return {
+        "pipeline_rank": model.pipeline_rank,
+        "pipeline_size": model.pipeline_size,
+        "layers": model.layers,
+    }
 
 
 def _gpu_usage(
@@ -811,12 +862,41 @@ def plan_models(
         instances.extend(placement.instances)
         usage.extend(placement.usage)
         problems.extend(_with_suggestions(host, placement))
+    problems.extend(_pipeline_problems(models, instances))
     if problems:
         raise PlanError(problems)
     # hxp.yml's order of models, each model's replicas in the order of its hosts: the order
     # the router numbers a model's backends in (name, name-2, ...).
     order = {(m.name, m.host): (m.position, k) for k, m in enumerate(models)}
-    return Plan(tuple(sorted(instances, key=lambda i: order[i.model, i.host])), tuple(usage))
+    ordered = sorted(instances, key=lambda i: order[i.model, i.host])
+    return Plan(
+        tuple(i for i in ordered if i.pipeline_rank == 0),
+        tuple(usage),
+        tuple(i for i in ordered if i.pipeline_rank > 0),
+    )
+
+
+def _pipeline_problems(
+    models: Sequence[SizedModel], instances: list[Instance]
+) -> Iterator[PlanProblem]:
+    """vLLM runs every stage of a pipeline with one tensor-parallel size (its world is
+    pipeline x tensor ranks, the same number on each node)."""
+    stages: dict[str, list[Instance]] = {}
+    for inst in instances:
+        if inst.pipeline_size > 1:
+            stages.setdefault(inst.model, []).append(inst)
+    position = {m.name: m.position for m in models}
+    for model, placed in stages.items():
+        sizes = {i.host: i.tensor_parallel_size for i in placed}
+        if len(set(sizes.values())) > 1:
+            given = ", ".join(f"{h}: {tp}" for h, tp in sizes.items())
+            yield PlanProblem(
+                ("models", position[model], "engine", "tensor_parallel_size"),
+                f"the stages of model {model!r} got different tensor-parallel sizes ({given}); "
+                "vLLM runs every stage with the same size: set engine.tensor_parallel_size to "
+                f"one that fits on every host of its pipeline (at most {min(sizes.values())} "
+                "here)",
+            )
 
 
 # --------------------------------------------------------------------------- blue-green swaps
@@ -884,7 +964,8 @@ def swap_fits(
         elif (memory := host_memory_gib.get(inst.host)) is None:
             short = None
         else:
-            limits = sum(memory_limit_gib[i.model] for i in plan.for_host(inst.host))
+            here = (*plan.for_host(inst.host), *plan.workers_on(inst.host))
+            limits = sum(memory_limit_gib[i.model] for i in here)
             short = max(limits + memory_limit_gib[inst.model] - memory, 0.0)
         fits[inst.model] = SwapFit(inst.model, True, short)
     return fits

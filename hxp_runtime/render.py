@@ -389,7 +389,28 @@ def vllm_instance_vars(cfg: HxpConfig, inst: Instance) -> Vars:
         "memory_limit_gb": model.memory_limit_gb,
         "cpu_cores": model.cpu_cores,
         "start_order": inst.start_order,
+        **_pipeline_vars(cfg, inst),
     }
+
+
+def _pipeline_vars(cfg: HxpConfig, inst: Instance) -> Vars:
+    """A pipeline stage's place in it: what vLLM's multi-node flags say (role vllm's unit), and
+    for a worker the unit of its own. Nothing for a server of a whole model, whose vars stay as
+    they were."""
+    model = cfg.model(inst.model)
+    if model.pipeline is None or inst.layers is None:
+        return {}
+    head = model.pipeline.hosts[0]
+    stage = {
+        "size": inst.pipeline_size,
+        "rank": inst.pipeline_rank,
+        "layers": list(inst.layers),
+        "head": head,
+        "master_address": str(cfg.host(head).address),
+        "master_port": model.pipeline.master_port,
+    }
+    unit = {"unit": model.stage_unit_name(inst.pipeline_rank)} if inst.pipeline_rank else {}
+    return {"pipeline": stage, **unit}
 
 
 ROLE_VARS: tuple[Callable[[HxpConfig, Plan], Vars], ...] = (
@@ -450,6 +471,7 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
             }
             for i in instances
         ],
+        **_pipeline_worker_vars(cfg, plan, host),
         **vllm_scrape_vars(cfg, plan, host),
         # The GPU exporter runs on every NVIDIA host, with or without a metrics section; without
         # one, its port is that field's default in the schema.
@@ -466,6 +488,17 @@ def host_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
         # The flows of the matrix (hxp_runtime.flows) that end here: all role firewall admits.
         "hxp_firewall_inbound": inbound(flow_matrix(cfg, plan), host),
     }
+
+
+def _pipeline_worker_vars(cfg: HxpConfig, plan: Plan, host: str) -> Vars:
+    """The headless stages on ``host`` of models split across hosts (role vllm starts them
+    before its servers); none: nothing, the role's default being an empty list."""
+    workers = plan.workers_on(host)
+    return (
+        {"hxp_vllm_pipeline_workers": [vllm_instance_vars(cfg, w) for w in workers]}
+        if workers
+        else {}
+    )
 
 
 def inventory_files(cfg: HxpConfig, plan: Plan) -> dict[Path, Vars]:

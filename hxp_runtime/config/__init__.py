@@ -13,6 +13,7 @@ Importers use the names below; the modules' layout is the package's own.
 from hxp_runtime.config.endpoints import (
     cache_address,
     database_address,
+    engine_hosts,
     model_hosts,
     resolve_host,
     service_endpoints,
@@ -179,6 +180,7 @@ __all__ = [
     "cache_address",
     "cross_field_problems",
     "database_address",
+    "engine_hosts",
     "format_path",
     "load_config",
     "model_hosts",

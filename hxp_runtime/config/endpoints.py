@@ -23,8 +23,9 @@ def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | 
 
 def model_hosts(cfg: HxpConfig) -> dict[str, tuple[str, ...]]:
     """Each model -> the hosts of its replicas, in the order the router numbers its backends
-    (name, name-2, ...): ``host`` (or the only llm host), every host of ``hosts``, or for
-    ``replicas: N`` the N llm hosts picked in hxp.yml's order of models.
+    (name, name-2, ...): ``host`` (or the only llm host), every host of ``hosts``, for
+    ``replicas: N`` the N llm hosts picked in hxp.yml's order of models, or for ``pipeline`` its
+    head (the one server of a model split across hosts; :func:`engine_hosts` has every stage).
 
     A replicas: N model goes to the N llm hosts with the most free memory, where free memory is
     what hxp.yml states: the host's memory_gb (none given: nothing) less the memory_limit_gb of
@@ -39,11 +40,18 @@ def model_hosts(cfg: HxpConfig) -> dict[str, tuple[str, ...]]:
     # Named hosts commit their memory first: the picked replicas spread around them.
     for model in cfg.models:
         if model.replicas is None:
-            wanted: list[str | None] = (
-                list(model.hosts) if model.hosts else [resolve_host(cfg, model.host, HostGroup.LLM)]
-            )
-            placed[model.name] = tuple(h for h in wanted if h is not None)
-            for host in placed[model.name]:
+            if model.pipeline is not None:
+                # The head alone serves; every stage's unit takes memory_limit_gb of its host.
+                stages = tuple(model.pipeline.hosts)
+                placed[model.name] = stages[:1]
+            else:
+                wanted: list[str | None] = (
+                    list(model.hosts)
+                    if model.hosts
+                    else [resolve_host(cfg, model.host, HostGroup.LLM)]
+                )
+                placed[model.name] = stages = tuple(h for h in wanted if h is not None)
+            for host in stages:
                 if host in committed:
                     committed[host] += model.memory_limit_gb
     for model in cfg.models:
@@ -53,6 +61,17 @@ def model_hosts(cfg: HxpConfig) -> dict[str, tuple[str, ...]]:
             for host in picked:
                 committed[host] += model.memory_limit_gb
     return {m.name: placed[m.name] for m in cfg.models}
+
+
+def engine_hosts(cfg: HxpConfig) -> dict[str, tuple[str, ...]]:
+    """Each model -> every host that runs a process of its engine: its replicas' hosts, or for a
+    model split across hosts (``pipeline``) all of its stages' hosts, the head first. Its
+    servers, the router's backends, are :func:`model_hosts`."""
+    servers = model_hosts(cfg)
+    return {
+        m.name: tuple(m.pipeline.hosts) if m.pipeline is not None else servers[m.name]
+        for m in cfg.models
+    }
 
 
 def pick_replica_hosts(
@@ -101,6 +120,13 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
     llm_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     replicas = model_hosts(cfg)
     for i, model in enumerate(cfg.models):
+        if model.pipeline is not None:
+            yield (
+                model.pipeline.hosts[0],
+                model.pipeline.master_port,
+                f"model {model.name}'s pipeline master port",
+                ("models", i, "pipeline", "master_port"),
+            )
         for model_host in replicas[model.name] or (None,):
             yield model_host, model.port, f"model {model.name}", ("models", i, "port")
             # The other version of a blue-green swap listens there, for a while or for good.
@@ -155,7 +181,7 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
 def service_hosts(cfg: HxpConfig) -> dict[Service, list[str]]:
     """The hosts each deployed service runs on (vllm: the hosts of the models)."""
     placed: dict[Service, list[str | None]] = {
-        Service.VLLM: [h for hosts in model_hosts(cfg).values() for h in hosts],
+        Service.VLLM: [h for hosts in engine_hosts(cfg).values() for h in hosts],
         Service.ROUTER: [resolve_host(cfg, cfg.router.host, HostGroup.LLM)],
         Service.GPU_EXPORTER: [
             h.name for h in cfg.hosts_in(HostGroup.LLM) if h.accelerator == "nvidia"

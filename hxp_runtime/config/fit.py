@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hxp_runtime.config.endpoints import model_hosts
+from hxp_runtime.config.endpoints import engine_hosts
 from hxp_runtime.config.problems import Dropped, Problem
 from hxp_runtime.config.schema import Architecture, HxpConfig, Model
 from hxp_runtime.modelinfo import ModelInfoError, ModelShape, shape_from_directory
@@ -36,9 +36,9 @@ def plan_deployment(cfg: HxpConfig) -> Plan:
     or does not fit."""
     problems: list[PlanProblem] = []
     sized: list[SizedModel] = []
-    replicas = model_hosts(cfg)
+    placed = engine_hosts(cfg)
     for position, model in enumerate(cfg.models):
-        if not replicas[model.name]:
+        if not placed[model.name]:
             continue  # reported by the config's host rule
         shape = _shape(model, position, cfg.base_dir)
         if isinstance(shape, PlanProblem):
@@ -47,8 +47,16 @@ def plan_deployment(cfg: HxpConfig) -> Plan:
         context = _context_problem(model, shape, position)
         if context is not None:
             problems.append(context)
-        # Each replica is placed on its host's GPUs as a model of its own.
-        sized.extend(sized_model(model, position, host, shape) for host in replicas[model.name])
+        stages = _stages_problem(model, shape, position)
+        if stages is not None:
+            problems.append(stages)
+            continue
+        # Each replica, or each stage of a pipeline, is placed on its host's GPUs as a model of
+        # its own.
+        sized.extend(
+            sized_model(model, position, host, shape, rank)
+            for rank, host in enumerate(placed[model.name])
+        )
     try:
         plan = plan_models(planner_settings(cfg), host_specs(cfg), sized)
     except PlanError as exc:
@@ -97,10 +105,10 @@ def _plannable(cfg: HxpConfig, found: list[Problem], dropped: Dropped) -> list[i
         if p.path[:1] == ("hosts",) and len(p.path) > 1 and isinstance(p.path[1], int)
     }
     known_hosts = {h.name for h in cfg.hosts}
-    replicas = model_hosts(cfg)
+    placed = engine_hosts(cfg)
     plannable: list[int] = []
     for i, model in enumerate(cfg.models):
-        hosts = set(replicas[model.name])
+        hosts = set(placed[model.name])
         if (
             hosts
             and hosts <= known_hosts
@@ -143,7 +151,10 @@ def host_specs(cfg: HxpConfig) -> dict[str, HostSpec]:
     return specs
 
 
-def sized_model(model: Model, position: int, host: str, shape: ModelShape) -> SizedModel:
+def sized_model(
+    model: Model, position: int, host: str, shape: ModelShape, rank: int = 0
+) -> SizedModel:
+    """The planner's view of ``model`` on ``host``: a replica, or pipeline stage ``rank``."""
     engine = model.engine
     return SizedModel(
         position=position,
@@ -162,6 +173,8 @@ def sized_model(model: Model, position: int, host: str, shape: ModelShape) -> Si
             gpu_memory_utilization=engine.gpu_memory_utilization,
         ),
         shape=shape,
+        pipeline_rank=rank if model.pipeline is not None else 0,
+        pipeline_size=model.pipeline_size,
     )
 
 
@@ -201,6 +214,18 @@ def _shape(model: Model, position: int, base_dir: Path) -> ModelShape | PlanProb
             "config.json), an architecture: block, or a preset",
         )
     return shape
+
+
+def _stages_problem(model: Model, shape: ModelShape, position: int) -> PlanProblem | None:
+    """vLLM gives each pipeline stage at least one layer."""
+    if model.pipeline_size <= shape.num_layers:
+        return None
+    return PlanProblem(
+        ("models", position, "pipeline", "hosts"),
+        f"model {model.name!r} has {shape.num_layers} layers, too few for "
+        f"{model.pipeline_size} pipeline stages (each stage holds at least one); list at most "
+        f"{shape.num_layers} hosts",
+    )
 
 
 def _context_problem(model: Model, shape: ModelShape, position: int) -> PlanProblem | None:

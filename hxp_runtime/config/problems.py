@@ -191,6 +191,6 @@ class Dropped:
             if not isinstance(path[1], int):
                 return False
             model = cfg.models[path[1]]
-            return model.host is None and model.hosts is None
+            return model.host is None and model.hosts is None and model.pipeline is None
         section = getattr(cfg, str(path[0]))
         return section is not None and section.host is None

@@ -310,6 +310,14 @@ MANAGED_ENGINE_FLAGS = frozenset(
         "--kv-cache-memory-bytes",
         "--enable-prefix-caching",
         "--no-enable-prefix-caching",
+        # A model split across hosts (models[].pipeline) gets these from the plan.
+        "--pipeline-parallel-size",
+        "--distributed-executor-backend",
+        "--nnodes",
+        "--node-rank",
+        "--master-addr",
+        "--master-port",
+        "--headless",
     }
 )
 
@@ -376,6 +384,35 @@ class ModelRollout(Strict):
     )
 
 
+class Pipeline(Strict):
+    """One model split across llm hosts: vLLM's pipeline parallelism in its multiprocessing
+    multi-node mode (no Ray). Stage k runs on hosts[k] and holds its share of the layers; the
+    first host is the head, which serves the API on the model's port; the others run headless.
+    Tensor parallelism, if any, stays within each host."""
+
+    hosts: list[str] = Field(
+        min_length=2,
+        description="the llm hosts of the stages, in order; the first serves the API (the "
+        "router's only backend for the model)",
+    )
+    master_port: Port = Field(
+        29501,
+        description="the head's port for the engine's process group (torch.distributed); the "
+        "firewall admits it, and the engine's other inter-node sockets, only between these hosts",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _distinct(cls, hosts: list[str]) -> list[str]:
+        seen = [h for i, h in enumerate(hosts) if h in hosts[:i]]
+        if seen:
+            raise ValueError(
+                f"names {', '.join(dict.fromkeys(seen))} more than once; each stage runs on a "
+                "host of its own (tensor parallelism uses a host's GPUs), list each host once"
+            )
+        return hosts
+
+
 class Model(Strict):
     name: Name
     preset: str | None = None
@@ -393,6 +430,11 @@ class Model(Strict):
         None,
         description="this many replicas on distinct llm hosts the planner picks (the most free "
         "memory first); instead of host and hosts",
+    )
+    pipeline: Pipeline | None = Field(
+        None,
+        description="one server split across these llm hosts (pipeline parallel); instead of "
+        "host, hosts and replicas",
     )
     source: ModelSource = Field(default_factory=ModelSource)
     port: Port
@@ -419,12 +461,13 @@ class Model(Strict):
 
     @model_validator(mode="after")
     def _one_placement(self) -> Model:
-        given = [f for f in ("host", "hosts", "replicas") if getattr(self, f) is not None]
+        placements = ("host", "hosts", "replicas", "pipeline")
+        given = [f for f in placements if getattr(self, f) is not None]
         if len(given) > 1:
             raise ValueError(
-                f"give one of host, hosts and replicas, not {' and '.join(given)}: host places "
-                "one server, hosts a replica on each host named, replicas N on N llm hosts "
-                "the planner picks"
+                f"give one of host, hosts, replicas and pipeline, not {' and '.join(given)}: "
+                "host places one server, hosts a replica on each host named, replicas N on N "
+                "llm hosts the planner picks, pipeline one server split across the hosts named"
             )
         if self.hosts is not None:
             seen = [h for i, h in enumerate(self.hosts) if h in self.hosts[:i]]
@@ -440,8 +483,16 @@ class Model(Strict):
         return self.served_name or self.name
 
     @property
+    def pipeline_size(self) -> int:
+        return len(self.pipeline.hosts) if self.pipeline else 1
+
+    @property
     def unit_name(self) -> str:
         return f"hxp-vllm-{self.name}"
+
+    def stage_unit_name(self, rank: int) -> str:
+        """The unit of pipeline stage ``rank``: the head's is the model's own unit."""
+        return self.unit_name if rank == 0 else f"{self.unit_name}-stage{rank}"
 
     @property
     def spare_port(self) -> int:

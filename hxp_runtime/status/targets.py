@@ -121,6 +121,11 @@ def host_targets(cfg: HxpConfig, plan: Plan) -> list[HostTarget]:
                 backends[inst.host, inst.port],
             )
         )
+    # The headless stages of models split across hosts: a unit each, no API of their own.
+    for worker in plan.workers:
+        model = cfg.model(worker.model)
+        unit = model.stage_unit_name(worker.pipeline_rank)
+        hosts[worker.host].units.append(UnitTarget(Service.VLLM, unit, model.name))
     router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     if router_host is not None and cfg.router.admin_key is not None:
         hosts[router_host].router_admin = True

@@ -13,7 +13,7 @@ def hxp_firewall_admits(inbound: list[dict[str, Any]], address: str, port: int |
     source = ipaddress.ip_address(address)
     return any(
         rule.get("protocol", "tcp") == "tcp"
-        and int(rule["port"]) == int(port)
+        and int(rule["port"]) <= int(port) <= int(rule.get("port_end") or rule["port"])
         and any(source in ipaddress.ip_network(n, strict=False) for n in rule["networks"])
         for rule in inbound
     )

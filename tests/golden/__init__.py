@@ -1,5 +1,6 @@
-"""Golden files: what `hxp render` writes for inventory/sample, inventory/lab and
-inventory/lab-scale (two LLM hosts, models with replicas).
+"""Golden files: what `hxp render` writes for inventory/sample, inventory/lab,
+inventory/lab-scale (two LLM hosts, models with replicas) and inventory/pipeline (a model split
+across two LLM hosts).
 
 A change to render, to the schema's defaults or to the planner shows up as a diff of these files
 in review. ``python -m tests.golden update`` writes them again; tests/unit/test_golden_renders.py
@@ -25,6 +26,7 @@ CONFIGS = {
     "sample": Path("inventory/sample/hxp.yml"),
     "lab": Path("inventory/lab/hxp.yml"),
     "lab-scale": Path("inventory/lab-scale/hxp.yml"),
+    "pipeline": Path("inventory/pipeline/hxp.yml"),
 }
 CHECKOUT = "<checkout>"
 UPDATE_COMMAND = "python -m tests.golden update"

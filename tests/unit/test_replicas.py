@@ -82,7 +82,7 @@ def test_host_hosts_and_replicas_exclude_each_other(problems_of: Problems) -> No
     text = config("replicas: 2, host: llm-1,")
     p = only(problems_of(text))
     assert p.field == "models[1]"
-    assert "give one of host, hosts and replicas, not host and replicas" in p.message
+    assert "give one of host, hosts, replicas and pipeline, not host and replicas" in p.message
 
 
 def test_a_host_listed_twice(problems_of: Problems) -> None:
@@ -96,7 +96,8 @@ def test_a_model_without_a_host_among_several(problems_of: Problems) -> None:
     p = only(problems_of(config("")))
     assert p.field == "models[1]"
     assert p.message.endswith(
-        "set models[1].host, or hosts (a replica on each) or replicas (how many)"
+        "set models[1].host, or hosts (a replica on each), replicas (how many) or pipeline "
+        "(one server split across hosts)"
     )
 
 
@@ -350,8 +351,9 @@ def test_status_judges_each_replica_as_a_backend_of_its_host(lab_scale: HxpConfi
 
 def test_rolling_changes_take_one_llm_host_at_a_time() -> None:
     # Two replicas of a model must never restart together; the router runs on its host only.
-    (llm,) = yaml.safe_load((REPO / "playbooks/llm.yml").read_text(encoding="utf-8"))
-    assert llm["hosts"] == "llm" and llm["serial"] == 1
+    # (The first play converges the hosts of pipeline stages, the second every llm host.)
+    plays = yaml.safe_load((REPO / "playbooks/llm.yml").read_text(encoding="utf-8"))
+    assert [(play["hosts"], play["serial"]) for play in plays] == [("llm", 1), ("llm", 1)]
     (router,) = yaml.safe_load((REPO / "playbooks/router.yml").read_text(encoding="utf-8"))
     (leave,) = router["pre_tasks"]
     assert leave["ansible.builtin.meta"] == "end_host"

@@ -54,22 +54,26 @@ def _variables_file(path: Path) -> dict[str, Any]:
     return dict(data or {})
 
 
-def variables(template: Path, golden: str) -> dict[str, Any]:
-    """What Ansible gives the template: role defaults, role vars, the rendered inventory (in
-    Ansible's order of precedence), and run-time facts."""
+def variables(
+    template: Path, golden: str, host: str = HOST, units: str = "hxp_vllm_instances"
+) -> dict[str, Any]:
+    """What Ansible gives the template on ``host``: role defaults, role vars, the rendered
+    inventory (in Ansible's order of precedence), and run-time facts. Role vllm's unit is
+    rendered for the first item of ``units`` (its servers, or hxp_vllm_pipeline_workers)."""
     found: dict[str, Any] = {}
     for path in [
         REPO / "roles" / role(template) / "defaults" / "main.yml",
         REPO / "roles" / role(template) / "vars" / "main.yml",
         GOLDEN / golden / "group_vars" / "all" / "hxp.yml",
-        GOLDEN / golden / "host_vars" / HOST / "hxp.yml",
+        GOLDEN / golden / "host_vars" / host / "hxp.yml",
     ]:
-        found.update(_variables_file(path))
+        if path.exists():  # a role may have no vars/ (role firewall)
+            found.update(_variables_file(path))
     hosts = _variables_file(GOLDEN / golden / "hosts.yml")
-    instances = found.get("hxp_vllm_instances") or []
+    instances = found.get(units) or []
     found.update(
         ansible_managed="Ansible managed",
-        ansible_host=hosts["all"]["hosts"][HOST]["ansible_host"],
+        ansible_host=hosts["all"]["hosts"][host]["ansible_host"],
         # Debian 12.
         ansible_facts={"systemd": {"version": 252}},
         # Role vllm renders its unit once per instance (loop item) after its model tasks have
@@ -83,10 +87,12 @@ def variables(template: Path, golden: str) -> dict[str, Any]:
     return found
 
 
-def render(template: Path, golden: str = "lab") -> str:
+def render(
+    template: Path, golden: str = "lab", host: str = HOST, units: str = "hxp_vllm_instances"
+) -> str:
     """The text Ansible's template module writes from template, for golden render `golden`."""
     _plugins_loaded()
-    templar = Templar(loader=DataLoader(), variables=variables(template, golden))
+    templar = Templar(loader=DataLoader(), variables=variables(template, golden, host, units))
     return str(templar.template(trust_as_template(template.read_text())))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from hxp_runtime.config.endpoints import model_hosts
+from hxp_runtime.config.endpoints import engine_hosts
 from hxp_runtime.config.problems import Dropped, Problem
 from hxp_runtime.config.rules.duplicates import duplicates
 from hxp_runtime.config.schema import Host, HostGroup, HxpConfig, Model
@@ -14,7 +14,8 @@ from hxp_runtime.yamlsource import PathKey
 
 def gpu_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
     hosts = {h.name: h for h in cfg.hosts}
-    replicas = model_hosts(cfg)
+    # Every stage of a model split across hosts has the GPUs of its own host.
+    replicas = engine_hosts(cfg)
     for i, model in enumerate(cfg.models):
         if dropped.hides_host_of(cfg, ("models", i)):
             continue
@@ -23,6 +24,42 @@ def gpu_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
             if llm_host is None or HostGroup.LLM not in llm_host.groups:
                 continue  # the service host rule already reported it
             yield from _gpu_rules(model, llm_host, ("models", i))
+        yield from _one_platform(model, hosts, ("models", i))
+        yield from _cpu_stages_compiled(model, hosts, ("models", i))
+
+
+def _one_platform(model: Model, hosts: dict[str, Host], path: PathKey) -> Iterator[Problem]:
+    """The stages of a pipeline run one engine: vLLM's build for one platform, GPU or CPU."""
+    if model.pipeline is None:
+        return
+    kinds = {hosts[h].accelerator: h for h in model.pipeline.hosts if h in hosts}
+    if len(kinds) > 1:
+        found = ", ".join(f"{h}: {kind}" for kind, h in sorted(kinds.items()))
+        yield Problem(
+            (*path, "pipeline", "hosts"),
+            f"the stages of model {model.name!r} are on hosts of different accelerators "
+            f"({found}); one model's stages all run on nvidia hosts or all on cpu hosts: "
+            "list hosts of one kind",
+        )
+
+
+def _cpu_stages_compiled(model: Model, hosts: dict[str, Host], path: PathKey) -> Iterator[Problem]:
+    """vLLM 0.32 on CPU allocates a later stage's buffer for the activations it receives only in
+    its compilation warm-up (CPUModelRunner.warming_up_model, skipped in eager mode): with
+    --enforce-eager the first request kills the engine (docs/benchmarks.md, "A model split
+    across two processes")."""
+    if model.pipeline is None or not any(
+        h in hosts and hosts[h].accelerator == "cpu" for h in model.pipeline.hosts
+    ):
+        return
+    for j, arg in enumerate(model.engine.extra_args):
+        if arg.split("=", 1)[0].replace("_", "-") == "--enforce-eager":
+            yield Problem(
+                (*path, "engine", "extra_args", j),
+                f"model {model.name!r} is split across CPU hosts, where vLLM's pipeline stages "
+                "fail the first request in eager mode (the later stages' buffers are set up "
+                "only while compiling); remove --enforce-eager",
+            )
 
 
 def _gpu_rules(model: Model, host: Host, path: PathKey) -> Iterator[Problem]:

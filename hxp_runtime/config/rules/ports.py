@@ -30,7 +30,14 @@ def blue_green_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
         if not cfg.blue_green_wanted(model):
             continue
         where = ("models", i, "rollout", "strategy") if model.rollout.strategy else None
-        if len(model.hosts or ()) > 1 or (model.replicas or 1) > 1:
+        if model.pipeline is not None:
+            yield Problem(
+                where or ("rollout", "strategy"),
+                f"model {model.name} is split across hosts (pipeline), which blue-green swaps "
+                "do not support (the new version would need every stage twice); set its "
+                "rollout.strategy: rolling",
+            )
+        elif len(model.hosts or ()) > 1 or (model.replicas or 1) > 1:
             yield Problem(
                 where or ("rollout", "strategy"),
                 f"model {model.name} has replicas on several hosts, which blue-green swaps do "

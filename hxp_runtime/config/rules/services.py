@@ -28,6 +28,11 @@ def service_host_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]
                 )
         elif model.replicas is not None:
             yield from _replicas_rule(cfg, model, ("models", i, "replicas"), dropped)
+        elif model.pipeline is not None:
+            for j, host in enumerate(model.pipeline.hosts):
+                yield from _named_host_rule(
+                    cfg, host, HostGroup.LLM, ("models", i, "pipeline", "hosts", j), what, dropped
+                )
         else:
             yield from _host_rule(
                 cfg,
@@ -36,7 +41,10 @@ def service_host_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]
                 ("models", i),
                 what,
                 dropped,
-                or_else=", or hosts (a replica on each) or replicas (how many)",
+                or_else=(
+                    ", or hosts (a replica on each), replicas (how many) or pipeline (one "
+                    "server split across hosts)"
+                ),
             )
     yield from _host_rule(cfg, cfg.router.host, HostGroup.LLM, ("router",), "the router", dropped)
     sections: list[tuple[str, Database | VectorDb | Cache | Metrics | None, HostGroup]] = [
