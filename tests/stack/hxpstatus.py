@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.stack.conftest import CONFIG, REPO
+from tests.stack.router import CONFIG, REPO
 
 # vLLM on CPU loads a tiny model in well under a minute; then one health interval of the router
 # and the Prometheus alert of the stop resolving (a scrape and an evaluation).

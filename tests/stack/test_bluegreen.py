@@ -26,7 +26,8 @@ import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, plan_deployment, plan_swaps, resolve_host
 from hxp_runtime.lab import load_lab
-from tests.stack.conftest import CONFIG, Prometheus, host_in, http_on
+from tests.stack.conftest import Prometheus, host_in, http_on
+from tests.stack.router import CONFIG
 from tests.stack.test_operations import hxp_deploy, load_while
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,8 @@ import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, load_config
 from hxp_runtime.host.gpu_exporter import DEFAULT_PORT
-from tests.stack.conftest import CONFIG, REPO, host_in, http_on, secret
+from tests.stack.conftest import host_in, http_on, secret
+from tests.stack.router import CONFIG, REPO
 
 Hosts = dict[str, testinfra.host.Host]
 Instance = dict[str, Any]

@@ -25,8 +25,9 @@ import testinfra
 import yaml
 
 from hxp_runtime.config import HostGroup, HxpConfig, load_config
-from tests.stack.conftest import CONFIG, REPO, host_in
+from tests.stack.conftest import host_in
 from tests.stack.load import start_load
+from tests.stack.router import CONFIG, REPO
 
 pytestmark = pytest.mark.slow
 LLM = "llm"
