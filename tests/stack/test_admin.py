@@ -65,16 +65,16 @@ def test_a_drained_backend_gets_no_requests_until_undrained(
     model = next(m for m in cfg.models if m.task == "generate")
     name = model.name  # the backend's id: the model's name (its only replica in the lab)
     key = secret(cfg.router.api_keys[0].secret.value)
-    client = openai_client(cfg, key, timeout=60, max_retries=0)
-    rc, answer = admin(llm, "drain", name, "--deadline-s", "30")
-    try:
-        assert rc == 0 and answer["drained"], answer
-        served = {m.id for m in client.models.list()}
-        assert model.routing_name not in served, f"{model.name} listed while its backend drains"
-    finally:
-        rc, answer = admin(llm, "undrain", name)
-    assert rc == 0, answer
-    reply = client.chat.completions.create(
-        model=model.name, messages=[{"role": "user", "content": "hi"}], max_tokens=1
-    )
-    assert reply.choices
+    with openai_client(cfg, key, timeout=60, max_retries=0) as client:
+        rc, answer = admin(llm, "drain", name, "--deadline-s", "30")
+        try:
+            assert rc == 0 and answer["drained"], answer
+            served = {m.id for m in client.models.list()}
+            assert model.routing_name not in served, f"{model.name} listed while it drains"
+        finally:
+            rc, answer = admin(llm, "undrain", name)
+        assert rc == 0, answer
+        reply = client.chat.completions.create(
+            model=model.name, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        )
+        assert reply.choices

@@ -76,9 +76,10 @@ def expected_targets(cfg: HxpConfig) -> set[tuple[str, str, int]]:
 
 
 @pytest.fixture(scope="module")
-def client(cfg: HxpConfig, hosts: Hosts) -> openai.OpenAI:
+def client(cfg: HxpConfig, hosts: Hosts) -> Iterator[openai.OpenAI]:
     key = secret(cfg.router.api_keys[0].secret.value)
-    return openai_client(cfg, key, timeout=60, max_retries=2)
+    with openai_client(cfg, key, timeout=60, max_retries=2) as client:
+        yield client
 
 
 def _load(cfg: HxpConfig, client: openai.OpenAI, rounds: int) -> int:

@@ -5,6 +5,7 @@ servers (tiny models on CPU) and accounts usage in PostgreSQL on the database ho
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -18,8 +19,9 @@ Hosts = dict[str, testinfra.host.Host]
 
 
 @pytest.fixture(scope="module")
-def client(cfg: HxpConfig, hosts: Hosts) -> openai.OpenAI:
-    return openai_client(cfg, secret(cfg.router.api_keys[0].secret.value), timeout=60)
+def client(cfg: HxpConfig, hosts: Hosts) -> Iterator[openai.OpenAI]:
+    with openai_client(cfg, secret(cfg.router.api_keys[0].secret.value), timeout=60) as client:
+        yield client
 
 
 def test_every_model_unit_is_active(cfg: HxpConfig, hosts: Hosts) -> None:
