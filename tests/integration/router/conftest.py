@@ -195,6 +195,16 @@ def backend_port() -> Iterator[int]:
         process.wait(10)
 
 
+def fast_backend(port: int) -> dict[str, Any]:
+    """The router's backend entry for benchmarks/fast_backend.py on ``port`` (backend_port)."""
+    return {
+        "name": "fast",
+        "served_name": "fast",
+        "url": f"http://127.0.0.1:{port}",
+        "slo": {"latency_ms": 2000, "throughput_rps": 10},
+    }
+
+
 def hxp_keys(dataplane: Dataplane, *args: str) -> subprocess.CompletedProcess[str]:
     """`hxp keys ARGS` against the data plane's PostgreSQL."""
     return subprocess.run(

@@ -32,7 +32,7 @@ from tests.dataplane import (
     postgres_server,
     redis_server,
 )
-from tests.integration.router.conftest import RouterProcess, call
+from tests.integration.router.conftest import RouterProcess, call, fast_backend
 
 pytestmark = pytest.mark.slow
 
@@ -81,14 +81,7 @@ def router_process(
         "port": free_port(),
         "workers": 1,
         "drain_timeout_s": 5,
-        "backends": [
-            {
-                "name": "fast",
-                "served_name": "fast",
-                "url": f"http://127.0.0.1:{backend_port}",
-                "slo": {"latency_ms": 2000, "throughput_rps": 10},
-            }
-        ],
+        "backends": [fast_backend(backend_port)],
         "database": {
             "host": pg.host,
             "port": pg.port,

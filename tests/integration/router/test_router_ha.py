@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.router.conftest import Dataplane, RouterProcess, call, new_key
+from tests.integration.router.conftest import Dataplane, RouterProcess, call, fast_backend, new_key
 from tests.vllm_servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -38,14 +38,7 @@ def settings(dataplane: Dataplane, backend_port: int) -> dict[str, Any]:
         "drain_timeout_s": 5,
         "strategies": ["explicit", "least_outstanding"],
         "health_check": {"enabled": True, "interval_s": 1, "timeout_s": 1},
-        "backends": [
-            {
-                "name": "fast",
-                "served_name": "fast",
-                "url": f"http://127.0.0.1:{backend_port}",
-                "slo": {"latency_ms": 2000, "throughput_rps": 10},
-            }
-        ],
+        "backends": [fast_backend(backend_port)],
         "database": {"host": pg.host, "port": pg.port, "name": pg.database, "user": pg.user},
         "redis": {"host": redis.host, "port": redis.port},
         "auth_cache_ttl_s": 1,

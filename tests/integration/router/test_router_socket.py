@@ -30,7 +30,7 @@ import pytest
 
 from tests.dataplane import free_port
 from tests.integration.router.clients import ClientThreads
-from tests.integration.router.conftest import REPO, RouterProcess, call, worker_pids
+from tests.integration.router.conftest import REPO, RouterProcess, call, fast_backend, worker_pids
 
 pytestmark = pytest.mark.slow
 
@@ -168,14 +168,7 @@ def router_on(listener: socket.socket, backend_port: int, directory: Path) -> So
         "workers": WORKERS,
         "drain_timeout_s": 10,
         "health_check": {"enabled": True, "interval_s": 1, "timeout_s": 1},
-        "backends": [
-            {
-                "name": "fast",
-                "served_name": "fast",
-                "url": f"http://127.0.0.1:{backend_port}",
-                "slo": {"latency_ms": 2000, "throughput_rps": 10},
-            }
-        ],
+        "backends": [fast_backend(backend_port)],
     }
     return SocketRouter(settings, SECRETS, directory, listener=listener, activate=ACTIVATE)
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hxp_runtime.certs import Issued, create_ca, issue, not_after, write_private
 from tests.dataplane import free_port
-from tests.integration.router.conftest import RouterProcess, call
+from tests.integration.router.conftest import RouterProcess, call, fast_backend
 from tests.integration.router.test_router_socket import ACTIVATE, SocketRouter
 
 pytestmark = pytest.mark.slow
@@ -95,14 +95,7 @@ def router(
             "certificate_file": str(directory / "router.crt"),
             "key_file": str(directory / "router.key"),
         },
-        "backends": [
-            {
-                "name": "fast",
-                "served_name": "fast",
-                "url": f"http://127.0.0.1:{backend_port}",
-                "slo": {"latency_ms": 2000, "throughput_rps": 10},
-            }
-        ],
+        "backends": [fast_backend(backend_port)],
     }
     secrets = {"api_keys": [{"name": "tls", "secret": KEY}]}
     process = RouterProcess(settings, secrets, directory, ca_file=directory / "ca.crt")
