@@ -384,6 +384,11 @@ class ModelRollout(Strict):
     )
 
 
+def _repeated(names: list[str]) -> list[str]:
+    """The names listed more than once, each once, in the order they first repeat."""
+    return list(dict.fromkeys(n for i, n in enumerate(names) if n in names[:i]))
+
+
 class Pipeline(Strict):
     """One model split across llm hosts: vLLM's pipeline parallelism in its multiprocessing
     multi-node mode (no Ray). Stage k runs on hosts[k] and holds its share of the layers; the
@@ -404,11 +409,10 @@ class Pipeline(Strict):
     @field_validator("hosts")
     @classmethod
     def _distinct(cls, hosts: list[str]) -> list[str]:
-        seen = [h for i, h in enumerate(hosts) if h in hosts[:i]]
-        if seen:
+        if seen := _repeated(hosts):
             raise ValueError(
-                f"names {', '.join(dict.fromkeys(seen))} more than once; each stage runs on a "
-                "host of its own (tensor parallelism uses a host's GPUs), list each host once"
+                f"names {', '.join(seen)} more than once; each stage runs on a host of its own "
+                "(tensor parallelism uses a host's GPUs), list each host once"
             )
         return hosts
 
@@ -469,13 +473,11 @@ class Model(Strict):
                 "host places one server, hosts a replica on each host named, replicas N on N "
                 "llm hosts the planner picks, pipeline one server split across the hosts named"
             )
-        if self.hosts is not None:
-            seen = [h for i, h in enumerate(self.hosts) if h in self.hosts[:i]]
-            if seen:
-                raise ValueError(
-                    f"hosts names {', '.join(dict.fromkeys(seen))} more than once; a host "
-                    "runs one replica of a model, list each host once"
-                )
+        if self.hosts is not None and (seen := _repeated(self.hosts)):
+            raise ValueError(
+                f"hosts names {', '.join(seen)} more than once; a host runs one replica of a "
+                "model, list each host once"
+            )
         return self
 
     @property
