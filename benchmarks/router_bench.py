@@ -207,8 +207,9 @@ def start_router(
     process = bench.spawn(
         "router",
         pinned(SERVER_CORE, [sys.executable,
-                             *(["-m", "cProfile", "-o", str(profile)] if profile else []),
-                             "-m", "hxp_runtime.router",
+                             *([str(REPO / "benchmarks/cpu_profile.py"), str(profile)]
+                               if profile else ["-m"]),
+                             "hxp_runtime.router",
                              "--settings", str(bench.work / "router.yml"),
                              "--secrets", str(bench.work / "secrets.yml"),
                              "--log-level", "WARNING"]),
@@ -457,8 +458,8 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="run the router under cProfile and write its statistics here when it stops "
-        "(the numbers measured then include the profiler's cost)",
+        help="run the router under cProfile (CPU time, benchmarks/cpu_profile.py) and write "
+        "its statistics here when it stops (the numbers measured then include its cost)",
     )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
