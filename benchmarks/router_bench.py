@@ -61,6 +61,7 @@ BODY = {
 }
 STREAM_BODY = {**BODY, "stream": True}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TMPFS = "/dev/shm"  # noqa: S108 - a tmpfs, like /run on a host
 USAGE_FLUSH_S = 5  # the router's usage_flush_interval_s (default)
 WRK_DONE = """
 done = function(summary, latency, requests)
@@ -214,6 +215,7 @@ def start_router(
                              "--secrets", str(bench.work / "secrets.yml"),
                              "--log-level", "WARNING"]),
         cwd=REPO,
+        env={**os.environ, "RUNTIME_DIRECTORY": runtime_directory(bench)},
     )  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/ready", 30)
     key = database_key(bench.work) if dataplane else KEY
@@ -224,6 +226,18 @@ def start_router(
         [process.pid],
         database=database,
     )
+
+
+def runtime_directory(bench: Bench) -> str:
+    """A tmpfs directory for the router's state files, as systemd's RuntimeDirectory= gives it.
+
+    A worker rewrites its view there every 0.1 s under load (write, then rename over the old
+    file). On a disk file system that rename can wait for the disk (ext4 flushes a file renamed
+    over another), and the event loop waits with it; on a host /run is a tmpfs.
+    """
+    directory = tempfile.mkdtemp(prefix="hxp-bench-run-", dir=TMPFS)
+    bench.callback(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 def database_key(work: Path) -> str:
