@@ -430,6 +430,31 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def syscalls_per_request(target: Target, seconds: float, work: Path) -> dict[str, float]:
+    """System calls of the proxy's processes per request at concurrency 1, by name (strace -c).
+
+    A count, unlike CPU time, does not grow when other work shares the core; strace slows the
+    proxy down, so this is a run of its own, after the measured ones.
+    """
+    tracer = subprocess.Popen(
+        ["strace", "-c", "-f", "-o", str(work / "strace.txt"),
+         *(arg for pid in target.pids for arg in ("-p", str(pid)))],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)  # attached
+    result = wrk(target, 1, seconds, work)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    counts: dict[str, float] = {}
+    for line in (work / "strace.txt").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[3].isdigit():
+            counts[fields[-1]] = int(fields[3])
+    # Requests between attaching and wrk's start are none: wrk is the only client.
+    served = result["requests"] or 1
+    return {name: count / served for name, count in sorted(counts.items(), key=lambda x: -x[1])}
+
+
 def run_target(target: Target, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Every concurrency, then streaming; for the router, the usage rows it wrote."""
     load = {}
@@ -445,6 +470,11 @@ def run_target(target: Target, args: argparse.Namespace, work: Path) -> dict[str
     ttfb = run_ttfb(target, 16, args.stream_requests)
     print(f"{target.name:>10} streaming TTFB p50 at c=16: {ttfb * 1000:.2f} ms", flush=True)
     result: dict[str, Any] = {"load": load, "ttfb_s": ttfb}
+    if args.syscalls and target.pids:
+        calls = result["syscalls_per_request_c1"] = syscalls_per_request(target, 5, work)
+        total = sum(n for name, n in calls.items() if name != "total")
+        named = ", ".join(f"{name} {n:.2f}" for name, n in calls.items() if name != "total")
+        print(f"{target.name:>10} system calls per request at c=1: {total:.2f} ({named})")
     if target.database is not None:
         time.sleep(USAGE_FLUSH_S + 1)  # the router writes its tally every 5 s
         rows, counted = usage_rows(target.database)
@@ -469,6 +499,11 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", help="targets to run (direct always runs)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (saves time)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="then count each proxy's system calls per request at c=1 (strace -c, 5 s)",
+    )
     parser.add_argument(
         "--profile",
         type=Path,
