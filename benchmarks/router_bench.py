@@ -13,9 +13,11 @@ against the direct backend, and the proxy's CPU time per request (utime + stime 
 processes from /proc/<pid>/stat over the measured run, divided by the requests served). Then
 the streaming time to first byte at concurrency 16, and its added part.
 
-The hxp router runs as in production: API key required (a static key), strategies explicit
-and least_outstanding, Prometheus metrics, rate limits shared through Redis, usage accounted
-to PostgreSQL (both throwaway servers on loopback; ``--no-dataplane`` leaves them out).
+The hxp router runs as in production: one worker, API key required (a key made with
+``hxp keys create``, stored hashed in PostgreSQL), strategies explicit and least_outstanding,
+Prometheus metrics, rate limits shared through Redis, usage rows written to PostgreSQL (both
+throwaway servers on loopback; the rows are counted after the router's runs).
+``--no-dataplane`` leaves PostgreSQL and Redis out (then the key comes from the secrets file).
 nginx is a plain reverse proxy with an upstream keep-alive pool. LiteLLM is its proxy server
 (``litellm[proxy]``) from a separate venv (``--litellm-venv``, default .cache/venv-bench,
 created by ``--install-litellm``), with a master key; it is skipped when absent.
@@ -41,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -57,6 +61,8 @@ BODY = {
 }
 STREAM_BODY = {**BODY, "stream": True}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TMPFS = "/dev/shm"  # noqa: S108 - a tmpfs, like /run on a host
+USAGE_FLUSH_S = 5  # the router's usage_flush_interval_s (default)
 WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -75,6 +81,7 @@ class Target:
     port: int
     headers: dict[str, str] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)  # the proxy's processes (empty: direct)
+    database: str | None = None  # the router's PostgreSQL (DSN), where its usage rows go
 
     @property
     def url(self) -> str:
@@ -163,7 +170,9 @@ def start_backend(bench: Bench) -> int:
     return port
 
 
-def start_router(bench: Bench, backend_port: int, dataplane: bool) -> Target:
+def start_router(
+    bench: Bench, backend_port: int, dataplane: bool, profile: Path | None = None
+) -> Target:
     port = free_port()
     settings: dict[str, Any] = {
         "listen_host": "127.0.0.1",
@@ -180,9 +189,13 @@ def start_router(bench: Bench, backend_port: int, dataplane: bool) -> Target:
             }
         ],
     }
-    secrets: dict[str, Any] = {"api_keys": [{"name": "bench", "secret": KEY}]}
+    # Without PostgreSQL the key can only come from the secrets file; with it, the benchmark
+    # authenticates like a production client: a key made by `hxp keys create`, stored hashed.
+    secrets: dict[str, Any] = {} if dataplane else {"api_keys": [{"name": "bench", "secret": KEY}]}
+    database = None
     if dataplane:
         pg = bench.enter_context(postgres_server())
+        database = pg.dsn
         redis = bench.enter_context(redis_server())
         settings["database"] = {"host": pg.host, "port": pg.port, "name": pg.database,
                                 "user": pg.user}  # fmt: skip
@@ -194,14 +207,62 @@ def start_router(bench: Bench, backend_port: int, dataplane: bool) -> Target:
     (bench.work / "secrets.yml").chmod(0o600)
     process = bench.spawn(
         "router",
-        pinned(SERVER_CORE, [sys.executable, "-m", "hxp_runtime.router",
+        pinned(SERVER_CORE, [sys.executable,
+                             *([str(REPO / "benchmarks/cpu_profile.py"), str(profile)]
+                               if profile else ["-m"]),
+                             "hxp_runtime.router",
                              "--settings", str(bench.work / "router.yml"),
                              "--secrets", str(bench.work / "secrets.yml"),
                              "--log-level", "WARNING"]),
         cwd=REPO,
+        env={**os.environ, "RUNTIME_DIRECTORY": runtime_directory(bench)},
     )  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/ready", 30)
-    return Target("hxp router", port, {"Authorization": f"Bearer {KEY}"}, [process.pid])
+    key = database_key(bench.work) if dataplane else KEY
+    return Target(
+        "hxp router",
+        port,
+        {"Authorization": f"Bearer {key}"},
+        [process.pid],
+        database=database,
+    )
+
+
+def runtime_directory(bench: Bench) -> str:
+    """A tmpfs directory for the router's state files, as systemd's RuntimeDirectory= gives it.
+
+    A worker rewrites its view there every 0.1 s under load (write, then rename over the old
+    file). On a disk file system that rename can wait for the disk (ext4 flushes a file renamed
+    over another), and the event loop waits with it; on a host /run is a tmpfs.
+    """
+    directory = tempfile.mkdtemp(prefix="hxp-bench-run-", dir=TMPFS)
+    bench.callback(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def database_key(work: Path) -> str:
+    """A key made with the router's key admin (``hxp keys create``): stored hashed in PostgreSQL."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("hxp")), "keys", "create", "bench", "--json",
+         "--settings", str(work / "router.yml"), "--secrets", str(work / "secrets.yml")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return str(json.loads(done.stdout)["result"]["key"])
+
+
+def usage_rows(dsn: str) -> tuple[int, int]:
+    """Usage rows the router wrote to PostgreSQL, and the requests they count."""
+
+    async def query() -> tuple[int, int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow("SELECT count(*), coalesce(sum(requests), 0) FROM hxp_usage")
+        finally:
+            await conn.close()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    return asyncio.run(query())
 
 
 NGINX_CONF = """
@@ -369,6 +430,59 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def syscalls_per_request(target: Target, seconds: float, work: Path) -> dict[str, float]:
+    """System calls of the proxy's processes per request at concurrency 1, by name (strace -c).
+
+    A count, unlike CPU time, does not grow when other work shares the core; strace slows the
+    proxy down, so this is a run of its own, after the measured ones.
+    """
+    tracer = subprocess.Popen(
+        ["strace", "-c", "-f", "-o", str(work / "strace.txt"),
+         *(arg for pid in target.pids for arg in ("-p", str(pid)))],
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1)  # attached
+    result = wrk(target, 1, seconds, work)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    counts: dict[str, float] = {}
+    for line in (work / "strace.txt").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[3].isdigit():
+            counts[fields[-1]] = int(fields[3])
+    # Requests between attaching and wrk's start are none: wrk is the only client.
+    served = result["requests"] or 1
+    return {name: count / served for name, count in sorted(counts.items(), key=lambda x: -x[1])}
+
+
+def run_target(target: Target, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every concurrency, then streaming; for the router, the usage rows it wrote."""
+    load = {}
+    for c in args.concurrency:
+        load[c] = r = measure(target, c, args.duration, args.warmup, work)
+        cpu = r["cpu_us_per_request"]
+        print(
+            f"{target.name:>10} c={c:<3} {r['rps']:>9,.0f} req/s  p50 {r['p50_us']:>6} µs"
+            f"  p99 {r['p99_us']:>7} µs  cpu/req {'-' if cpu is None else f'{cpu:.0f} µs'}"
+            f"  non-2xx {r['non2xx']} errors {r['errors']}",
+            flush=True,
+        )
+    ttfb = run_ttfb(target, 16, args.stream_requests)
+    print(f"{target.name:>10} streaming TTFB p50 at c=16: {ttfb * 1000:.2f} ms", flush=True)
+    result: dict[str, Any] = {"load": load, "ttfb_s": ttfb}
+    if args.syscalls and target.pids:
+        calls = result["syscalls_per_request_c1"] = syscalls_per_request(target, 5, work)
+        total = sum(n for name, n in calls.items() if name != "total")
+        named = ", ".join(f"{name} {n:.2f}" for name, n in calls.items() if name != "total")
+        print(f"{target.name:>10} system calls per request at c=1: {total:.2f} ({named})")
+    if target.database is not None:
+        time.sleep(USAGE_FLUSH_S + 1)  # the router writes its tally every 5 s
+        rows, counted = usage_rows(target.database)
+        result["usage"] = {"rows": rows, "requests": counted}
+        print(f"{target.name:>10} usage in PostgreSQL: {rows} rows, {counted:,} requests")
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
@@ -383,7 +497,26 @@ def main() -> int:
     )
     parser.add_argument("--no-dataplane", action="store_true")
     parser.add_argument("--only", nargs="+", help="targets to run (direct always runs)")
+    parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out (saves time)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run everything (wrk, backend, proxies, PostgreSQL, Redis) at this nice value; "
+        "on a shared machine a negative one comes closer to the reference's idle cores (root)",
+    )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="then count each proxy's system calls per request at c=1 (strace -c, 5 s)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the router under cProfile (CPU time, benchmarks/cpu_profile.py) and write "
+        "its statistics here when it stops (the numbers measured then include its cost)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -396,42 +529,34 @@ def main() -> int:
         subprocess.run([str(args.litellm_venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"],
                        check=True)  # fmt: skip
     os.sched_setaffinity(0, {int(LOAD_CORE)})  # the streaming client is load too
+    os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # every process started from here inherits it
 
     results: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpu": cpu_model(),
         "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        "nice": args.nice,
         "targets": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hxp-bench-") as tmp, Bench(Path(tmp)) as bench:
         backend = start_backend(bench)
         targets = [Target("direct", backend)]
         wanted = set(args.only or ["hxp router", "nginx", "LiteLLM"])
+        if args.no_litellm:
+            wanted.discard("LiteLLM")
         if "hxp router" in wanted:
-            targets.append(start_router(bench, backend, not args.no_dataplane))
+            targets.append(start_router(bench, backend, not args.no_dataplane, args.profile))
         if "nginx" in wanted and (nginx := start_nginx(bench, backend)):
             targets.append(nginx)
         if "LiteLLM" in wanted and (litellm := start_litellm(bench, backend, args.litellm_venv)):
             targets.append(litellm)
         for target in targets:
-            load = {}
-            for c in args.concurrency:
-                load[c] = measure(target, c, args.duration, args.warmup, bench.work)
-                r = load[c]
-                cpu = r["cpu_us_per_request"]
-                print(
-                    f"{target.name:>10} c={c:<3} {r['rps']:>9,.0f} req/s  p50 {r['p50_us']:>6} µs"
-                    f"  p99 {r['p99_us']:>7} µs  cpu/req {'-' if cpu is None else f'{cpu:.0f} µs'}"
-                    f"  non-2xx {r['non2xx']} errors {r['errors']}",
-                    flush=True,
-                )
-            ttfb = run_ttfb(target, 16, args.stream_requests)
-            print(f"{target.name:>10} streaming TTFB p50 at c=16: {ttfb * 1000:.2f} ms", flush=True)
-            results["targets"][target.name] = {"load": load, "ttfb_s": ttfb}
+            results["targets"][target.name] = run_target(target, args, bench.work)
     results["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
     print()
     print(report(results))
-    print(f"\nload average before {results['loadavg_before']}, after {results['loadavg_after']}")
+    print(f"\nload average before {results['loadavg_before']}, after {results['loadavg_after']}"
+          f"; nice {args.nice}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -108,8 +108,8 @@ async def send(
     as a buffered answer would be. Raises UpstreamError (the count lowered again) when the
     exchange failed.
     """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    # The pool's loop is the running one; asyncio.get_running_loop() costs a getpid() per call.
+    started = live.pool.loop.time()
     live.stats.outstanding += 1
     first_piece = b""
     try:
@@ -138,7 +138,7 @@ def settle(answer: Answer) -> None:
     """A complete answer (not a stream being relayed): the backend succeeded."""
     live = answer.live
     live.stats.outstanding -= 1
-    live.succeeded(asyncio.get_running_loop().time() - answer.started)
+    live.succeeded(live.pool.loop.time() - answer.started)
 
 
 def exhausted(failure: UpstreamError | None, deadline: float, primary: str) -> Rejected:
@@ -179,7 +179,6 @@ async def attempt(
 
     A buffered answer comes back settled; a stream's answer is settled by its relay.
     """
-    loop = asyncio.get_running_loop()
     backoff = Backoff(retries.backoff_ms / 1000)
     bodies = OutgoingBodies(request)
     failure: UpstreamError | None = None
@@ -205,7 +204,7 @@ async def attempt(
         except UpstreamError as exc:
             failed(backend, live, metrics, exc.reason)
             failure = exc
-            if loop.time() >= deadline:
+            if live.pool.loop.time() >= deadline:
                 break
             continue
         upstream = answer.upstream

@@ -12,6 +12,7 @@ that may quote a request (a parser's complaint, a backend's error message).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -75,6 +76,7 @@ class KeyStore:
         self._clock = clock
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._negatives = 0
+        self._pending: dict[str, asyncio.Future[ApiKey | None]] = {}
 
     def replace_static(self, static: Mapping[str, ApiKey]) -> None:
         self._static = dict(static)
@@ -97,12 +99,27 @@ class KeyStore:
         return None if self._lookup is None else MISS
 
     async def authenticate(self, authorization: str | None) -> ApiKey | None:
+        """The key for this header, asking PostgreSQL when the cache cannot tell.
+
+        One lookup per key at a time: when a busy key's entry expires, every request that
+        arrives before the answer waits for the same query instead of sending its own (at
+        concurrency 64, 64 queries on the core the router shares with PostgreSQL).
+        """
         digest = _digest(authorization)
         if digest is None:
             return None
         known = self._known(digest)
         if not isinstance(known, Miss):
             return known
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(digest))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
+        # Shielded: a client that goes away does not cancel the query the others wait for.
+        return await asyncio.shield(pending)
+
+    async def _look_up(self, digest: str) -> ApiKey | None:
         assert self._lookup is not None  # MISS only when there is a lookup
         entry = self._cache.get(digest)
         now = self._clock()

@@ -46,6 +46,9 @@ class Handlers:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        # Made in the worker's running loop; its clock is kept as one bound method because
+        # every asyncio.get_running_loop() costs a getpid() system call (CPython's fork check).
+        self._now = asyncio.get_running_loop().time
         self._openapi = json.dumps(openapi_document(__version__)).encode()
 
     # ------------------------------------------------------------------ the proxy
@@ -54,7 +57,7 @@ class Handlers:
         self, request: web.Request, endpoint: Endpoint, path: bytes
     ) -> web.StreamResponse:
         gateway = self.gateway
-        started = asyncio.get_running_loop().time()
+        started = self._now()
         runtime = gateway.runtime
         try:
             if gateway.draining or runtime is None:
@@ -96,7 +99,7 @@ class Handlers:
         runtime = self.gateway.runtime
         length = request.content_length
         if runtime is not None and length is not None and length > runtime.settings.max_body_bytes:
-            started = asyncio.get_running_loop().time()
+            started = self._now()
             return self._reject(
                 started, body_too_large(runtime.settings.max_body_bytes).response, ""
             )
@@ -110,7 +113,7 @@ class Handlers:
         return None
 
     def _reject(self, started: float, response: web.Response, model: str) -> web.Response:
-        elapsed = asyncio.get_running_loop().time() - started
+        elapsed = self._now() - started
         self.gateway.metrics.observe(model, "", response.status, elapsed)
         return response
 
@@ -118,7 +121,7 @@ class Handlers:
         self, key: ApiKey, backend: Backend, body: bytes, started: float
     ) -> web.Response:
         self._account(key, backend.model, body, error=False)
-        elapsed = asyncio.get_running_loop().time() - started
+        elapsed = self._now() - started
         self.gateway.metrics.observe(backend.model, backend.id, 200, elapsed)
         return relay.cached(body, backend)
 
@@ -129,7 +132,7 @@ class Handlers:
         backend, status, body = answer.backend, answer.upstream.status, answer.upstream.body
         self._account(key, backend.model, body, error=status >= 400)
         response = relay.buffered(answer)
-        elapsed = asyncio.get_running_loop().time() - started
+        elapsed = self._now() - started
         # The status the client got: a backend's refusal of the router's key is the router's 502.
         gateway.metrics.observe(backend.model, backend.id, response.status, elapsed)
         cache = gateway.cache
@@ -146,7 +149,7 @@ class Handlers:
         self._record_usage(
             key, backend.model, streamed.prompt_tokens, streamed.completion_tokens, streamed.failed
         )
-        elapsed = asyncio.get_running_loop().time() - started
+        elapsed = self._now() - started
         metrics.observe(backend.model, backend.id, 200, elapsed, streamed.ttft)
         return streamed.response
 

@@ -3,7 +3,8 @@
     hxp-router [--settings FILE] [--secrets FILE] [--workers N] [--check | --restart-fields]
     hxp-router admin {backends,drain,undrain} ...   (the admin API's client: admin_cli)
 
-A worker is one process: uvloop, one aiohttp server, one :class:`Gateway`. Its lifecycle is
+A worker is one process: one event loop (uvloop when it is installed, see :func:`loop_factory`),
+one aiohttp server, one :class:`Gateway`. Its lifecycle is
 startup (clients, database schema, monitors) -> serve -> shutdown: on SIGTERM it stops
 accepting, lets requests in flight finish for up to ``drain_timeout_s``, writes pending usage
 and closes its clients. On SIGHUP it re-reads both files and switches to them without closing
@@ -55,11 +56,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import asyncpg
-import uvloop
 from aiohttp import hdrs, web
 
 from hxp_runtime.router import admin_cli
@@ -341,6 +342,19 @@ async def reload(
     log.info("reloaded %s (%d backends)", args.settings, len(settings.backends))
 
 
+def loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+    """uvloop's event loop when it is installed, else asyncio's own; and which one, in words.
+
+    uvloop is a dependency (requirements/router.txt, the router's wheelhouse) because it costs
+    less CPU per request (docs/benchmarks.md); a host where it is missing still serves, slower.
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the fallback is asyncio's loop
+    except ImportError:
+        return asyncio.new_event_loop, "asyncio (uvloop is not installed)"
+    return uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+
+
 def run_worker(
     args: argparse.Namespace,
     settings: RouterSettings,
@@ -350,8 +364,11 @@ def run_worker(
 ) -> int:
     if listener is None and args.listen_fd is not None:
         listener = listening_socket(args.listen_fd)
+    new_loop, loop_name = loop_factory()
+    log.info("event loop: %s", loop_name)
     try:
-        uvloop.run(serve(args, settings, secrets, early, listener))
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(serve(args, settings, secrets, early, listener))
     except TlsError as exc:
         log.error("start-up failed: TLS: %s", exc)
         return EXIT_INVALID

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from hxp_runtime.router.auth import MISS, KeyStore, redact
@@ -50,3 +51,24 @@ def test_redact_blanks_credentials_and_leaves_prose_alone() -> None:
     assert redact(f"retry with Bearer {token} later") == "retry with Bearer [redacted] later"
     prose = "the bearer of bad news asked for 5 tokens; basic usage"
     assert redact(prose) == prose
+
+
+async def test_requests_that_miss_together_share_one_lookup() -> None:
+    asked: list[str] = []
+    release = asyncio.Event()
+    stored = ApiKey("from-db")
+
+    async def lookup(digest: str) -> ApiKey | None:
+        asked.append(digest)
+        await release.wait()
+        return stored
+
+    keys = KeyStore({}, lookup, ttl_s=10)
+    waiting = [asyncio.ensure_future(keys.authenticate("Bearer from-db")) for _ in range(64)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # a client gone does not cancel the query the others wait for
+    release.set()
+    answers = await asyncio.gather(*waiting[1:])
+    assert answers == [stored] * 63 and asked == [sha(b"from-db")]
+    # The next miss (another key) asks again.
+    assert await keys.authenticate("Bearer other") is stored and len(asked) == 2

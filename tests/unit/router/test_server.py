@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any, cast
 
@@ -100,3 +101,20 @@ def test_a_socket_that_does_not_listen_is_refused() -> None:
         else:
             raise AssertionError("an unbound socket was taken")
         assert unbound.fileno() >= 0  # left to its owner, not closed
+
+
+def test_the_event_loop_is_uvloop_when_installed() -> None:
+    new_loop, name = server.loop_factory()
+    loop = new_loop()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+        assert name.startswith("uvloop ")
+    finally:
+        loop.close()
+
+
+def test_without_uvloop_the_worker_runs_on_asyncio_and_says_so(monkeypatch: Any) -> None:
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
+    new_loop, name = server.loop_factory()
+    assert new_loop is asyncio.new_event_loop
+    assert name == "asyncio (uvloop is not installed)"
