@@ -1,7 +1,8 @@
-"""Role router on a lab host: hxp-router under systemd, hardened, its two files with the right
-owners and modes, ready, proxying with an API key over HTTPS (a certificate from a scenario
-CA, made by the lab CA's code), reloading without a restart, restarting on systemd's socket
-without refusing a connection."""
+"""Role router on two lab hosts behind a virtual address: hxp-router under systemd, hardened,
+its two files with the right owners and modes, ready, proxying with an API key over HTTPS (a
+certificate from a scenario CA, made by the lab CA's code), reloading without a restart,
+restarting on systemd's socket without refusing a connection, listening on its host's address
+and on the virtual one. test_router_failover.py moves the virtual address."""
 
 import json
 import os
@@ -54,10 +55,16 @@ def test_service_runs_enabled_with_two_workers(host):
     assert len(workers) == 2
 
 
-def test_listens_on_the_host_address_only(host, address):
-    # One socket, hxp-router.socket's, shared by the two workers.
+@pytest.fixture(scope="module")
+def virtual_address(host):
+    return str(host.ansible.get_variables()["hxp_scenario_virtual_address"])
+
+
+def test_listens_on_the_host_address_and_the_virtual_one_only(host, address, virtual_address):
+    # hxp-router.socket's two sockets, shared by the two workers; the virtual address's is bound
+    # whether or not this host holds the address now (FreeBind).
     listening = {s for s in host.socket.get_listening_sockets() if s.endswith(f":{PORT}")}
-    assert listening == {f"tcp://{address}:{PORT}"}
+    assert listening == {f"tcp://{address}:{PORT}", f"tcp://{virtual_address}:{PORT}"}
 
 
 def test_unit_is_hardened_and_unprivileged(assert_hardened):
@@ -104,12 +111,16 @@ def test_reload_applies_settings_without_a_restart(host, address, key):
 
 
 def test_a_restart_keeps_the_socket_and_answers_the_next_request(
-    host, address, key, unit_properties
+    host, address, virtual_address, key, unit_properties
 ):
     socket_unit = host.service("hxp-router.socket")
     assert socket_unit.is_running and socket_unit.is_enabled
-    props = unit_properties("hxp-router.socket", "Listen", "Backlog", "ReusePort", "NoDelay")
-    assert props["Listen"] == f"{address}:{PORT} (Stream)"
+    props = unit_properties("hxp-router.socket", "Backlog", "ReusePort", "NoDelay")
+    # One Listen= line per socket (a dict of the properties would keep the last only).
+    assert host.check_output("systemctl show -p Listen hxp-router.socket").splitlines() == [
+        f"Listen={address}:{PORT} (Stream)",
+        f"Listen={virtual_address}:{PORT} (Stream)",
+    ]
     assert (props["Backlog"], props["ReusePort"], props["NoDelay"]) == ("4096", "no", "yes")
     assert "hxp-router.socket" in unit_properties("hxp-router", "Requires")["Requires"].split()
     main = host.run("systemctl show -p MainPID --value hxp-router").stdout.strip()
