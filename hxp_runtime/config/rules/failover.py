@@ -32,7 +32,7 @@ def failover_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]:
         for j, name in enumerate(router.hosts):
             if name in router.hosts[:j]:
                 yield Problem(("router", "hosts", j), f"{name!r} is listed twice; list it once")
-        if router.virtual_address is None:
+        if router.virtual_address is None and ("router", "virtual_address") not in dropped.fields:
             yield Problem(
                 ("router", "hosts"),
                 "routers on several hosts need router.virtual_address (address, "
@@ -59,7 +59,7 @@ def _address_problems(
     if vip.address in taken:
         yield Problem(
             path,
-            f"{vip.address} is host {taken[vip.address]!r}'s address; the virtual address "
+            f"{vip.address} is the address of host {taken[vip.address]!r}; the virtual address "
             "must be a free one of the router hosts' network",
         )
     elif vip.address in (network.network_address, network.broadcast_address):
