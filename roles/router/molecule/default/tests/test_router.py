@@ -173,3 +173,43 @@ def test_curl_verifies_the_router_against_the_ca_and_plain_http_gets_nothing(add
 def test_the_certificates_expiry_is_exported(host, address):
     _, text = call(host, f"https://{address}:{PORT}/metrics")
     assert "hxp_router_tls_certificate_expiry_timestamp_seconds " in text
+
+
+# keepalived runs as root and keeps the capabilities that change the host's network (its drop-in
+# says why): it cannot reach the limit of hxp's unprivileged units; docs/security.md records it.
+KEEPALIVED_EXPOSURE_LIMIT = 5.0
+KEEPALIVED_CAPABILITIES = {"cap_net_admin", "cap_net_raw", "cap_setuid", "cap_setgid", "cap_kill"}
+
+
+def test_keepalived_runs_sandboxed_with_its_network_capabilities_only(
+    host, unit_properties, assert_exposure
+):
+    keepalived = host.service("keepalived")
+    assert keepalived.is_running and keepalived.is_enabled
+    props = unit_properties(
+        "keepalived", "CapabilityBoundingSet", "NoNewPrivileges", "ProtectSystem", "ProtectHome"
+    )
+    assert set(props["CapabilityBoundingSet"].lower().split()) == KEEPALIVED_CAPABILITIES
+    assert (props["NoNewPrivileges"], props["ProtectSystem"], props["ProtectHome"]) == (
+        "yes",
+        "strict",
+        "yes",
+    )
+    assert_exposure("keepalived", KEEPALIVED_EXPOSURE_LIMIT)
+
+
+def test_keepalived_adverts_go_to_the_other_router_host_only(host, address):
+    others = [
+        str(host.backend.ansible_runner.get_variables(name)["ansible_host"])
+        for name in ("hx-llm-server-01", "hx-llm-server-02")
+    ]
+    others.remove(address)
+    config = host.file("/etc/keepalived/keepalived.conf")
+    assert (config.user, config.mode) == ("root", 0o640)
+    text = config.content_string
+    assert f"unicast_src_ip {address}" in text
+    peers = text.split("unicast_peer {", 1)[1].split("}", 1)[0].split()
+    assert peers == others
+    assert host.run("keepalived --config-test --use-file /etc/keepalived/keepalived.conf").rc == 0
+    # The track script says this host's router answers; it runs as nobody, as keepalived runs it.
+    assert host.run("runuser -u nobody -- /usr/local/libexec/hxp-router-alive").rc == 0
