@@ -210,6 +210,5 @@ def test_keepalived_adverts_go_to_the_other_router_host_only(host, address):
     assert f"unicast_src_ip {address}" in text
     peers = text.split("unicast_peer {", 1)[1].split("}", 1)[0].split()
     assert peers == others
-    assert host.run("keepalived --config-test --use-file /etc/keepalived/keepalived.conf").rc == 0
     # The track script says this host's router answers; it runs as nobody, as keepalived runs it.
     assert host.run("runuser -u nobody -- /usr/local/libexec/hxp-router-alive").rc == 0
