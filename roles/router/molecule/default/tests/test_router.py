@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from scenario import virtual_address_of
 
 PORT = 8000
 CA_ON_HOST = "/usr/local/share/hxp-scenario-ca.crt"
@@ -56,8 +57,8 @@ def test_service_runs_enabled_with_two_workers(host):
 
 
 @pytest.fixture(scope="module")
-def virtual_address(host):
-    return str(host.ansible.get_variables()["hxp_scenario_virtual_address"])
+def virtual_address(address):
+    return virtual_address_of(address)
 
 
 def test_listens_on_the_host_address_and_the_virtual_one_only(host, address, virtual_address):

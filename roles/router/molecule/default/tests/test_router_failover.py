@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import testinfra
+from scenario import virtual_address_of
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 HOSTS = ("hx-llm-server-01", "hx-llm-server-02")
@@ -38,7 +39,7 @@ def hosts():
 
 @pytest.fixture(scope="module")
 def virtual_address(host):
-    return str(host.ansible.get_variables()["hxp_scenario_virtual_address"])
+    return virtual_address_of(str(host.ansible.get_variables()["ansible_host"]))
 
 
 def holders(hosts, address):
