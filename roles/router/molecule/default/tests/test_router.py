@@ -177,8 +177,9 @@ def test_the_certificates_expiry_is_exported(host, address):
 
 
 # keepalived runs as root and keeps the capabilities that change the host's network (its drop-in
-# says why): it cannot reach the limit of hxp's unprivileged units; docs/security.md records it.
-KEEPALIVED_EXPOSURE_LIMIT = 5.0
+# says why): it cannot reach the limit of hxp's unprivileged units. Its rating on the lab hosts,
+# 2.7 (docs/security.md), is the bound.
+KEEPALIVED_EXPOSURE_LIMIT = 2.7
 KEEPALIVED_CAPABILITIES = {"cap_net_admin", "cap_net_raw", "cap_setuid", "cap_setgid", "cap_kill"}
 
 
