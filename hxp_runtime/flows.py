@@ -15,6 +15,10 @@ Sources:
   address on the lab bridge). It gets SSH on every host and the operators' interfaces.
 - an hxp host: its address (``/32``).
 
+Routers behind one virtual address (``router.hosts``): each router host gets the clients' flow to
+the router port (the host that holds the address takes its connections there), and VRRP (IP
+protocol 112, no port) from the other router hosts only, so that keepalived can move the address.
+
 Services that only listen on loopback (the router's admin API) and vLLM's internal worker ports
 need no flow: the firewall leaves loopback alone and drops the rest.
 
@@ -34,13 +38,23 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from hxp_runtime.config import Firewall, HostGroup, HxpConfig, cache_address, resolve_host
+from hxp_runtime.config import (
+    Firewall,
+    HostGroup,
+    HxpConfig,
+    cache_address,
+    resolve_host,
+    router_hosts,
+)
 from hxp_runtime.observability.scrape import scraped_addresses
 from hxp_runtime.planner import Plan
 
 CLIENTS = "clients"
 CONTROLLER = "controller"
 TCP = "tcp"
+# IP protocol 112, keepalived's adverts: no port (the flows' port is 0).
+VRRP = "vrrp"
+VRRP_REASON = "VRRP: keepalived moves the virtual address"
 # The ephemeral ports of the llm hosts: role common's net.ipv4.ip_local_port_range there
 # (hxp_common_sysctl_llm; tests/unit/test_flows.py keeps the two in step). vLLM's inter-node
 # sockets bind port 0, so they land in it; the ports hxp services listen on are reserved out of it.
@@ -109,9 +123,9 @@ def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
 
     for host in cfg.hosts:
         yield to(CONTROLLER, controller, host.name, host.ssh_port, "SSH: deploy and operate")
-    router = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
-    if router is not None:
-        yield to(CLIENTS, clients, router, cfg.router.port, "OpenAI API")
+    routers = router_hosts(cfg)
+    for router in routers:
+        yield to(CLIENTS, clients, router, cfg.router.port, _api(cfg))
         yield to(CONTROLLER, controller, router, cfg.router.port, "OpenAI API: smoke checks")
         for inst in plan.instances:
             yield to(router, own[router], inst.host, inst.port, f"model {inst.model}")
@@ -127,6 +141,10 @@ def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
         # On the router's own host Redis listens on loopback: no flow crosses the firewall.
         if cfg.cache is not None and cache is not None and not cache[1].is_loopback:
             yield to(router, own[router], cache[0], cfg.cache.port, "Redis: limits, cache")
+        # keepalived's adverts to the other router hosts, when routers share an address.
+        for peer in routers:
+            if peer != router and cfg.router.virtual_address is not None:
+                yield Flow(router, own[router], peer, address[peer], 0, VRRP_REASON, VRRP)
     yield from _pipeline_flows(cfg, address, own)
     if cfg.vector_db is not None:
         vector = resolve_host(cfg, cfg.vector_db.host, HostGroup.VECTOR)
@@ -134,6 +152,13 @@ def _flows(cfg: HxpConfig, plan: Plan) -> Iterator[Flow]:
             yield to(CLIENTS, clients, vector, cfg.vector_db.http_port, "Qdrant REST")
             yield to(CLIENTS, clients, vector, cfg.vector_db.grpc_port, "Qdrant gRPC")
     yield from _metrics_flows(cfg, plan, address, by_address, controller)
+
+
+def _api(cfg: HxpConfig) -> str:
+    vip = cfg.router.virtual_address
+    # The host holding the virtual address takes its connections: the same port, rule and
+    # sources (nftables matches the port, not the destination address).
+    return "OpenAI API" if vip is None else f"OpenAI API (also at virtual address {vip.address})"
 
 
 def _pipeline_flows(
@@ -239,6 +264,7 @@ def allowed(flows: list[Flow], source_address: str, host: str, port: int) -> boo
     src = ipaddress.IPv4Address(source_address)
     return any(
         f.destination == host
+        and f.protocol == TCP
         and f.admits(port)
         and not f.egress
         and any(src in ipaddress.IPv4Network(n) for n in f.networks)

@@ -36,6 +36,7 @@ from hxp_runtime.config import (
     format_path,
     plan_swaps,
     resolve_host,
+    router_hosts,
     service_endpoints,
     walk_secret_refs,
 )
@@ -236,10 +237,15 @@ def _backends(cfg: HxpConfig, plan: Plan) -> list[Vars]:
 def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
     router = cfg.router
     settings = router.model_dump(
-        mode="json", exclude={"api_keys", "upstream_api_key", "admin_key", "host", "tls"}
-    )
-    # The gateway listens on its host's address (hxp_runtime.router.settings.RouterSettings).
-    settings["listen_host"] = _address(cfg, resolve_host(cfg, router.host, HostGroup.LLM))
+        mode="json",
+        exclude={
+            "api_keys", "upstream_api_key", "admin_key", "host", "hosts", "virtual_address", "tls"
+        },
+    )  # fmt: skip
+    routers = router_hosts(cfg)
+    # The gateway listens on its host's address (hxp_runtime.router.settings.RouterSettings);
+    # behind a virtual address role router puts each host's own there, and adds the virtual one.
+    settings["listen_host"] = _address(cfg, routers[0] if routers else None)
     settings["backends"] = _backends(cfg, plan)
     database, cache = database_address(cfg), cache_address(cfg)
     if cfg.database is not None:
@@ -257,6 +263,11 @@ def router_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         }
     return {
         "hxp_router_settings": settings,
+        # The hosts role router runs on, in hxp.yml's order: keepalived's priorities follow it.
+        "hxp_router_hosts": routers,
+        "hxp_router_virtual_address": (
+            router.virtual_address.model_dump(mode="json") if router.virtual_address else None
+        ),
         "hxp_router_api_keys": [
             {
                 "name": key.name,
@@ -341,7 +352,8 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
 
 
 def rollout_vars(cfg: HxpConfig, plan: Plan) -> Vars:
-    router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    # Behind a virtual address: the first router host (README, "Router high availability").
+    router_host = next(iter(router_hosts(cfg)), None)
     return {
         "hxp_vllm_rollout_batch_size": cfg.rollout.batch_size,
         "hxp_vllm_rollout_drain_deadline_s": cfg.rollout.drain_deadline_s,

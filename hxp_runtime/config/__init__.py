@@ -16,6 +16,8 @@ from hxp_runtime.config.endpoints import (
     engine_hosts,
     model_hosts,
     resolve_host,
+    router_address,
+    router_hosts,
     service_endpoints,
     service_hosts,
 )
@@ -100,6 +102,7 @@ from hxp_runtime.config.schema import (
     TlsPair,
     UserName,
     VectorDb,
+    VirtualAddress,
     walk_secret_refs,
 )
 from hxp_runtime.yamlsource import PathKey
@@ -175,6 +178,7 @@ __all__ = [
     "TlsPair",
     "UserName",
     "VectorDb",
+    "VirtualAddress",
     "_pydantic_problems",
     "apply_change",
     "cache_address",
@@ -190,6 +194,8 @@ __all__ = [
     "pydantic_problems",
     "resolve_host",
     "resolve_shape",
+    "router_address",
+    "router_hosts",
     "service_endpoints",
     "service_hosts",
     "shape_from_architecture",

@@ -21,6 +21,23 @@ def resolve_host(cfg: HxpConfig, wanted: str | None, group: HostGroup) -> str | 
     return members[0].name if len(members) == 1 else None
 
 
+def router_hosts(cfg: HxpConfig) -> list[str]:
+    """The hosts a router runs on: router.hosts (behind router.virtual_address), else
+    router.host or the only llm host; none when that cannot be resolved (a rule says why)."""
+    if cfg.router.hosts is not None:
+        return list(cfg.router.hosts)
+    host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    return [] if host is None else [host]
+
+
+def router_address(cfg: HxpConfig) -> ipaddress.IPv4Address | None:
+    """The address clients reach the router at: the virtual address, else its host's."""
+    if cfg.router.virtual_address is not None:
+        return cfg.router.virtual_address.address
+    placed = _placed(cfg, next(iter(router_hosts(cfg)), None))
+    return placed[1] if placed else None
+
+
 def model_hosts(cfg: HxpConfig) -> dict[str, tuple[str, ...]]:
     """Each model -> the hosts of its replicas, in the order the router numbers its backends
     (name, name-2, ...): ``host`` (or the only llm host), every host of ``hosts``, for
@@ -99,12 +116,13 @@ def database_address(cfg: HxpConfig) -> tuple[str, ipaddress.IPv4Address] | None
 
 
 def cache_address(cfg: HxpConfig) -> tuple[str, ipaddress.IPv4Address] | None:
-    """(host, address) Redis listens on and the router connects to. The router is Redis's only
-    client, so on the router's own host Redis listens on loopback only: nothing off the host
-    can reach it, whatever the firewall says."""
+    """(host, address) Redis listens on and the routers connect to. The router is Redis's only
+    client, so on the host of the only router Redis listens on loopback only: nothing off the
+    host can reach it, whatever the firewall says."""
     host = resolve_host(cfg, cfg.cache.host, HostGroup.CACHE) if cfg.cache else None
     placed = _placed(cfg, host)
-    if placed is not None and host == resolve_host(cfg, cfg.router.host, HostGroup.LLM):
+    # Routers on other hosts share it (rate limits, cache): then it listens on its address.
+    if placed is not None and router_hosts(cfg) == [host]:
         return placed[0], LOOPBACK
     return placed
 
@@ -117,7 +135,6 @@ def _placed(cfg: HxpConfig, host: str | None) -> tuple[str, ipaddress.IPv4Addres
 
 def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, PathKey]]:
     """Every (host, port) a deployment listens on, with a label and the field that sets it."""
-    llm_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     replicas = model_hosts(cfg)
     for i, model in enumerate(cfg.models):
         if model.pipeline is not None:
@@ -137,9 +154,11 @@ def service_endpoints(cfg: HxpConfig) -> Iterator[tuple[str | None, int, str, Pa
                     f"model {model.name}'s blue-green spare port (port + {SPARE_PORT_OFFSET})",
                     ("models", i, "port"),
                 )
-    yield llm_host, cfg.router.port, "router", ("router", "port")
-    # Loopback only, but a server on the host's address with the same port would still clash.
-    yield llm_host, cfg.router.admin_port, "router admin API", ("router", "admin_port")
+    routers: list[str | None] = [*router_hosts(cfg)] or [None]
+    for router_host in routers:
+        yield router_host, cfg.router.port, "router", ("router", "port")
+        # Loopback only, but a server on the host's address with the same port would clash.
+        yield router_host, cfg.router.admin_port, "router admin API", ("router", "admin_port")
     if cfg.database:
         db = resolve_host(cfg, cfg.database.host, HostGroup.DATABASE)
         yield db, cfg.database.port, "postgresql", ("database", "port")
@@ -182,7 +201,7 @@ def service_hosts(cfg: HxpConfig) -> dict[Service, list[str]]:
     """The hosts each deployed service runs on (vllm: the hosts of the models)."""
     placed: dict[Service, list[str | None]] = {
         Service.VLLM: [h for hosts in engine_hosts(cfg).values() for h in hosts],
-        Service.ROUTER: [resolve_host(cfg, cfg.router.host, HostGroup.LLM)],
+        Service.ROUTER: [*router_hosts(cfg)],
         Service.GPU_EXPORTER: [
             h.name for h in cfg.hosts_in(HostGroup.LLM) if h.accelerator == "nvidia"
         ],

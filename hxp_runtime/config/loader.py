@@ -9,6 +9,7 @@ do.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +105,21 @@ def _salvage(data: dict[str, Any], problems: list[Problem]) -> tuple[HxpConfig, 
     left = _without_failed_fields(data, problems)
     if left is None:
         return None
-    doc, bad_entries = left
-    dropped = _drop_entries(data, doc, bad_entries)
+    doc, bad_entries, reset = left
+    dropped = replace(_drop_entries(data, doc, bad_entries), fields=frozenset(reset))
     cfg = _validate_rest(doc)
     return None if cfg is None else (cfg, dropped)
 
 
 def _without_failed_fields(
     data: dict[str, Any], problems: list[Problem]
-) -> tuple[dict[str, Any], dict[str, set[int]]] | None:
+) -> tuple[dict[str, Any], dict[str, set[int]], set[tuple[str, str]]] | None:
     """``data`` with each failed section field back to its default and each failed top-level
-    field replaced or left out, and the positions of the failed entries of each entry list;
-    None when a problem is about the whole document."""
+    field replaced or left out, the positions of the failed entries of each entry list, and the
+    (section, field) pairs set back; None when a problem is about the whole document."""
     doc = dict(data)
     bad_entries: dict[str, set[int]] = {key: set() for key in _ENTRY_LISTS}
+    reset: set[tuple[str, str]] = set()
     for problem in problems:
         path = problem.path
         if not path:
@@ -129,11 +131,12 @@ def _without_failed_fields(
             section = dict(doc[top])
             section.pop(path[1], None)  # back to the field's default
             doc[top] = section
+            reset.add((top, str(path[1])))
         elif top in _STAND_INS:
             doc[top] = _STAND_INS[top]
         else:
             doc.pop(top, None)
-    return doc, bad_entries
+    return doc, bad_entries, reset
 
 
 def _drop_entries(

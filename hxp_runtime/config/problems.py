@@ -172,6 +172,8 @@ class Dropped:
     groups: frozenset[HostGroup] = frozenset()
     models: bool = False  # a model entry, or the whole list, was left out
     all_models: bool = False  # the whole models list was left out
+    # (section, field) pairs set back to their default (router.virtual_address, ...).
+    fields: frozenset[tuple[str, str]] = frozenset()
     # Top-level list -> the file's position of each entry that was kept.
     positions: dict[str, list[int]] = field(default_factory=dict)
 

@@ -702,8 +702,32 @@ class ServiceTls(TlsPair):
     )
 
 
+class VirtualAddress(Strict):
+    """The one address clients reach the router at when it runs on several hosts: keepalived
+    (VRRP) holds it on one router host, and moves it to the next when that host or its router
+    stops answering."""
+
+    address: ipaddress.IPv4Address = Field(
+        description="the virtual IPv4 address, a free one in the router hosts' network"
+    )
+    prefix_length: Annotated[int, Field(ge=8, le=30)] = Field(
+        24, description="prefix length of the router hosts' network (the address is added so)"
+    )
+    virtual_router_id: Annotated[int, Field(ge=1, le=255)] = Field(
+        description="VRRP router id, 1-255, unique among the VRRP groups of that network"
+    )
+
+
 class Router(RouterPolicy):
-    host: str | None = None
+    host: str | None = Field(None, description="the one llm host the router runs on")
+    hosts: list[str] | None = Field(
+        None,
+        description="the llm hosts routers run on behind virtual_address (instead of host); "
+        "the first holds the address first",
+    )
+    virtual_address: VirtualAddress | None = Field(
+        None, description="the address clients use when the router runs on several hosts"
+    )
     tls: RouterTls | None = Field(
         None,
         description="serve HTTPS on the public port (plain HTTP there gets no answer); "

@@ -247,6 +247,20 @@ def file_secrets(node: Any) -> set[Path]:
     return set()
 
 
+def _servers(node: dict[str, Any]) -> list[str]:
+    """router.hosts, when given as a list of names (hxp validate checks the rest)."""
+    hosts = node.get("hosts")
+    return [h for h in hosts if isinstance(h, str)] if isinstance(hosts, list) else []
+
+
+def _virtual_address(node: dict[str, Any]) -> tuple[ipaddress.IPv4Address, ...]:
+    vip = node.get("virtual_address")
+    try:
+        return (ipaddress.IPv4Address(vip["address"]),) if isinstance(vip, dict) else ()
+    except (KeyError, ValueError):
+        return ()  # hxp validate names the field
+
+
 def lab_tls(data: dict[str, Any], hosts: Sequence[Host]) -> LabTls | None:
     """The TLS files of the document ``up`` makes from the lab's CA: router.tls, database.tls
     and cache.tls given as ``file:`` references whose server host is known (named, or the only
@@ -265,12 +279,20 @@ def lab_tls(data: dict[str, Any], hosts: Sequence[Host]) -> LabTls | None:
             continue
         members = [h.name for h in hosts if group in h.groups]
         host = node.get("host") or (members[0] if len(members) == 1 else None)
+        servers = _servers(node) or ([host] if isinstance(host, str) else [])
         certificate, key = file_secrets(tls.get("certificate")), file_secrets(tls.get("key"))
         ca_files |= file_secrets(tls.get("ca"))
-        if len(certificate) != 1 or len(key) != 1 or host not in addresses:
+        if (
+            len(certificate) != 1
+            or len(key) != 1
+            or not servers
+            or not set(servers) <= set(addresses)
+        ):
             continue
         extra = (LOOPBACK,) if loopback else ()
-        pairs.append(LabPair(host, (addresses[host], *extra), certificate.pop(), key.pop()))
+        # Routers behind a virtual address share one pair: it covers each host and the address.
+        covered = (*(addresses[s] for s in servers), *_virtual_address(node), *extra)
+        pairs.append(LabPair(servers[0], covered, certificate.pop(), key.pop()))
     if not pairs and not ca_files:
         return None
     return LabTls(tuple(pairs), tuple(sorted(ca_files)))

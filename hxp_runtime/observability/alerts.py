@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from hxp_runtime.config import Alerting, HostGroup, HxpConfig, Metrics, Slo, resolve_host
+from hxp_runtime.config import (
+    Alerting,
+    HostGroup,
+    HxpConfig,
+    Metrics,
+    Slo,
+    resolve_host,
+    router_hosts,
+)
 from hxp_runtime.router.metrics import bucket_label, slo_threshold_s
 
 RUNBOOK_BASE_URL = "https://github.com/hxp-project/hxp/blob/main/docs/runbooks/"
@@ -658,7 +666,8 @@ def _monitoring_group(cfg: HxpConfig, gpu_hosts: bool) -> Group:
 def alert_rules(cfg: HxpConfig) -> dict[str, Any]:
     """The Prometheus rules file: recording rules of the SLOs and every alert of the stack."""
     groups: list[Group] = []
-    router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    # Behind a virtual address the first router host labels the router's SLO alerts.
+    router_host = next(iter(router_hosts(cfg)), None)
     if router_host is not None:  # no LLM host, no router: nothing it could count
         groups.extend(_slo_group(cfg, target) for target in _slo_targets(cfg, router_host))
         groups.append(_router_group(cfg))

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from hxp_runtime.config import HostGroup, HxpConfig, resolve_host
+from hxp_runtime.config import HostGroup, HxpConfig, resolve_host, router_hosts
 from hxp_runtime.planner import Plan
 
 # Files the prometheus role writes on the metrics host (0640 root:prometheus), so that no
@@ -119,16 +119,16 @@ def scrape_configs(cfg: HxpConfig, plan: Plan) -> list[dict[str, Any]]:
         )
     )
     jobs.append({"job_name": VLLM_JOB, "file_sd_configs": [{"files": [vllm_targets_file("*")]}]})
-    router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
-    if router_host is not None:
+    routers = router_hosts(cfg)
+    if routers:
         https = (
             {"scheme": "https", "tls_config": {"ca_file": ROUTER_CERTIFICATE_FILE}}
             if cfg.router.tls is not None
             else {}
         )
-        jobs.append(
-            _job("router", [_target(address[router_host], cfg.router.port, router_host)], **https)
-        )
+        # Every router host at its own address: the one without the virtual address too.
+        targets = [_target(address[host], cfg.router.port, host) for host in routers]
+        jobs.append(_job("router", targets, **https))
     gpu_hosts = [h for h in cfg.hosts_in(HostGroup.LLM) if h.accelerator == "nvidia"]
     if gpu_hosts:
         jobs.append(

@@ -15,9 +15,11 @@ SIGTERM and SIGHUP to them, restarts a worker that dies, and aggregates nothing 
 go through prometheus-client's multiprocess directory).
 
 The listening socket. Under systemd it comes from ``hxp-router.socket`` (socket activation, the
-sd_listen_fds protocol: ``LISTEN_PID``/``LISTEN_FDS``, the socket at fd 3): the supervisor hands
-that one socket to every worker, and it outlives the process, so a restart or an upgrade (a new
+sd_listen_fds protocol: ``LISTEN_PID``/``LISTEN_FDS``, the sockets from fd 3): the supervisor
+hands those sockets to every worker, and they outlive the process, so a restart or an upgrade (a new
 package, then a restart) leaves new connections waiting in its backlog instead of refused.
+A router behind a virtual address gets two sockets, the host's address and the virtual one
+(bound with FreeBind before the address arrives), and serves both alike.
 Started without one (a test, a manual run) every worker binds the port itself with
 SO_REUSEPORT, and a stopped router refuses connections until the next one binds.
 
@@ -56,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -118,8 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    # The supervisor's listening socket, inherited by a worker (pass_fds).
-    parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # The supervisor's listening sockets, inherited by a worker (pass_fds).
+    parser.add_argument(
+        "--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.secrets is None and DEFAULT_SECRETS.exists():
         args.secrets = DEFAULT_SECRETS
@@ -130,20 +134,20 @@ def load_files(args: argparse.Namespace) -> tuple[RouterSettings, RouterSecrets]
     return load_settings(args.settings), load_secrets(args.secrets)
 
 
-def inherited_socket() -> socket.socket | None:
-    """The listening socket systemd passed to this process (sd_listen_fds), or None.
+def inherited_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed to this process (sd_listen_fds), maybe none.
 
-    The variables are removed so that no child takes them for its own; a worker gets the socket
+    The variables are removed so that no child takes them for its own; a worker gets the sockets
     from its supervisor with ``--listen-fd`` instead.
     """
     pid, count = os.environ.get("LISTEN_PID", ""), os.environ.get("LISTEN_FDS", "")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
     if not (pid.isdigit() and int(pid) == os.getpid() and count.isdigit() and int(count) > 0):
-        return None
-    if int(count) > 1:
-        log.warning("systemd passed %s sockets; serving on the first only", count)
-    return listening_socket(SD_LISTEN_FDS_START)
+        return []
+    return [
+        listening_socket(fd) for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count))
+    ]
 
 
 def listening_socket(fd: int) -> socket.socket:
@@ -204,7 +208,7 @@ async def serve(
     settings: RouterSettings,
     secrets: RouterSecrets,
     early: EarlyReload | None = None,
-    listener: socket.socket | None = None,
+    listeners: Sequence[socket.socket] = (),
 ) -> None:
     loop = asyncio.get_running_loop()
     tls = None
@@ -228,15 +232,14 @@ async def serve(
         app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
     )
     await runner.setup()
-    site = make_site(runner, settings, listener, reuse_port=args.worker, tls=tls)
-    await site.start()
+    sites = make_sites(runner, settings, listeners, reuse_port=args.worker, tls=tls)
+    for site in sites:
+        await site.start()
     log.info(
-        "listening on %s://%s:%d (%d backends%s)",
-        "http" if tls is None else "https",
-        settings.listen_host,
-        settings.port,
+        "listening on %s (%d backends%s)",
+        ", ".join(site.name for site in sites),
         len(settings.backends),
-        ", socket from systemd" if listener is not None else "",
+        ", sockets from systemd" if listeners else "",
     )
     admin: web.AppRunner | None = None
     if secrets.admin_key is not None:
@@ -264,7 +267,8 @@ async def serve(
     log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
     started = time.monotonic()
     closing.set()
-    await site.stop()  # new connections wait in the socket's backlog for the next process
+    for site in sites:
+        await site.stop()  # new connections wait in the socket's backlog for the next process
     await close_grace(runner, min(CLOSE_GRACE_S, settings.drain_timeout_s))
     gateway.draining = True
     if admin is not None:
@@ -275,18 +279,21 @@ async def serve(
         shutil.rmtree(shared.directory, ignore_errors=True)
 
 
-def make_site(
+def make_sites(
     runner: web.AppRunner,
     settings: RouterSettings,
-    listener: socket.socket | None,
+    listeners: Sequence[socket.socket],
     *,
     reuse_port: bool,
     tls: TlsEndpoint | None = None,
-) -> web.BaseSite:
+) -> list[web.BaseSite]:
     context = None if tls is None else tls.context
-    if listener is not None:
-        return web.SockSite(runner, listener, backlog=BACKLOG, ssl_context=context)
-    return web.TCPSite(
+    if listeners:
+        return [
+            web.SockSite(runner, listener, backlog=BACKLOG, ssl_context=context)
+            for listener in listeners
+        ]
+    site = web.TCPSite(
         runner,
         settings.listen_host,
         settings.port,
@@ -294,6 +301,7 @@ def make_site(
         backlog=BACKLOG,
         ssl_context=context,
     )
+    return [site]
 
 
 def show_tls_expiry(gateway: Gateway, tls: TlsEndpoint | None) -> None:
@@ -360,15 +368,15 @@ def run_worker(
     settings: RouterSettings,
     secrets: RouterSecrets,
     early: EarlyReload | None = None,
-    listener: socket.socket | None = None,
+    listeners: Sequence[socket.socket] = (),
 ) -> int:
-    if listener is None and args.listen_fd is not None:
-        listener = listening_socket(args.listen_fd)
+    if not listeners:
+        listeners = [listening_socket(fd) for fd in args.listen_fd]
     new_loop, loop_name = loop_factory()
     log.info("event loop: %s", loop_name)
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
-            runner.run(serve(args, settings, secrets, early, listener))
+            runner.run(serve(args, settings, secrets, early, listeners))
     except TlsError as exc:
         log.error("start-up failed: TLS: %s", exc)
         return EXIT_INVALID
@@ -402,12 +410,12 @@ class Supervisor:
         settings: RouterSettings,
         count: int,
         early: EarlyReload | None = None,
-        listener: socket.socket | None = None,
+        listeners: Sequence[socket.socket] = (),
     ) -> None:
         self.args = args
         self.settings = settings
         self.count = count
-        self.listener = listener  # kept open here too: a restarted worker gets it again
+        self.listeners = listeners  # kept open here too: a restarted worker gets them again
         self.stopping = False
         self.reload = early or EarlyReload()
         self.workers: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
@@ -426,15 +434,15 @@ class Supervisor:
         cmd += ["--settings", str(self.args.settings), "--log-level", self.args.log_level]
         if self.args.secrets is not None:
             cmd += ["--secrets", str(self.args.secrets)]
-        if self.listener is not None:
-            cmd += ["--listen-fd", str(self.listener.fileno())]
+        for listener in self.listeners:
+            cmd += ["--listen-fd", str(listener.fileno())]
         return cmd
 
     def spawn(self) -> None:
         # Blocked here, blocked in the child until it can handle it: see the module's doc.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            fds = () if self.listener is None else (self.listener.fileno(),)
+            fds = [listener.fileno() for listener in self.listeners]
             process = subprocess.Popen(self.command(), env=self.env, pass_fds=fds)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -548,14 +556,14 @@ def start(
 ) -> int:
     """A worker, or a supervisor of several, on systemd's socket when it passed one."""
     try:
-        listener = None if args.worker else inherited_socket()
+        listeners = [] if args.worker else inherited_sockets()
     except OSError as exc:
-        log.error("start-up failed: the socket from systemd: %s", exc)
+        log.error("start-up failed: the sockets from systemd: %s", exc)
         return EXIT_INVALID
     count = args.workers or settings.workers
     if args.worker or count == 1:
-        return run_worker(args, settings, secrets, early, listener)
-    return Supervisor(args, settings, count, early, listener).run()
+        return run_worker(args, settings, secrets, early, listeners)
+    return Supervisor(args, settings, count, early, listeners).run()
 
 
 if __name__ == "__main__":

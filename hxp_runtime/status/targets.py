@@ -16,6 +16,7 @@ from hxp_runtime.config import (
     SecretScheme,
     Service,
     resolve_host,
+    router_hosts,
     service_hosts,
 )
 from hxp_runtime.planner import Plan
@@ -126,9 +127,9 @@ def host_targets(cfg: HxpConfig, plan: Plan) -> list[HostTarget]:
         model = cfg.model(worker.model)
         unit = model.stage_unit_name(worker.pipeline_rank)
         hosts[worker.host].units.append(UnitTarget(Service.VLLM, unit, model.name))
-    router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
-    if router_host is not None and cfg.router.admin_key is not None:
-        hosts[router_host].router_admin = True
+    if cfg.router.admin_key is not None:
+        for router_host in router_hosts(cfg):
+            hosts[router_host].router_admin = True
     if cfg.metrics is not None:
         metrics_host = resolve_host(cfg, cfg.metrics.host, HostGroup.METRICS)
         if metrics_host is not None:

@@ -36,6 +36,13 @@ options:
       sandbox, only the core is stated.
     type: bool
     default: true
+  capabilities:
+    description: >-
+      The capabilities a root daemon that changes the host's network keeps (keepalived adds
+      and removes the virtual address: CAP_NET_ADMIN, CAP_NET_RAW), as CapabilityBoundingSet;
+      only names from PRIVILEGED_CAPABILITIES. Every other core directive still holds.
+    type: list
+    default: []
 """
 
 EXAMPLES = """
@@ -52,6 +59,12 @@ _value:
 """
 
 Value = str | list[str]
+
+# The only capabilities a unit may keep (``capabilities``): a network daemon's, and dropping to
+# the unprivileged user of its scripts. None of them reads or writes another user's files.
+PRIVILEGED_CAPABILITIES = frozenset(
+    {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_NET_BIND_SERVICE", "CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
+)
 
 # Every unit and drop-in: no unit may change these.
 CORE: dict[str, Value] = {
@@ -116,9 +129,20 @@ def _values(name: str, value: Any) -> list[str]:
     return lines
 
 
-def hxp_systemd_hardening(changes: Mapping[str, Any] | None = None, sandbox: bool = True) -> str:
+def hxp_systemd_hardening(
+    changes: Mapping[str, Any] | None = None,
+    sandbox: bool = True,
+    capabilities: list[str] | None = None,
+) -> str:
     """The baseline's lines with ``changes`` applied (see DOCUMENTATION)."""
     changes = dict(changes or {})
+    kept = list(capabilities or [])
+    unknown = sorted(set(kept) - PRIVILEGED_CAPABILITIES)
+    if unknown:
+        raise AnsibleFilterError(
+            f"hxp_systemd_hardening: {', '.join(unknown)} may not be kept; a unit keeps at most "
+            f"{', '.join(sorted(PRIVILEGED_CAPABILITIES))}"
+        )
     for name, value in CORE.items():
         if name in changes and changes[name] != value:
             raise AnsibleFilterError(
@@ -126,6 +150,8 @@ def hxp_systemd_hardening(changes: Mapping[str, Any] | None = None, sandbox: boo
                 "cannot change or drop it"
             )
     directives: dict[str, Any] = {**(BASELINE if sandbox else CORE)}
+    if kept:
+        directives["CapabilityBoundingSet"] = " ".join(kept)
     for name, value in changes.items():
         if value is None and name not in directives:
             raise AnsibleFilterError(

@@ -13,23 +13,20 @@ from typing import Any
 
 import openai
 
-from hxp_runtime.config import HostGroup, HxpConfig, resolve_host
+from hxp_runtime.config import HxpConfig, router_address
 from hxp_runtime.lab import load_lab
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = Path(os.environ.get("HXP_STACK_CONFIG", REPO / "inventory/lab/hxp.yml"))
 
 
-def router_address(cfg: HxpConfig) -> str:
-    name = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
-    assert name is not None, "the config names no router host and has no single llm host"
-    return cfg.host(name).address
-
-
 def router_url(cfg: HxpConfig) -> str:
-    """The router's base URL, as clients reach it."""
+    """The router's base URL, as clients reach it: the virtual address behind which several
+    routers run (router.virtual_address), else its host's address."""
     scheme = "https" if cfg.router.tls is not None else "http"
-    return f"{scheme}://{router_address(cfg)}:{cfg.router.port}"
+    address = router_address(cfg)
+    assert address is not None, "the config names no router host and has no single llm host"
+    return f"{scheme}://{address}:{cfg.router.port}"
 
 
 def router_ca(cfg: HxpConfig) -> Path | None:

@@ -350,11 +350,13 @@ def test_status_judges_each_replica_as_a_backend_of_its_host(lab_scale: HxpConfi
 
 
 def test_rolling_changes_take_one_llm_host_at_a_time() -> None:
-    # Two replicas of a model must never restart together; the router runs on its host only.
+    # Two replicas of a model must never restart together; routers run on their hosts only, one
+    # host at a time.
     # (The first play converges the hosts of pipeline stages, the second every llm host.)
     plays = yaml.safe_load((REPO / "playbooks/llm.yml").read_text(encoding="utf-8"))
     assert [(play["hosts"], play["serial"]) for play in plays] == [("llm", 1), ("llm", 1)]
     (router,) = yaml.safe_load((REPO / "playbooks/router.yml").read_text(encoding="utf-8"))
+    assert router["serial"] == 1
     (leave,) = router["pre_tasks"]
     assert leave["ansible.builtin.meta"] == "end_host"
-    assert leave["when"] == "ansible_host != hxp_router_settings.listen_host"
+    assert leave["when"] == "inventory_hostname not in hxp_router_hosts"

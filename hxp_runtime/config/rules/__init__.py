@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from hxp_runtime.config.problems import Dropped, Problem
 from hxp_runtime.config.rules.duplicates import duplicate_hosts, duplicate_names
+from hxp_runtime.config.rules.failover import failover_problems
 from hxp_runtime.config.rules.firewall import firewall_problems
 from hxp_runtime.config.rules.hosts import host_problems
 from hxp_runtime.config.rules.models import gpu_problems
@@ -30,6 +31,7 @@ _RULES = (
     host_problems,
     duplicate_names,
     service_host_problems,
+    failover_problems,
     port_problems,
     blue_green_problems,
     router_problems,

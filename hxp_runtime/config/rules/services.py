@@ -46,7 +46,21 @@ def service_host_problems(cfg: HxpConfig, dropped: Dropped) -> Iterator[Problem]
                     "server split across hosts)"
                 ),
             )
-    yield from _host_rule(cfg, cfg.router.host, HostGroup.LLM, ("router",), "the router", dropped)
+    if cfg.router.hosts is not None:
+        for j, host in enumerate(cfg.router.hosts):
+            yield from _named_host_rule(
+                cfg, host, HostGroup.LLM, ("router", "hosts", j), "a router", dropped
+            )
+    else:
+        yield from _host_rule(
+            cfg,
+            cfg.router.host,
+            HostGroup.LLM,
+            ("router",),
+            "the router",
+            dropped,
+            or_else=", or hosts and virtual_address (routers behind one address)",
+        )
     sections: list[tuple[str, Database | VectorDb | Cache | Metrics | None, HostGroup]] = [
         ("database", cfg.database, HostGroup.DATABASE),
         ("vector_db", cfg.vector_db, HostGroup.VECTOR),

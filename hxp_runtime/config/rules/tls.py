@@ -11,19 +11,25 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from hxp_runtime.config.endpoints import cache_address, database_address, resolve_host
+from hxp_runtime.config.endpoints import cache_address, database_address, router_hosts
 from hxp_runtime.config.problems import Problem
-from hxp_runtime.config.schema import HostGroup, HxpConfig, ServiceTls, TlsPair
+from hxp_runtime.config.schema import HxpConfig, ServiceTls, TlsPair
 from hxp_runtime.yamlsource import PathKey
 
 
 def tls_problems(cfg: HxpConfig) -> Iterator[Problem]:
-    router = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
     known = {h.name: h.address for h in cfg.hosts}
-    if cfg.router.tls is not None and router in known:
-        yield from _pair_problems(
-            ("router", "tls"), cfg.router.tls, (router, known[router]), "the router"
+    if cfg.router.tls is not None:
+        # Each router host's address (Prometheus scrapes each) and the virtual one (clients).
+        endpoints = [(name, known[name]) for name in router_hosts(cfg) if name in known]
+        if endpoints and cfg.router.virtual_address is not None:
+            endpoints.append((endpoints[0][0], cfg.router.virtual_address.address))
+        problems = (
+            problem
+            for endpoint in endpoints
+            for problem in _pair_problems(("router", "tls"), cfg.router.tls, endpoint, "the router")
         )
+        yield from dict.fromkeys(problems)  # the key's problems, once
     if cfg.database is not None and cfg.database.tls is not None:
         yield from _pair_problems(
             ("database", "tls"), cfg.database.tls, database_address(cfg), "PostgreSQL"

@@ -209,7 +209,7 @@ def test_the_workers_serve_on_the_socket_they_were_given(
         port = listener.getsockname()[1]
         # One listening socket on the port, the test's: no worker bound one of its own.
         assert listening_sockets({os.getpid(), router.process.pid, *workers}, port) == 1  # type: ignore[union-attr]
-        assert "socket from systemd" in router.log_tail()
+        assert "sockets from systemd" in router.log_tail()
         assert call("POST", router.url + "/v1/completions", BODY, KEY)[0] == 200
     finally:
         assert router.stop() == 0, router.log_tail()

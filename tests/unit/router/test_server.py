@@ -72,24 +72,31 @@ def test_a_sighup_before_the_loop_runs_is_kept_for_later() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def test_a_socket_from_systemd_is_taken_only_by_the_process_it_names(monkeypatch: Any) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
+def test_sockets_from_systemd_are_taken_only_by_the_process_it_names(monkeypatch: Any) -> None:
+    # Two sockets, as hxp-router.socket passes behind a virtual address (the host's address and
+    # the virtual one), at consecutive descriptors from SD_LISTEN_FDS_START as systemd puts them.
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    first = 200
+    for offset, listener in enumerate(listeners):
+        os.dup2(listener.fileno(), first + offset)
     try:
-        monkeypatch.setattr(server, "SD_LISTEN_FDS_START", listener.fileno())
-        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setattr(server, "SD_LISTEN_FDS_START", first)
+        monkeypatch.setenv("LISTEN_FDS", "2")
         monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))  # another process's
-        assert server.inherited_socket() is None
+        assert server.inherited_sockets() == []
         assert "LISTEN_FDS" not in os.environ  # not passed on to a child either
-        monkeypatch.setenv("LISTEN_FDS", "1")
+        monkeypatch.setenv("LISTEN_FDS", "2")
         monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
-        taken = server.inherited_socket()
-        assert taken is not None and taken.getsockname() == listener.getsockname()
-        assert not os.get_inheritable(listener.fileno())
-        taken.detach()  # the same fd as listener's
+        taken = server.inherited_sockets()
+        assert [s.getsockname() for s in taken] == [s.getsockname() for s in listeners]
+        assert not any(os.get_inheritable(s.fileno()) for s in taken)
+        for sock in taken:
+            sock.close()  # the descriptors at first, first + 1
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
     monkeypatch.delenv("LISTEN_FDS", raising=False)
-    assert server.inherited_socket() is None  # a manual run binds the port itself
+    assert server.inherited_sockets() == []  # a manual run binds the port itself
 
 
 def test_a_socket_that_does_not_listen_is_refused() -> None:
