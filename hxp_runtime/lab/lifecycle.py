@@ -59,7 +59,10 @@ from hxp_runtime.lab.state import (
 from hxp_runtime.lab.supervisor import HostMachine
 
 BOOT_TIMEOUT_S = 90.0
-BOOTED_STATES = frozenset({"running", "degraded"})
+# Booted, for `up`: systemd past its early boot and sshd answering. "starting" counts: a host
+# booted again after a deploy runs that deploy's units, and a vLLM server's unit stays starting
+# until its model is ready (minutes on CPU), which is the deployment's business, not the lab's.
+BOOTED_STATES = frozenset({"running", "degraded", "starting"})
 
 
 def write_tls_files(tls: LabTls, ca: Issued, before_write: Callable[[Path], None]) -> None:
