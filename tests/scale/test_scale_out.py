@@ -232,8 +232,8 @@ def test_an_llm_host_powered_off_under_load_fails_no_request(
     try:
         time.sleep(POWER_OFF_AT_S)
         started = time.monotonic()
-        assert lab.power_off([layout.victim]) == [layout.victim]
         powered_off = True
+        assert lab.power_off([layout.victim]) == [layout.victim]
         off_s = time.monotonic() - started
         dropped_s = off_s + seconds_until(
             lambda: out_of_rotation(router, gone),
