@@ -15,6 +15,8 @@ vllm:request_success_total, read on the host that runs it.
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -30,7 +32,7 @@ from hxp_runtime.lab import BaseImage, Lab, load_lab
 from hxp_runtime.loadtest import timeline_lines
 from tests.stack.conftest import http_on
 from tests.stack.load import start_load
-from tests.stack.router import CONFIG, router_ca, router_url
+from tests.stack.router import CONFIG, REPO, router_ca, router_url
 from tests.stack.test_admin import admin
 
 pytestmark = pytest.mark.slow
@@ -255,7 +257,7 @@ def test_an_llm_host_powered_off_under_load_fails_no_request(
         assert report["ok"] > 0
 
         started = time.monotonic()
-        lab.up()
+        boot_again()
         powered_off = False
         booted_s = time.monotonic() - started
         back_s = booted_s + seconds_until(
@@ -269,7 +271,16 @@ def test_an_llm_host_powered_off_under_load_fails_no_request(
         )
     finally:
         if powered_off:  # the test failed with the host off: boot it for whatever runs next
-            lab.up()
+            boot_again()
+
+
+def boot_again() -> None:
+    """`hxp lab up`, which boots the hosts that are off; from its own process, whose detached
+    host supervisors outlive it (started from this one, they would outlive their Popen)."""
+    subprocess.run(
+        [sys.executable, "-m", "hxp_runtime.cli", "lab", "up", str(CONFIG)],
+        cwd=REPO, check=True, timeout=300, capture_output=True,
+    )  # fmt: skip
 
 
 def served_again(
