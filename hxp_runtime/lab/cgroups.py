@@ -48,9 +48,15 @@ def cgroup_pids(directory: Path) -> set[int]:
     return pids
 
 
+# A killed process stays in its cgroup until its exit completes: a model server unmapping
+# gigabytes on a busy machine took over 5 s.
+KILL_WAIT_S = 30.0
+
+
 def kill_cgroups(dirs: Sequence[Path]) -> None:
     """SIGKILL every process left in ``dirs`` (and below), then remove the cgroups."""
-    for _ in range(50):
+    deadline = time.monotonic() + KILL_WAIT_S
+    while time.monotonic() < deadline:
         pids = set().union(*(cgroup_pids(d) for d in dirs))
         if not pids:
             break

@@ -117,6 +117,22 @@ def down(file: ConfigFile) -> None:
 
 
 @lab_app.command()
+def poweroff(
+    file: ConfigFile,
+    hosts: Annotated[list[str], typer.Argument(help="the hosts to power off", show_default=False)],
+) -> None:
+    """Power hosts off (their systemd stops every service, then their network link goes) and
+    keep their disks: `hxp lab up` boots them again as they were."""
+    report = Report("lab poweroff", False, str(file))
+    lab = _open(report, file)
+    with _exit_on_lab_error(report):
+        was_running = lab.power_off(hosts)
+    for name in dict.fromkeys(hosts):
+        state = "powered off" if name in was_running else "was not running"
+        out.print(f"host {name} {state}", highlight=False)
+
+
+@lab_app.command()
 def status(file: ConfigFile, as_json: JsonFlag = False) -> None:
     """Show each host: address, whether it runs, and its systemd state."""
     report = Report("lab status", as_json, str(file))

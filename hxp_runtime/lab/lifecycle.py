@@ -1,5 +1,6 @@
 """A lab's life on this machine: ``up`` (claim the name and network, then boot every host),
-``status``, ``down`` (remove exactly what ``up`` recorded) and removing every lab of a run.
+``status``, ``power_off`` (some hosts, keeping their disks), ``down`` (remove exactly what ``up``
+recorded) and removing every lab of a run.
 
 Several labs run side by side: each has its own name (the deployment name), bridge, subnet,
 cgroups and state directory. Everything ``up`` creates is recorded in ``state.json`` before it
@@ -16,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -58,7 +59,10 @@ from hxp_runtime.lab.state import (
 from hxp_runtime.lab.supervisor import HostMachine
 
 BOOT_TIMEOUT_S = 90.0
-BOOTED_STATES = frozenset({"running", "degraded"})
+# Booted, for `up`: systemd past its early boot and sshd answering. "starting" counts: a host
+# booted again after a deploy runs that deploy's units, and a vLLM server's unit stays starting
+# until its model is ready (minutes on CPU), which is the deployment's business, not the lab's.
+BOOTED_STATES = frozenset({"running", "degraded", "starting"})
 
 
 def write_tls_files(tls: LabTls, ca: Issued, before_write: Callable[[Path], None]) -> None:
@@ -300,6 +304,38 @@ class Lab:
         running = machine.supervisor_pid() is not None
         return HostStatus(host.name, str(host.address), running, machine.system_state())
 
+    # ------------------------------------------------------------------ power off
+
+    def power_off(self, names: Iterable[str]) -> list[str]:
+        """Power the named hosts off: each guest's systemd shuts down, its network link goes.
+        Their disks (overlays) and the rest of the lab stay, so ``up`` boots them again as they
+        were. Returns the names that were running; raises LabError for a name not in the lab."""
+        state = load_state(self.spec.state_dir)
+        if state is None:
+            raise LabError(f"lab {self.spec.name!r} is not up (no state in {self.spec.state_dir})")
+        self.spec = state.spec(self.spec.state_dir)
+        hosts = [self.spec.host(name) for name in dict.fromkeys(names)]
+        supervisors = self._signal_power_off(hosts)
+        self._wait_powered_off(hosts, supervisors)
+        return [name for name, pid in supervisors.items() if pid is not None]
+
+    def _signal_power_off(self, hosts: Sequence[LabHost]) -> dict[str, int | None]:
+        """Ask each running host to power off, all at once (a guest takes ~2 s); their
+        supervisors' pids by host name (None: not running)."""
+        supervisors = {h.name: self.machine(h).supervisor_pid() for h in hosts}
+        for pid in supervisors.values():
+            if pid is not None:
+                # The supervisor passes SIGTERM on to systemd-nspawn, which powers the guest off.
+                os.kill(pid, signal.SIGTERM)
+        return supervisors
+
+    def _wait_powered_off(
+        self, hosts: Sequence[LabHost], supervisors: dict[str, int | None]
+    ) -> None:
+        """Wait for the signalled hosts, then clear their cgroups and unmount their roots."""
+        for host in hosts:
+            self.machine(host).stop(supervisors[host.name], self.log)
+
     # ------------------------------------------------------------------ down
 
     def down(self) -> bool:
@@ -319,15 +355,10 @@ class Lab:
     def _stop_processes(self) -> None:
         """Power every guest off, stop the proxy, then clear the lab's cgroups and mounts."""
         # Signal everything first: guests power off and the proxy exits in parallel (~2 s each).
-        supervisors = {h.name: self.machine(h).supervisor_pid() for h in self.spec.hosts}
-        for pid in supervisors.values():
-            if pid is not None:
-                # The supervisor passes SIGTERM on to systemd-nspawn, which powers the guest off.
-                os.kill(pid, signal.SIGTERM)
+        supervisors = self._signal_power_off(self.spec.hosts)
         proxy = self._proxy()
         proxy_pid = proxy.terminate()
-        for host in self.spec.hosts:
-            self.machine(host).stop(supervisors[host.name], self.log)
+        self._wait_powered_off(self.spec.hosts, supervisors)
         proxy.stop(proxy_pid)
         cgroups = lab_cgroups(self.spec.name)
         kill_cgroups(cgroups)

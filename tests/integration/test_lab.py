@@ -257,6 +257,19 @@ def test_up_use_reboot_down(two_labs: tuple[RunningLab, RunningLab]) -> None:
     status = json.loads(hxp("lab", "status", "--json", str(a.config)).stdout)["result"]
     assert [(h["name"], h["running"]) for h in status["hosts"]] == [("web", True), ("db", True)]
 
+    # A host powered off is gone from the network while the others serve; `up` boots it again
+    # with its disk as it was.
+    assert a.ssh("db", "echo kept > /root/mark").returncode == 0
+    assert hxp("lab", "poweroff", str(a.config), "db").stdout.strip() == "host db powered off"
+    status = json.loads(hxp("lab", "status", "--json", str(a.config)).stdout)["result"]
+    assert [(h["name"], h["running"]) for h in status["hosts"]] == [("web", True), ("db", False)]
+    assert a.ssh("web", probe.format(a.address("db"))).returncode != 0
+    assert "db was not running" in hxp("lab", "poweroff", str(a.config), "db").stdout
+    unknown = hxp("lab", "poweroff", str(a.config), "nosuch", check=False)
+    assert unknown.returncode == 1 and "has no host 'nosuch'" in unknown.stderr
+    hxp("lab", "up", "--auto-network", str(a.config))
+    assert a.ssh("db", "cat /root/mark").stdout == "kept\n"
+
     # down is idempotent: the second one finds nothing to remove.
     hxp("lab", "down", str(b.config))
     assert "was not up" in hxp("lab", "down", str(b.config)).stdout

@@ -17,7 +17,8 @@ from hxp_runtime.lab.image import BaseImage
 from hxp_runtime.lab.lifecycle import HostStatus, Lab
 from hxp_runtime.lab.spec import LabSpec
 from hxp_runtime.lab.state import LabState, load_state, registry_owner, save_state
-from tests.unit.lab.conftest import LAB_CONFIG, SpecOf
+from hxp_runtime.lab.supervisor import supervisor_marker
+from tests.unit.lab.conftest import LAB_CONFIG, Sleeper, SpecOf
 
 
 def net(text: str) -> ipaddress.IPv4Network:
@@ -207,3 +208,26 @@ def test_up_issues_the_database_and_cache_pairs_and_writes_their_ca(
             host,
         )
         assert problems.certificate == problems.key == [], stem
+
+
+def test_power_off_stops_only_the_named_hosts_of_a_lab_that_is_up(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, sleeper: Sleeper
+) -> None:
+    with pytest.raises(LabError, match="lab 'unit-lab' is not up"):
+        lab.power_off(["llm-1"])
+    machine_has(monkeypatch, [])
+    lab._choose_network(False)
+    lab._record_new()
+    with pytest.raises(LabError, match="has no host 'mail'; its hosts: llm-1, db-1"):
+        lab.power_off(["llm-1", "mail"])
+    # Stand-ins for the hosts' supervisors: processes with each one's marker, in its pid file.
+    supervisors = {}
+    for host in lab.spec.hosts:
+        supervisors[host.name] = sleeper(supervisor_marker(lab.spec, host))
+        machine = lab.machine(host)
+        machine.directory.mkdir(parents=True)
+        machine.pid_file.write_text(f"{supervisors[host.name].pid}\n")
+    assert lab.power_off(["llm-1", "llm-1"]) == ["llm-1"]
+    assert lab.machine(lab.spec.host("llm-1")).supervisor_pid() is None
+    assert lab.machine(lab.spec.host("db-1")).supervisor_pid() == supervisors["db-1"].pid
+    assert lab.power_off(["llm-1"]) == []  # not running: nothing to stop
