@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
+from hxp_runtime.router.flight import shared_call
 from hxp_runtime.router.store import ApiKey
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,7 @@ class KeyStore:
         known = self._known(digest)
         if not isinstance(known, Miss):
             return known
-        pending = self._pending.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(self._look_up(digest))
-            self._pending[digest] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
-        # Shielded: a client that goes away does not cancel the query the others wait for.
-        return await asyncio.shield(pending)
+        return await shared_call(self._pending, digest, lambda: self._look_up(digest))
 
     async def _look_up(self, digest: str) -> ApiKey | None:
         assert self._lookup is not None  # MISS only when there is a lookup

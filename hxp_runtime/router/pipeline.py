@@ -25,6 +25,7 @@ from hxp_runtime.config import RateLimit
 from hxp_runtime.router import cache as response_cache
 from hxp_runtime.router.auth import KeyStore, Miss
 from hxp_runtime.router.errors import error_response
+from hxp_runtime.router.flight import shared_call
 from hxp_runtime.router.metrics import RouterMetrics
 from hxp_runtime.router.ratelimit import RateLimiter
 from hxp_runtime.router.semantic import Embedder, EmbeddingError
@@ -287,13 +288,11 @@ async def choose_models(
         if metrics is not None:
             metrics.model_choice("cached", loop.time() - started)
         return choice
-    pending = table.cache.pending.get(cache_key)
-    if pending is None:
-        pending = loop.create_task(_choose_semantic(table, request, cache_key, embedder))
-        table.cache.pending[cache_key] = pending
-        pending.add_done_callback(lambda _: table.cache.pending.pop(cache_key, None))
-    # Shielded: a client that goes away does not cancel the call the others wait for.
-    made, embedded = await asyncio.shield(pending)
+    made, embedded = await shared_call(
+        table.cache.pending,
+        cache_key,
+        lambda: _choose_semantic(table, request, cache_key, embedder),
+    )
     if metrics is not None:
         metrics.model_choice("embedded" if embedded else "failed", loop.time() - started)
     return made

@@ -390,7 +390,7 @@ class DecisionCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: OrderedDict[object, ModelChoice] = OrderedDict()
-        self.pending: dict[object, asyncio.Task[tuple[ModelChoice, bool]]] = {}
+        self.pending: dict[object, asyncio.Future[tuple[ModelChoice, bool]]] = {}
 
     def get(self, key: object) -> ModelChoice | None:
         entry = self._entries.get(key)
