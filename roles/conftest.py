@@ -2,6 +2,21 @@
 
 pytest reads this file for every test below roles/ (the repository's pyproject.toml makes the
 repository its rootdir), so each role's molecule/*/tests asks for these fixtures by name.
+
+A role's checks run on one of two deployments:
+
+- its Molecule scenario's lab hosts, converged with the scenario's variables (`molecule test`;
+  Molecule's verifier sets MOLECULE_INVENTORY_FILE);
+- the whole stack's lab, deployed by `hxp deploy` with the variables `hxp render` wrote
+  (`scripts/stack verify` runs them after the whole-stack tests; HXP_STACK_CONFIG names the
+  lab's hxp.yml, default inventory/lab/hxp.yml). CI checks these roles this way only, so that
+  it converges them once, in the stack, instead of once more in a scenario of their own.
+
+A module picks its hosts by hxp host group (``testinfra_hosts = ["database"]``), which both
+deployments define; what it compares against comes from the ``deployed`` fixture: the rendered
+variables on the stack, the module's own constants (the scenario's converge.yml) otherwise. A
+check that needs what only the scenario sets up is marked ``scenario_only`` with the reason; on
+the stack it is deselected, and the reason is printed.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import yaml
 
 
 def _hardening_baseline() -> Any:
@@ -37,6 +53,120 @@ def _hardening_baseline() -> Any:
 _BASELINE = _hardening_baseline()
 HARDENING = {name: _BASELINE.shown(value) for name, value in _BASELINE.CORE.items()}
 EXPOSURE_LIMIT: float = _BASELINE.EXPOSURE_LIMIT
+
+
+REPO = Path(__file__).resolve().parents[1]
+# Molecule's verifier sets MOLECULE_INVENTORY_FILE; without it the checks run on the stack.
+ON_STACK = "MOLECULE_INVENTORY_FILE" not in os.environ
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The whole stack's lab the checks run on: its hxp.yml, the lab's inventory (SSH key,
+    proxy) and the directory `hxp render` wrote the deployment's variables into."""
+
+    config_file: Path
+    cfg: Any  # hxp_runtime.config.HxpConfig
+    inventory: Path
+    rendered: Path
+
+    def variables(self, hostname: str) -> dict[str, Any]:
+        """The variables `hxp render` gave hostname: group_vars/all, then its host_vars."""
+        merged: dict[str, Any] = {}
+        for path in (
+            self.rendered / "group_vars" / "all" / "hxp.yml",
+            self.rendered / "host_vars" / hostname / "hxp.yml",
+        ):
+            if path.is_file():
+                text = path.read_text(encoding="utf-8")
+                merged.update(yaml.load(text, Loader=_RenderedLoader) or {})  # noqa: S506
+        return merged
+
+
+class _RenderedLoader(yaml.SafeLoader):
+    """Reads what `hxp render` wrote: Ansible's !unsafe strings (Prometheus's own templates in
+    rules) are plain strings to the checks, as to the roles."""
+
+
+_RenderedLoader.add_constructor(
+    "!unsafe",
+    lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
+)
+
+_STACK: list[Stack] = []
+
+
+def _stack() -> Stack:
+    if not _STACK:
+        from hxp_runtime.config import load_config  # noqa: PLC0415 - only the stack needs hxp
+        from hxp_runtime.lab import load_lab  # noqa: PLC0415
+
+        config_file = Path(os.environ.get("HXP_STACK_CONFIG", REPO / "inventory/lab/hxp.yml"))
+        cfg = load_config(config_file)
+        inventory = load_lab(config_file).inventory_file
+        rendered = REPO / ".hxp" / cfg.name / "inventory"
+        if not inventory.is_file() or not rendered.is_dir():
+            raise pytest.UsageError(
+                f"the lab of {config_file} is not deployed: run scripts/stack up first "
+                "(or run a role's checks on its scenario with `molecule test`)"
+            )
+        _STACK.append(Stack(config_file, cfg, inventory, rendered))
+    return _STACK[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "scenario_only(reason): needs what only the role's Molecule scenario sets up; "
+        "deselected when the checks run on the stack",
+    )
+    if ON_STACK and any(
+        Path(arg.split("::")[0]).resolve().is_relative_to(REPO / "roles") for arg in config.args
+    ):
+        # Testinfra reaches the stack's hosts through the lab's inventory, as Molecule's
+        # verifier does through the scenario's.
+        config.option.connection = "ansible"
+        config.option.ansible_inventory = str(_stack().inventory)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not ON_STACK:
+        return
+    kept, left_out = [], []
+    for item in items:
+        marker = item.get_closest_marker("scenario_only")
+        (left_out if marker else kept).append(item)
+    for item in left_out:
+        reason = item.get_closest_marker("scenario_only").args[0]  # type: ignore[union-attr]
+        print(f"not on the stack (scenario only: {reason}): {item.nodeid}")
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def on_stack() -> bool:
+    """True when the checks run on the whole stack's lab, not on a Molecule scenario."""
+    return ON_STACK
+
+
+@pytest.fixture(scope="session")
+def group_hosts() -> Callable[[str], list[Any]]:
+    """group_hosts(group): the deployment's hosts in an hxp host group (llm, database, ...)."""
+    import testinfra  # noqa: PLC0415
+
+    inventory = str(_stack().inventory) if ON_STACK else os.environ["MOLECULE_INVENTORY_FILE"]
+    return lambda group: testinfra.get_hosts(
+        [group], connection="ansible", ansible_inventory=inventory
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(host: Any) -> dict[str, Any] | None:
+    """The variables the stack's deployment gave the host under test (`hxp render`'s group and
+    host variables, secrets as their lookups), or None on a Molecule scenario, whose values the
+    module states itself (its converge.yml's)."""
+    return _stack().variables(host.backend.get_hostname()) if ON_STACK else None
 
 
 # One HTTP request, a script for python3 on the controller or on a host: argv[1] is the request
@@ -137,7 +267,12 @@ def address(host: Any) -> str:
 
 @pytest.fixture(scope="session")
 def scenario_secret() -> Callable[[str], str]:
-    """Reads a secret the scenario's prepare step wrote under its ephemeral directory."""
+    """scenario_secret(name): a secret the role was given, by its file name: written by the
+    scenario's prepare step under its ephemeral directory, or, on the stack, by `hxp lab up`
+    (the secret file of hxp.yml's references with that name)."""
+    if ON_STACK:
+        files = {Path(ref.value).name: Path(ref.value) for ref in _stack().cfg.secret_refs()}
+        return lambda name: files[name].read_text().strip()
     secrets = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "secrets"
     return lambda name: (secrets / name).read_text().strip()
 
@@ -286,12 +421,39 @@ class PlayRun:
         return {name: int(count) for name, count in re.findall(r"(\w+)=(\d+)", line)}
 
 
+def _converge_stack(playbook: str, hostname: str, extra_vars: dict[str, Any]) -> PlayRun:
+    """The stack's own play (playbooks/PLAYBOOK) once more on hostname, as `hxp deploy` runs
+    it, with extra_vars on top of the rendered variables."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from hxp_runtime.deploy import run_playbook  # noqa: PLC0415 - ansible-runner loads slowly
+
+    stack = _stack()
+    output = io.StringIO()
+    state = stack.rendered.parent / "runner-role-checks"
+    rc, progress = run_playbook(
+        [stack.rendered / "hosts.yml", stack.inventory],
+        playbook=playbook,
+        state_dir=state,
+        limit=hostname,
+        extra_vars=extra_vars,
+        console=Console(file=output, width=200, no_color=True),
+    )
+    return PlayRun(rc, output.getvalue() + "".join(f"\n{f}" for f in progress.failures), "")
+
+
 @pytest.fixture
 def converge(request: pytest.FixtureRequest) -> Callable[[dict[str, Any]], PlayRun]:
-    """converge(extra_vars): the scenario's converge playbook once more, on its lab hosts."""
+    """converge(extra_vars): the scenario's converge playbook once more, on its lab hosts; on the
+    stack, the stack's play for the role (the module's STACK_PLAYBOOK) on the host under test."""
     scenario = request.path.parents[1]
 
     def run(extra_vars: dict[str, Any]) -> PlayRun:
+        if ON_STACK:
+            hostname = request.getfixturevalue("host").backend.get_hostname()
+            return _converge_stack(request.module.STACK_PLAYBOOK, hostname, extra_vars)
         done = subprocess.run(
             [
                 str(Path(sys.executable).with_name("ansible-playbook")),

@@ -33,6 +33,9 @@ def ansible_inventory(spec: LabSpec) -> dict[str, Any]:
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "hxp_lab_gateway": str(spec.gateway.ip),
                 "hxp_common_apt_proxy": spec.apt_proxy_url,
+                # Lab hosts reach nothing beyond the bridge: the only time source they could
+                # ask is the controller's address on it, never the Debian pool.
+                "hxp_common_ntp_sources": [f"server {spec.gateway.ip} iburst"],
             },
             "hosts": {h.name: {"ansible_host": str(h.address)} for h in spec.hosts},
             "children": dict(sorted(groups.items())),

@@ -237,8 +237,10 @@ def test_a_stopped_model_server_is_stopped_cleanly_reported_alerted_and_back(
 ) -> None:
     """One model server stopped and started, every outage check on that one stop (each restart
     of a vLLM server costs a minute or more of the run): the stop is bounded and says so in the
-    journal, `hxp status` is degraded naming the unit, requests go to the model's fallbacks, the
-    alert reaches the webhook; once started, the alert resolves and `hxp status` is healthy."""
+    journal, `hxp status` is degraded naming the unit, requests for every model are answered
+    meanwhile (the stopped one's by its fallbacks, the others' by their own servers, which the
+    stop left alone), the alert reaches the webhook; once started, the unit is ready when
+    `systemctl start` returns, the alert resolves and `hxp status` is healthy."""
     assert cfg.metrics is not None
     alerting = cfg.metrics.alerting
     rule = _down_rule(cfg)

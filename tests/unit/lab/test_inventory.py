@@ -33,6 +33,7 @@ def test_ansible_inventory(spec: LabSpec) -> None:
     assert options["ansible_ssh_pipelining"] is True
     assert options["hxp_common_apt_proxy"] == "http://10.99.5.1:3142"
     assert options["hxp_lab_gateway"] == "10.99.5.1"
+    assert options["hxp_common_ntp_sources"] == ["server 10.99.5.1 iburst"]
 
 
 def test_written_inventory(spec: LabSpec) -> None:

@@ -2,20 +2,20 @@
 on the LLM host only and over TLS only (database.tls: a plain connection is refused, one that
 verifies the server against the CA succeeds), the router's role writing its usage table,
 settings sized from memory, the exporter, hardened units, and a pg_dump backup restored into a
-fresh database."""
+fresh database.
 
-import os
+On the stack (roles/conftest.py) the client is the router's host, with psql installed there for
+these checks, and the sizes follow the rendered memory and pools."""
+
+import functools
 import shlex
+from typing import NamedTuple
 
 import pytest
-import testinfra
 
 from hxp_runtime.router.store import SCHEMA
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-DB_HOST = "hx-postgres-server-01"
-CLIENT_HOST = "hx-llm-server-01"
-testinfra_hosts = [f"ansible://{DB_HOST}?ansible_inventory={INVENTORY}"]
+testinfra_hosts = ["database"]
 
 PORT = 5433
 EXPORTER_PORT = 9187
@@ -23,12 +23,50 @@ DATABASE = "citadel_ai"
 ROUTER = "hxp_router"
 UNIT = "postgresql@15-main"
 TLS_DIR = "/etc/postgresql/15/main/tls"
-CLIENT_CA = "/etc/ssl/hxp-scenario-ca.crt"  # prepare.yml installs it on the router's host
+
+# The CA the router's host verifies the server with: prepare.yml installs the scenario's; on the
+# stack, role router installs database.tls's.
+CLIENT_CA = {False: "/etc/ssl/hxp-scenario-ca.crt", True: "/etc/hxp-router/ca/database.crt"}
+
+
+class Sizing(NamedTuple):
+    memory_mb: int
+    max_connections: int
 
 
 @pytest.fixture(scope="module")
-def client():
-    return testinfra.get_host(f"ansible://{CLIENT_HOST}", ansible_inventory=INVENTORY)
+def client(group_hosts, on_stack):
+    """The router's host, the only client pg_hba admits, with psql."""
+    (llm,) = group_hosts("llm")
+    if on_stack and not llm.exists("psql"):
+        # What the scenario's prepare.yml does: the stack's router connects with its own driver.
+        install = llm.run(
+            "DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "
+            "--no-install-recommends postgresql-client-15"
+        )
+        assert install.rc == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    return llm
+
+
+@pytest.fixture(scope="module")
+def router_psql(client, address, on_stack):
+    """router_psql(sql, ...): psql_tcp from the router's host, verifying with its CA."""
+    return functools.partial(psql_tcp, client, address, ca=CLIENT_CA[on_stack])
+
+
+@pytest.fixture(scope="module")
+def sizing(host, deployed):
+    """converge.yml's memory and pools, or what the stack's role sized from (the rendered
+    memory, else the host's, as role postgresql's default)."""
+    if deployed is None:
+        return Sizing(memory_mb=2048, max_connections=20 * 4 + 10)
+    memory = deployed.get("hxp_postgresql_memory_mb")
+    if memory is None:
+        memory = host.ansible("setup", "filter=ansible_memtotal_mb")["ansible_facts"][
+            "ansible_memtotal_mb"
+        ]
+    pools = deployed["hxp_postgresql_pool_size"] * deployed["hxp_postgresql_client_pools"]
+    return Sizing(int(memory), pools + deployed.get("hxp_postgresql_reserved_connections", 10))
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +74,13 @@ def password(scenario_secret):
     return scenario_secret("postgres-router-password")
 
 
-def psql_tcp(on, address, sql, *, secret=None, user=ROUTER, database=DATABASE, ssl="prefer"):
+def psql_tcp(
+    on, address, sql, *, ca=None, secret=None, user=ROUTER, database=DATABASE, ssl="prefer"
+):
     """psql over TCP to the cluster's address, never prompting (-w); ``ssl``: libpq's sslmode
-    (verify-full with the scenario CA on the router's host)."""
+    (verify-full against ``ca``, a CA file on that host)."""
     env = f"PGPASSWORD={shlex.quote(secret)} " if secret is not None else ""
-    env += f"PGSSLMODE={ssl} PGSSLROOTCERT={CLIENT_CA} "
+    env += f"PGSSLMODE={ssl} " + (f"PGSSLROOTCERT={ca} " if ca else "")
     return on.run(
         f"{env}psql -w -XAtq -v ON_ERROR_STOP=1 -h {address} -p {PORT} -U {user} -d {database} "
         f"-c {shlex.quote(sql)}"
@@ -73,27 +113,29 @@ def test_listens_on_the_configured_address_only(host, address):
     assert host.socket(f"unix:///var/run/postgresql/.s.PGSQL.{PORT}").is_listening
 
 
-def test_the_router_needs_its_password(client, address, password):
-    anonymous = psql_tcp(client, address, "SELECT 1")
+def test_the_router_needs_its_password(router_psql, password):
+    anonymous = router_psql("SELECT 1")
     assert anonymous.rc != 0
     assert "no password supplied" in anonymous.stderr
-    wrong = psql_tcp(client, address, "SELECT 1", secret="not-it")  # noqa: S106 - wrong on purpose
+    wrong = router_psql("SELECT 1", secret="not-it")  # noqa: S106 - wrong on purpose
     assert wrong.rc != 0
     assert f'password authentication failed for user "{ROUTER}"' in wrong.stderr
-    right = psql_tcp(client, address, "SELECT current_user", secret=password)
+    right = router_psql("SELECT current_user", secret=password)
     assert right.rc == 0, right.stderr
     assert right.stdout.strip() == ROUTER
 
 
-def test_pg_hba_admits_only_the_router_from_the_llm_host(host, client, address, password):
+def test_pg_hba_admits_only_the_router_from_the_llm_host(
+    host, client, address, router_psql, password
+):
     # The right password from the database host itself: no rule matches its address.
     from_elsewhere = psql_tcp(host, address, "SELECT 1", secret=password)
     assert from_elsewhere.rc != 0
     assert "no pg_hba.conf entry" in from_elsewhere.stderr
     # The router's host, but another database or another user: refused too.
-    other_db = psql_tcp(client, address, "SELECT 1", secret=password, database="postgres")
+    other_db = router_psql("SELECT 1", secret=password, database="postgres")
     assert "no pg_hba.conf entry" in other_db.stderr
-    superuser = psql_tcp(client, address, "SELECT 1", secret=password, user="postgres")
+    superuser = router_psql("SELECT 1", secret=password, user="postgres")
     assert "no pg_hba.conf entry" in superuser.stderr
     hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
     assert (hba.user, hba.mode) == ("postgres", 0o640)
@@ -106,17 +148,15 @@ def test_pg_hba_admits_only_the_router_from_the_llm_host(host, client, address, 
     ]
 
 
-def test_a_plain_connection_is_refused(client, address, password):
-    plain = psql_tcp(client, address, "SELECT 1", secret=password, ssl="disable")
+def test_a_plain_connection_is_refused(router_psql, password):
+    plain = router_psql("SELECT 1", secret=password, ssl="disable")
     assert plain.rc != 0
     assert "no pg_hba.conf entry" in plain.stderr
     assert "no encryption" in plain.stderr
 
 
-def test_tls_verified_against_the_ca_is_admitted(client, address, password):
-    verified = psql_tcp(
-        client,
-        address,
+def test_tls_verified_against_the_ca_is_admitted(router_psql, password):
+    verified = router_psql(
         "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
         secret=password,
         ssl="verify-full",
@@ -136,10 +176,8 @@ def test_the_tls_files_are_postgres_own(host, path, mode):
     assert (installed.user, installed.group, installed.mode) == ("postgres", "postgres", mode)
 
 
-def test_the_router_writes_its_usage_table(client, address, password):
-    insert = psql_tcp(
-        client,
-        address,
+def test_the_router_writes_its_usage_table(router_psql, password):
+    insert = router_psql(
         "INSERT INTO hxp_usage (period_start, period_end, key_name, model, requests, errors,"
         " prompt_tokens, completion_tokens) VALUES (now() - interval '5 s', now(), 'admin',"
         " 'hermes', 3, 0, 120, 480) RETURNING completion_tokens",
@@ -147,9 +185,7 @@ def test_the_router_writes_its_usage_table(client, address, password):
     )
     assert insert.rc == 0, insert.stderr
     assert insert.stdout.strip() == "480"
-    key = psql_tcp(
-        client,
-        address,
+    key = router_psql(
         "INSERT INTO hxp_api_keys (name, key_hash, key_prefix, source)"
         " VALUES ('molecule-' || gen_random_uuid(), md5(random()::text), 'hxp-test', 'cli')",
         secret=password,
@@ -157,35 +193,38 @@ def test_the_router_writes_its_usage_table(client, address, password):
     assert key.rc == 0, key.stderr
 
 
-def test_the_routers_own_schema_check_passes(client, address, password):
+def test_the_routers_own_schema_check_passes(router_psql, password):
     # What the router runs at start-up, as itself: the tables are its own, so it is a no-op.
-    startup = psql_tcp(client, address, SCHEMA, secret=password)
+    startup = router_psql(SCHEMA, secret=password)
     assert startup.rc == 0, startup.stderr
 
 
-def test_the_router_is_no_superuser(client, address, password):
-    attributes = psql_tcp(
-        client,
-        address,
+def test_the_router_is_no_superuser(router_psql, password):
+    attributes = router_psql(
         "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user",
         secret=password,
     )
     assert attributes.stdout.strip() == "f|f|f"
-    secrets = psql_tcp(client, address, "SELECT rolpassword FROM pg_authid", secret=password)
+    secrets = router_psql("SELECT rolpassword FROM pg_authid", secret=password)
     assert "permission denied" in secrets.stderr
 
 
-def test_settings_follow_memory_and_pool(host, address):
+def test_settings_follow_memory_and_pool(host, address, sizing):
     def show(name):
         return psql_local(host, f"SHOW {name}").strip()
 
-    # 2048 MiB: shared_buffers 1/4, effective_cache_size 3/4, maintenance_work_mem 1/16,
-    # work_mem (2048 - 512) / (90 connections x 3) = 5 MB. Connections: 20 x 4 pools + 10.
-    assert show("shared_buffers") == "512MB"
-    assert show("effective_cache_size") == "1536MB"
-    assert show("maintenance_work_mem") == "128MB"
-    assert show("work_mem") == "5MB"
-    assert int(show("max_connections")) == 90
+    def mib(name):
+        return int(psql_local(host, f"SELECT pg_size_bytes(current_setting('{name}'))")) >> 20
+
+    # shared_buffers 1/4 of memory, effective_cache_size 3/4, maintenance_work_mem 1/16 (at most
+    # 2 GiB), work_mem what shared_buffers leaves over 3 sorts per connection (4-256 MiB).
+    # converge.yml: 2048 MiB and 20 x 4 pools + 10 connections, so work_mem 5 MiB.
+    memory, connections = sizing
+    assert mib("shared_buffers") == memory // 4
+    assert mib("effective_cache_size") == memory * 3 // 4
+    assert mib("maintenance_work_mem") == min(memory // 16, 2048)
+    assert mib("work_mem") == min(max((memory - memory // 4) // (connections * 3), 4), 256)
+    assert int(show("max_connections")) == connections
     assert show("listen_addresses") == address
     assert show("port") == str(PORT)
     assert show("password_encryption") == "scram-sha-256"

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+testinfra_hosts = ["metrics"]
 PORT = 9093
 USER = "hxp"
 UNIT = "prometheus-alertmanager"
@@ -67,6 +68,10 @@ def test_the_web_user_and_password_are_required(address, password, assert_basic_
     assert_basic_auth_required(f"http://{address}:{PORT}/-/ready", USER, password)
 
 
+@pytest.mark.scenario_only(
+    "converge.yml's route to a webhook on the host (the stack's alert path: "
+    "tests/stack/test_observability.py)"
+)
 def test_an_alert_is_routed_to_the_webhook(address, password, webhook, http_from_controller):
     marker = uuid.uuid4().hex
     alert = {

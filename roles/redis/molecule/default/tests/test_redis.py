@@ -1,12 +1,19 @@
 """Role redis on a lab host: Redis bound to one address, TLS only (cache.tls: a plain connection
 gets no answer, one that verifies the certificate and address against the CA is served),
 password required, a cache's memory settings, the exporter over TLS, hardened units, no secret
-in a world-readable file or in the journal."""
+in a world-readable file or in the journal.
+
+On the stack (roles/conftest.py) the settings are the rendered ones: Redis beside a single router
+binds loopback, its exporter the host's address."""
 
 import shlex
+from typing import NamedTuple
 
 import pytest
 
+testinfra_hosts = ["cache"]
+# The stack's play for this role (roles/conftest.py, converge).
+STACK_PLAYBOOK = "cache.yml"
 PORT = 6379
 EXPORTER_PORT = 9121
 TLS_DIR = "/etc/hxp-redis-tls"
@@ -19,6 +26,29 @@ with socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=10) as ra
     with context.wrap_socket(raw, server_hostname=sys.argv[2]) as tls:
         print(tls.version())
 """
+
+
+class Settings(NamedTuple):
+    bind: str  # where Redis listens and clients connect
+    exporter: str  # where its exporter listens
+    maxmemory_mb: int
+
+
+@pytest.fixture(scope="module")
+def settings(address, deployed):
+    """converge.yml's settings, or the stack's rendered ones."""
+    if deployed is None:
+        return Settings(bind=address, exporter=address, maxmemory_mb=64)
+    return Settings(
+        bind=deployed["hxp_redis_bind_address"],
+        exporter=deployed["hxp_redis_exporter_address"],
+        maxmemory_mb=deployed["hxp_redis_maxmemory_mb"],
+    )
+
+
+@pytest.fixture(scope="module")
+def bind(settings):
+    return settings.bind
 
 
 @pytest.fixture(scope="module")
@@ -40,34 +70,34 @@ def test_service_runs_and_is_enabled(assert_running_and_enabled, unit):
     assert_running_and_enabled(unit)
 
 
-def test_listens_on_the_configured_address_only(assert_listens_on_address_only):
-    assert_listens_on_address_only(PORT, EXPORTER_PORT)
+def test_listens_on_the_configured_addresses_only(host, settings):
+    listening = host.socket.get_listening_sockets()
+    for port, address in ((PORT, settings.bind), (EXPORTER_PORT, settings.exporter)):
+        assert [s for s in listening if s.endswith(f":{port}")] == [f"tcp://{address}:{port}"]
 
 
-def test_a_password_is_required(host, address, password):
-    anonymous = redis_cli(host, address, "PING")
+def test_a_password_is_required(host, bind, password):
+    anonymous = redis_cli(host, bind, "PING")
     assert "NOAUTH" in anonymous.stdout + anonymous.stderr
-    wrong = redis_cli(host, address, "PING", secret="not-it")  # noqa: S106 - wrong on purpose
+    wrong = redis_cli(host, bind, "PING", secret="not-it")  # noqa: S106 - wrong on purpose
     assert "WRONGPASS" in wrong.stdout + wrong.stderr
-    assert redis_cli(host, address, "PING", secret=password).stdout.strip() == "PONG"
+    assert redis_cli(host, bind, "PING", secret=password).stdout.strip() == "PONG"
 
 
-def test_a_plain_connection_gets_no_answer(host, address, password):
-    plain = redis_cli(host, address, "PING", secret=password, tls=False)
+def test_a_plain_connection_gets_no_answer(host, bind, password):
+    plain = redis_cli(host, bind, "PING", secret=password, tls=False)
     assert "PONG" not in plain.stdout
     assert plain.rc != 0 or plain.stdout.strip() == ""
 
 
-def test_tls_verified_against_the_ca_is_served(host, address):
-    version = host.check_output(
-        "python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, address, str(PORT)
-    )
+def test_tls_verified_against_the_ca_is_served(host, bind):
+    version = host.check_output("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, bind, str(PORT))
     assert version in {"TLSv1.2", "TLSv1.3"}
 
 
-def test_a_client_without_the_ca_fails_verification(host, address):
-    # An empty cafile: the system's trust store, which never heard of the scenario CA.
-    untrusted = host.run("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, "", address, str(PORT))
+def test_a_client_without_the_ca_fails_verification(host, bind):
+    # An empty cafile: the system's trust store, which never heard of the deployment's CA.
+    untrusted = host.run("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, "", bind, str(PORT))
     assert untrusted.rc != 0
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
 
@@ -86,26 +116,26 @@ def test_the_tls_files(host, path, owner, mode):
     assert (installed.user, installed.mode) == (owner, mode)
 
 
-def test_cache_settings(host, address, password):
+def test_cache_settings(host, settings, password):
     def config(name):
-        return redis_cli(host, address, "CONFIG", "GET", name, secret=password).stdout.split()
+        return redis_cli(host, settings.bind, "CONFIG", "GET", name, secret=password).stdout.split()
 
-    assert config("maxmemory") == ["maxmemory", str(64 * 1024 * 1024)]
+    assert config("maxmemory") == ["maxmemory", str(settings.maxmemory_mb * 1024 * 1024)]
     assert config("maxmemory-policy") == ["maxmemory-policy", "allkeys-lru"]
     assert config("save") == ["save"]  # no snapshots
     assert config("appendonly") == ["appendonly", "no"]
-    assert config("bind") == ["bind", address]
+    assert config("bind") == ["bind", settings.bind]
     assert config("port") == ["port", "0"]  # no plain port
     assert config("tls-port") == ["tls-port", str(PORT)]
 
 
-def test_writes_and_reads_a_key(host, address, password):
-    assert redis_cli(host, address, "SET", "hxp:test", "1", "EX", "60", secret=password).rc == 0
-    assert redis_cli(host, address, "GET", "hxp:test", secret=password).stdout.strip() == "1"
+def test_writes_and_reads_a_key(host, bind, password):
+    assert redis_cli(host, bind, "SET", "hxp:test", "1", "EX", "60", secret=password).rc == 0
+    assert redis_cli(host, bind, "GET", "hxp:test", secret=password).stdout.strip() == "1"
 
 
-def test_exporter_reaches_redis_with_the_password(address, http_on_host):
-    status, metrics = http_on_host(f"http://{address}:{EXPORTER_PORT}/metrics")
+def test_exporter_reaches_redis_with_the_password(settings, http_on_host):
+    status, metrics = http_on_host(f"http://{settings.exporter}:{EXPORTER_PORT}/metrics")
     assert status == 200, metrics
     assert "redis_up 1" in metrics.splitlines()
 
