@@ -12,18 +12,18 @@ are written when the module returns or exits (SIGTERM ends the router so).
 from __future__ import annotations
 
 import cProfile
+import os
 import runpy
 import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     out, module, *arguments = sys.argv[1:]
     sys.argv = [module, *arguments]
-    sys.path[0] = str(REPO)  # the checkout's package, as ``python -m`` run from it finds it
+    # The package of the checkout it runs in (router_bench starts it there), as ``python -m``
+    # run from that directory finds it: another commit's worktree too.
+    sys.path[0] = os.getcwd()
     profile = cProfile.Profile(time.process_time)
     profile.enable()
     try:

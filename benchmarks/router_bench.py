@@ -171,8 +171,24 @@ def start_backend(bench: Bench) -> int:
 
 
 def start_router(
-    bench: Bench, backend_port: int, dataplane: bool, profile: Path | None = None
+    bench: Bench,
+    backend_port: int,
+    dataplane: bool,
+    profile: Path | None = None,
+    *,
+    static_key: bool = False,
+    tree: Path = REPO,
+    wrapper: tuple[str, ...] = (),
+    ready_timeout: float = 30,
+    extra_settings: dict[str, Any] | None = None,
 ) -> Target:
+    """The router, as production runs it (see the module's docstring).
+
+    ``static_key`` authenticates with a key from the secrets file even with PostgreSQL (as the
+    benchmark did before database keys); ``tree`` is the checkout whose router runs (an older
+    commit's, for router_instructions.py); ``wrapper`` goes before the interpreter (valgrind);
+    ``extra_settings`` are added to the router's settings.
+    """
     port = free_port()
     settings: dict[str, Any] = {
         "listen_host": "127.0.0.1",
@@ -188,10 +204,14 @@ def start_router(
                 "slo": {"latency_ms": 100, "throughput_rps": 10000},
             }
         ],
+        **(extra_settings or {}),
     }
     # Without PostgreSQL the key can only come from the secrets file; with it, the benchmark
     # authenticates like a production client: a key made by `hxp keys create`, stored hashed.
-    secrets: dict[str, Any] = {} if dataplane else {"api_keys": [{"name": "bench", "secret": KEY}]}
+    database_key_auth = dataplane and not static_key
+    secrets: dict[str, Any] = (
+        {} if database_key_auth else {"api_keys": [{"name": "bench", "secret": KEY}]}
+    )
     database = None
     if dataplane:
         pg = bench.enter_context(postgres_server())
@@ -207,18 +227,19 @@ def start_router(
     (bench.work / "secrets.yml").chmod(0o600)
     process = bench.spawn(
         "router",
-        pinned(SERVER_CORE, [sys.executable,
+        pinned(SERVER_CORE, [*wrapper, sys.executable,
                              *([str(REPO / "benchmarks/cpu_profile.py"), str(profile)]
                                if profile else ["-m"]),
                              "hxp_runtime.router",
                              "--settings", str(bench.work / "router.yml"),
                              "--secrets", str(bench.work / "secrets.yml"),
                              "--log-level", "WARNING"]),
-        cwd=REPO,
-        env={**os.environ, "RUNTIME_DIRECTORY": runtime_directory(bench)},
+        cwd=tree,
+        env={**os.environ, "RUNTIME_DIRECTORY": runtime_directory(bench),
+             "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
     )  # fmt: skip
-    wait_http(f"http://127.0.0.1:{port}/ready", 30)
-    key = database_key(bench.work) if dataplane else KEY
+    wait_http(f"http://127.0.0.1:{port}/ready", ready_timeout)
+    key = database_key(bench.work) if database_key_auth else KEY
     return Target(
         "hxp router",
         port,

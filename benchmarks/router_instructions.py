@@ -1,0 +1,174 @@
+"""The router's CPU instructions per request, counted by callgrind: a figure the machine's load does
+not move.
+
+CPU time per request (router_bench.py) grows with whatever else runs on the cores: on a shared
+machine nginx's figure moved 1.5-3x between days, so two commits measured on different days
+cannot be compared. An instruction count does not depend on that. This runs the router worker
+under ``valgrind --tool=callgrind`` with the benchmark's setup (router_bench.start_router: one
+worker, uvloop, strategies explicit + least_outstanding, metrics, Redis rate limits, usage rows
+to PostgreSQL; ``--no-dataplane`` leaves PostgreSQL and Redis out), sends it the benchmark's
+request (the same body and headers as wrk) at concurrency 1 over one keep-alive connection,
+and counts::
+
+    .venv/bin/python benchmarks/router_instructions.py [--tree DIR] [--static-key]
+        [--requests 300 1500] [--repeat 2] [--no-dataplane] [--json out.json]
+
+After a warm-up the counters are zeroed, ``N`` requests sent, the counters dumped
+(``callgrind_control -z`` / ``-d`` through vgdb), and the same for ``M`` requests:
+instructions per request = (I(M) - I(N)) / (M - N), so the cost of zeroing and dumping cancels.
+Work the router does on a timer (health checks, load polls, state files, usage flushes) is not
+per request and scales with wall time, which valgrind stretches ~50x: an idle window of the
+same length is counted too and its rate, times each batch's duration, taken off (the figure
+both with and without that correction is printed; they differ by a few per cent).
+``--repeat`` does it again in the same process; two runs of one commit agree within ~1 %.
+
+``--tree DIR`` runs the router package of another checkout (``git worktree add DIR COMMIT``)
+with this checkout's venv and setup, for comparing commits: the settings written are the
+benchmark's, which every commit since 2026-11-21 reads. ``--static-key`` authenticates with a
+key from the secrets file (as the 2026-11-21 benchmark did) instead of a database key made with
+``hxp keys create`` (which needs a checkout that has it). The router's hash seed is fixed
+(``PYTHONHASHSEED=0``) so that dict and set layouts repeat between runs.
+
+``--callgrind-out DIR`` keeps the dumps: ``callgrind_annotate DIR/cg.<pid>.<n>`` shows the C
+functions (the interpreter's and the extensions') the requests spend instructions in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from router_bench import BODY, Bench, Target, start_backend, start_router
+
+# Work on a timer is counted by wall time, which valgrind stretches and the machine's load varies:
+# the checks and load polls of the backend (one HTTP exchange each) are spaced out of the
+# measured windows. Every commit since 2026-11-21 reads both settings.
+QUIET_TIMERS = {"load_poll_interval_s": 3600, "health_check": {"interval_s": 3600}}
+VALGRIND_READY_S = 600  # the router's start-up (imports, schema) under callgrind: 1-3 minutes
+
+
+class Client:
+    """One keep-alive connection sending the benchmark's request, as wrk's script does."""
+
+    def __init__(self, target: Target) -> None:
+        self.connection = http.client.HTTPConnection("127.0.0.1", target.port, timeout=120)
+        self.body = json.dumps(BODY).encode()
+        self.headers = {"Content-Type": "application/json", **target.headers,
+                        "Content-Length": str(len(self.body))}  # fmt: skip
+
+    def send(self, count: int) -> float:
+        """Send ``count`` requests one after the other; the seconds they took."""
+        started = time.monotonic()
+        for _ in range(count):
+            self.connection.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
+            for name, value in self.headers.items():
+                self.connection.putheader(name, value)
+            self.connection.endheaders(self.body)
+            response = self.connection.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"router answered {response.status}: {answer[:300]!r}")
+        return time.monotonic() - started
+
+
+def callgrind(command: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", command, str(pid)], check=True, capture_output=True)
+
+
+def instructions(out: Path, pid: int, before: set[Path]) -> int:
+    """Instructions counted in the dump callgrind_control -d just wrote."""
+    dumps = set(out.glob(f"cg.{pid}.*")) - before
+    if len(dumps) != 1:
+        raise RuntimeError(f"expected one new callgrind dump in {out}, found {sorted(dumps)}")
+    for line in dumps.pop().read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError("callgrind dump without a summary line")
+
+
+def window(out: Path, pid: int, client: Client | None, count: int, idle_s: float) -> dict[str, Any]:
+    """Zero the counters, send ``count`` requests (or wait ``idle_s``), dump: what it counted."""
+    before = set(out.glob(f"cg.{pid}.*"))
+    callgrind("-z", pid)
+    started = time.monotonic()
+    if client is not None:
+        client.send(count)
+    else:
+        time.sleep(idle_s)
+    seconds = time.monotonic() - started
+    callgrind("-d", pid)
+    return {"requests": count, "seconds": seconds, "instructions": instructions(out, pid, before)}
+
+
+def per_request(small: dict[str, Any], large: dict[str, Any], idle_rate: float) -> dict[str, float]:
+    raw = (large["instructions"] - small["instructions"]) / (large["requests"] - small["requests"])
+    timed = idle_rate * (large["seconds"] - small["seconds"])
+    return {"raw": raw, "corrected": raw - timed / (large["requests"] - small["requests"])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--static-key", action="store_true")
+    parser.add_argument("--no-dataplane", action="store_true")
+    parser.add_argument("--requests", type=int, nargs=2, default=[300, 1500], metavar=("N", "M"))
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle window")
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--callgrind-out", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    small_n, large_n = sorted(args.requests)
+    if small_n == large_n or shutil.which("valgrind") is None:
+        parser.error("needs valgrind (Debian package valgrind) and two different request counts")
+    with tempfile.TemporaryDirectory(prefix="hxp-instr-") as tmp, Bench(Path(tmp)) as bench:
+        out = args.callgrind_out or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p",
+                   "--dump-instr=no", "--dump-line=no")  # fmt: skip
+        backend = start_backend(bench)
+        target = start_router(bench, backend, not args.no_dataplane, static_key=args.static_key,
+                              tree=args.tree.resolve(), wrapper=wrapper,
+                              ready_timeout=VALGRIND_READY_S,
+                              extra_settings=QUIET_TIMERS)  # fmt: skip
+        pid = target.pids[0]
+        # taskset execs valgrind, valgrind runs python in the same process: one pid throughout
+        client = Client(target)
+        client.send(args.warmup)
+        idle = window(out, pid, None, 0, args.idle)
+        idle_rate = idle["instructions"] / idle["seconds"]
+        runs = []
+        for _ in range(args.repeat):
+            small = window(out, pid, client, small_n, 0)
+            large = window(out, pid, client, large_n, 0)
+            runs.append({"small": small, "large": large, **per_request(small, large, idle_rate)})
+        client.connection.close()
+    commit = subprocess.run(["git", "-C", str(args.tree), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    print(f"tree {args.tree} ({commit or '?'}), key "
+          f"{'static' if args.static_key or args.no_dataplane else 'database'}, "
+          f"{'no dataplane' if args.no_dataplane else 'PostgreSQL + Redis'}")  # fmt: skip
+    print(f"idle: {idle_rate / 1e6:.2f} M instructions/s over {idle['seconds']:.1f} s")
+    for number, run in enumerate(runs, 1):
+        print(f"run {number}: {run['raw']:,.0f} instructions/request "
+              f"({run['corrected']:,.0f} without timed work); "
+              f"{small_n} requests {run['small']['instructions']:,} in "
+              f"{run['small']['seconds']:.1f} s, {large_n} requests "
+              f"{run['large']['instructions']:,} in {run['large']['seconds']:.1f} s")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"commit": commit, "idle": idle, "runs": runs}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
