@@ -16,11 +16,14 @@ and counts::
 After a warm-up the counters are zeroed, ``N`` requests sent, the counters dumped
 (``callgrind_control -z`` / ``-d`` through vgdb), and the same for ``M`` requests:
 instructions per request = (I(M) - I(N)) / (M - N), so the cost of zeroing and dumping cancels.
-Work the router does on a timer (health checks, load polls, state files, usage flushes) is not
-per request and scales with wall time, which valgrind stretches ~50x: an idle window of the
-same length is counted too and its rate, times each batch's duration, taken off (the figure
-both with and without that correction is printed; they differ by a few per cent).
-``--repeat`` does it again in the same process; two runs of one commit agree within ~1 %.
+Work the router does on a timer (its state file every 0.1 s under load, token debts every
+second, usage rows every 5 s) is not per request: it scales with wall time, which valgrind
+stretches ~50x and the machine's load varies, so it is taken off. A third window sends the
+``N`` requests ``PACE_S`` apart: the instructions it counts beyond the first window's, over the
+seconds it took beyond them, are the timed work's rate under load, and that rate times the
+``M`` window's extra seconds comes off (the figure with it is printed too). Health checks and
+load polls are spaced out of the windows altogether (``QUIET_TIMERS``). ``--repeat`` does it
+again in the same process; two runs of one commit agree within ~1 %.
 
 ``--tree DIR`` runs the router package of another checkout (``git worktree add DIR COMMIT``)
 with this checkout's venv and setup, for comparing commits: the settings written are the
@@ -54,6 +57,9 @@ from router_bench import BODY, Bench, Target, start_backend, start_router
 # the checks and load polls of the backend (one HTTP exchange each) are spaced out of the
 # measured windows. Every commit since 2026-11-21 reads both settings.
 QUIET_TIMERS = {"load_poll_interval_s": 3600, "health_check": {"interval_s": 3600}}
+# Between the requests of the paced window: under callgrind one takes 25-45 ms, so the router
+# still finishes about one request per 0.1 s tick of its state publisher, as under full load.
+PACE_S = 0.05
 VALGRIND_READY_S = 600  # the router's start-up (imports, schema) under callgrind: 1-3 minutes
 
 
@@ -66,10 +72,11 @@ class Client:
         self.headers = {"Content-Type": "application/json", **target.headers,
                         "Content-Length": str(len(self.body))}  # fmt: skip
 
-    def send(self, count: int) -> float:
-        """Send ``count`` requests one after the other; the seconds they took."""
+    def send(self, count: int, pause_s: float = 0) -> float:
+        """Send ``count`` requests one after the other (``pause_s`` apart); the seconds taken."""
         started = time.monotonic()
         for _ in range(count):
+            time.sleep(pause_s)
             self.connection.putrequest("POST", "/v1/chat/completions", skip_accept_encoding=True)
             for name, value in self.headers.items():
                 self.connection.putheader(name, value)
@@ -96,24 +103,27 @@ def instructions(out: Path, pid: int, before: set[Path]) -> int:
     raise RuntimeError("callgrind dump without a summary line")
 
 
-def window(out: Path, pid: int, client: Client | None, count: int, idle_s: float) -> dict[str, Any]:
-    """Zero the counters, send ``count`` requests (or wait ``idle_s``), dump: what it counted."""
+def window(out: Path, pid: int, client: Client, count: int, pause_s: float = 0) -> dict[str, Any]:
+    """Zero the counters, send ``count`` requests, dump: what it counted and how long it took."""
     before = set(out.glob(f"cg.{pid}.*"))
     callgrind("-z", pid)
-    started = time.monotonic()
-    if client is not None:
-        client.send(count)
-    else:
-        time.sleep(idle_s)
-    seconds = time.monotonic() - started
+    seconds = client.send(count, pause_s)
     callgrind("-d", pid)
     return {"requests": count, "seconds": seconds, "instructions": instructions(out, pid, before)}
 
 
-def per_request(small: dict[str, Any], large: dict[str, Any], idle_rate: float) -> dict[str, float]:
-    raw = (large["instructions"] - small["instructions"]) / (large["requests"] - small["requests"])
-    timed = idle_rate * (large["seconds"] - small["seconds"])
-    return {"raw": raw, "corrected": raw - timed / (large["requests"] - small["requests"])}
+def per_request(
+    small: dict[str, Any], large: dict[str, Any], paced: dict[str, Any]
+) -> dict[str, float]:
+    """Instructions = fixed + per_request * requests + timed_rate * seconds, solved for the
+    last two: ``paced`` has ``small``'s requests spread over more time."""
+    timed_rate = (paced["instructions"] - small["instructions"]) / (
+        paced["seconds"] - small["seconds"]
+    )
+    requests = large["requests"] - small["requests"]
+    raw = (large["instructions"] - small["instructions"]) / requests
+    timed = timed_rate * (large["seconds"] - small["seconds"]) / requests
+    return {"raw": raw, "per_request": raw - timed, "timed_rate": timed_rate}
 
 
 def main() -> int:
@@ -123,7 +133,6 @@ def main() -> int:
     parser.add_argument("--no-dataplane", action="store_true")
     parser.add_argument("--requests", type=int, nargs=2, default=[300, 1500], metavar=("N", "M"))
     parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle window")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--callgrind-out", type=Path)
     parser.add_argument("--json", type=Path)
@@ -145,28 +154,28 @@ def main() -> int:
         # taskset execs valgrind, valgrind runs python in the same process: one pid throughout
         client = Client(target)
         client.send(args.warmup)
-        idle = window(out, pid, None, 0, args.idle)
-        idle_rate = idle["instructions"] / idle["seconds"]
         runs = []
         for _ in range(args.repeat):
-            small = window(out, pid, client, small_n, 0)
-            large = window(out, pid, client, large_n, 0)
-            runs.append({"small": small, "large": large, **per_request(small, large, idle_rate)})
+            small = window(out, pid, client, small_n)
+            large = window(out, pid, client, large_n)
+            paced = window(out, pid, client, small_n, PACE_S)
+            runs.append({"small": small, "large": large, "paced": paced,
+                         **per_request(small, large, paced)})  # fmt: skip
         client.connection.close()
     commit = subprocess.run(["git", "-C", str(args.tree), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
     print(f"tree {args.tree} ({commit or '?'}), key "
           f"{'static' if args.static_key or args.no_dataplane else 'database'}, "
           f"{'no dataplane' if args.no_dataplane else 'PostgreSQL + Redis'}")  # fmt: skip
-    print(f"idle: {idle_rate / 1e6:.2f} M instructions/s over {idle['seconds']:.1f} s")
     for number, run in enumerate(runs, 1):
-        print(f"run {number}: {run['raw']:,.0f} instructions/request "
-              f"({run['corrected']:,.0f} without timed work); "
+        print(f"run {number}: {run['per_request']:,.0f} instructions/request "
+              f"({run['raw']:,.0f} with the timed work, "
+              f"{run['timed_rate'] / 1e6:.2f} M instructions/s); "
               f"{small_n} requests {run['small']['instructions']:,} in "
               f"{run['small']['seconds']:.1f} s, {large_n} requests "
               f"{run['large']['instructions']:,} in {run['large']['seconds']:.1f} s")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"commit": commit, "idle": idle, "runs": runs}, indent=2))
+        args.json.write_text(json.dumps({"commit": commit, "runs": runs}, indent=2))
     return 0
 
 

@@ -17,20 +17,27 @@ from aiohttp import HttpVersion11, hdrs, web
 from hxp_runtime import __version__
 from hxp_runtime.router import relay
 from hxp_runtime.router.attempts import Answer, attempt
+from hxp_runtime.router.auth import Miss
 from hxp_runtime.router.errors import error_response
 from hxp_runtime.router.metrics import CONTENT_TYPE
 from hxp_runtime.router.openapi import openapi_document
 from hxp_runtime.router.pipeline import (
     CATEGORY_HEADER,
+    NOT_CACHED,
     Rejected,
-    admit,
+    admit_from_buckets,
     authenticate,
     body_too_large,
     cached_answer,
     draining,
+    embedded_choice,
+    known_choice,
+    known_key,
+    live_route,
+    look_up_key,
     parse,
     read_body,
-    route,
+    route_request,
 )
 from hxp_runtime.router.settings import AUTO_MODEL
 from hxp_runtime.router.store import ApiKey
@@ -62,24 +69,36 @@ class Handlers:
         try:
             if gateway.draining or runtime is None:
                 raise draining()
-            key = await authenticate(
-                gateway.keys, gateway.settings.require_api_key, request.headers.get("Authorization")
-            )
-            call = parse(endpoint, path, await read_body(request, runtime.settings.max_body_bytes))
-            await admit(gateway.limiter, key, gateway.settings.rate_limit)
-            routed = await route(
-                runtime.table,
-                runtime.stats,
+            # Each step that can be answered without I/O is called as a plain function, and
+            # its coroutine awaited only when I/O is needed: a coroutine per step and request
+            # was a measurable part of the router's CPU (docs/benchmarks.md, router).
+            authorization = request.headers.get("Authorization")
+            key = known_key(gateway.keys, gateway.settings.require_api_key, authorization)
+            if isinstance(key, Miss):
+                key = await look_up_key(gateway.keys, authorization)
+            settings = runtime.settings
+            call = parse(endpoint, path, await read_body(request, settings.max_body_bytes))
+            if not gateway.limiter.admit_leased(key.name):
+                await admit_from_buckets(gateway.limiter, key, gateway.settings.rate_limit)
+            table = runtime.table
+            wanted = route_request(
+                table,
                 call,
                 request.headers.get(CATEGORY_HEADER),
-                request.headers.get(runtime.settings.prefix_routing.session_header),
-                gateway.embedder,
-                gateway.metrics,
+                request.headers.get(settings.prefix_routing.session_header),
             )
-            cached = await cached_answer(gateway.cache, call, routed, gateway.metrics)
-            if cached.body is not None:
-                return self._answer_from_cache(key, routed.first, cached.body, started)
-            settings = runtime.settings
+            cache_key = table.cache_key(wanted)
+            choice = known_choice(table, wanted, cache_key, gateway.embedder, gateway.metrics)
+            if choice is None:
+                choice = await embedded_choice(
+                    table, wanted, cache_key, gateway.embedder, gateway.metrics
+                )
+            routed = live_route(table, runtime.stats, wanted, choice, gateway.metrics)
+            cached = NOT_CACHED
+            if gateway.cache is not None:
+                cached = await cached_answer(gateway.cache, call, routed, gateway.metrics)
+                if cached.body is not None:
+                    return self._answer_from_cache(key, routed.first, cached.body, started)
             answer = await attempt(
                 call,
                 routed,

@@ -116,11 +116,28 @@ def draining() -> Rejected:
 
 async def authenticate(keys: KeyStore, required: bool, authorization: str | None) -> ApiKey:
     """The caller's key, or the anonymous one when keys are not required."""
+    key = known_key(keys, required, authorization)
+    return await look_up_key(keys, authorization) if isinstance(key, Miss) else key
+
+
+def known_key(keys: KeyStore, required: bool, authorization: str | None) -> ApiKey | Miss:
+    """The key when it is known without I/O (a hash and a dict hit), MISS when only PostgreSQL
+    can tell; an unknown key is refused.
+
+    The hot path calls this and awaits :func:`look_up_key` only on a MISS: a coroutine per
+    request for a dict hit is a measurable part of the router's cost (docs/benchmarks.md).
+    """
     if not required:
         return ANONYMOUS
-    # A known key costs a hash and a dict hit; only an unknown one awaits PostgreSQL.
-    known = keys.cached(authorization)
-    key = await keys.authenticate(authorization) if isinstance(known, Miss) else known
+    key = keys.cached(authorization)
+    if key is None:
+        raise Rejected(unauthorized())
+    return key
+
+
+async def look_up_key(keys: KeyStore, authorization: str | None) -> ApiKey:
+    """A key the cache cannot tell, asked of PostgreSQL (one query per key at a time)."""
+    key = await keys.authenticate(authorization)
     if key is None:
         raise Rejected(unauthorized())
     return key
@@ -222,8 +239,13 @@ def limits_of(key: ApiKey, defaults: RateLimit) -> tuple[int, int]:
 
 async def admit(limiter: RateLimiter, key: ApiKey, defaults: RateLimit) -> None:
     """Charge one request to the key's buckets, or refuse it with 429 and a Retry-After."""
-    if limiter.admit_leased(key.name):
-        return
+    if not limiter.admit_leased(key.name):
+        await admit_from_buckets(limiter, key, defaults)
+
+
+async def admit_from_buckets(limiter: RateLimiter, key: ApiKey, defaults: RateLimit) -> None:
+    """The key's lease in this worker ran out (``RateLimiter.admit_leased`` said no, as the hot
+    path asks first, without I/O): charge the shared buckets, or refuse with 429."""
     requests_per_minute, tokens_per_minute = limits_of(key, defaults)
     retry_after = await limiter.admit(key.name, requests_per_minute, tokens_per_minute)
     if retry_after is None:
@@ -278,16 +300,45 @@ async def choose_models(
     The time a semantic choice took is observed in ``metrics``, by how it was made.
     """
     cache_key = table.cache_key(request)
+    choice = known_choice(table, request, cache_key, embedder, metrics)
+    if choice is None:
+        choice = await embedded_choice(table, request, cache_key, embedder, metrics)
+    return choice
+
+
+def known_choice(
+    table: RoutingTable,
+    request: RouteRequest,
+    cache_key: object,
+    embedder: Embedder | None,
+    metrics: RouterMetrics | None = None,
+) -> ModelChoice | None:
+    """The model choice when it needs no embeddings call; None when it does.
+
+    The hot path awaits :func:`embedded_choice` only on None, as with keys (``known_key``).
+    """
     if embedder is None or not table.needs_embedding(request):
         choice = table.cache.get(cache_key)
         return choice if choice is not None else _choose(table, request, cache_key, remember=True)
     loop = asyncio.get_running_loop()
     started = loop.time()
     choice = table.cache.get(cache_key)
-    if choice is not None:
-        if metrics is not None:
-            metrics.model_choice("cached", loop.time() - started)
-        return choice
+    if choice is not None and metrics is not None:
+        metrics.model_choice("cached", loop.time() - started)
+    return choice
+
+
+async def embedded_choice(
+    table: RoutingTable,
+    request: RouteRequest,
+    cache_key: object,
+    embedder: Embedder | None,
+    metrics: RouterMetrics | None = None,
+) -> ModelChoice:
+    """The choice for a prompt the decision cache does not know, made with its embedding."""
+    assert embedder is not None  # known_choice answers every request when there is none
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     made, embedded = await shared_call(
         table.cache.pending,
         cache_key,
@@ -341,6 +392,17 @@ async def route(
     """
     wanted = route_request(table, request, category, session)
     choice = await choose_models(table, wanted, embedder, metrics)
+    return live_route(table, stats, wanted, choice, metrics)
+
+
+def live_route(
+    table: RoutingTable,
+    stats: Stats,
+    wanted: RouteRequest,
+    choice: ModelChoice,
+    metrics: RouterMetrics,
+) -> Routed:
+    """The live stage of :func:`route` once the model choice is made."""
     decision = table.decide(wanted, stats, choice)
     primary = choice[0][0].model
     metrics.decided(decision.strategies)
