@@ -176,6 +176,8 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
             if size > limit:
                 raise body_too_large(limit)
             pieces.append(piece)
+            if content.at_eof():
+                break  # all of it arrived: no second readany (a coroutine) to be told so
     except RequestPayloadError:
         log.warning("bad request from %s: the body's framing is broken", request.remote)
         raise Rejected(
