@@ -181,13 +181,15 @@ def start_router(
     wrapper: tuple[str, ...] = (),
     ready_timeout: float = 30,
     extra_settings: dict[str, Any] | None = None,
+    python_path: tuple[str, ...] = (),
 ) -> Target:
     """The router, as production runs it (see the module's docstring).
 
     ``static_key`` authenticates with a key from the secrets file even with PostgreSQL (as the
     benchmark did before database keys); ``tree`` is the checkout whose router runs (an older
     commit's, for router_instructions.py); ``wrapper`` goes before the interpreter (valgrind);
-    ``extra_settings`` are added to the router's settings.
+    ``extra_settings`` are added to the router's settings, ``python_path`` to its PYTHONPATH
+    after ``tree``.
     """
     port = free_port()
     settings: dict[str, Any] = {
@@ -236,7 +238,7 @@ def start_router(
                              "--log-level", "WARNING"]),
         cwd=tree,
         env={**os.environ, "RUNTIME_DIRECTORY": runtime_directory(bench),
-             "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"},
+             "PYTHONPATH": os.pathsep.join([str(tree), *python_path]), "PYTHONHASHSEED": "0"},
     )  # fmt: skip
     wait_http(f"http://127.0.0.1:{port}/ready", ready_timeout)
     key = database_key(bench.work) if database_key_auth else KEY

@@ -18,11 +18,13 @@ After a warm-up the counters are zeroed, ``N`` requests sent, the counters dumpe
 instructions per request = (I(M) - I(N)) / (M - N), so the cost of zeroing and dumping cancels.
 Work the router does on a timer (its state file every 0.1 s under load, token debts every
 second, usage rows every 5 s) is not per request: it scales with wall time, which valgrind
-stretches ~50x and the machine's load varies, so it is taken off. A third window sends the
-``N`` requests ``PACE_S`` apart: the instructions it counts beyond the first window's, over the
-seconds it took beyond them, are the timed work's rate under load, and that rate times the
-``M`` window's extra seconds comes off (the figure with it is printed too). Health checks and
-load polls are spaced out of the windows altogether (``QUIET_TIMERS``). ``--repeat`` does it
+stretches ~50x and the machine's load varies. Health checks and load polls are spaced out of
+the windows (``QUIET_TIMERS``), and so is the state publisher (``quiet_timers/sitecustomize.py``
+sets its interval to 30 s; the request path is not touched). What is left is estimated and
+taken off: a third window sends the ``N`` requests ``PACE_S`` apart; the instructions it
+counts beyond the first window's, over the seconds it took beyond them, are the timed work's
+rate, and that rate times the ``M`` window's extra seconds comes off (the figure with it is
+printed too). ``--repeat`` does it
 again in the same process; two runs of one commit agree within ~1 %.
 
 ``--tree DIR`` runs the router package of another checkout (``git worktree add DIR COMMIT``)
@@ -60,6 +62,7 @@ QUIET_TIMERS = {"load_poll_interval_s": 3600, "health_check": {"interval_s": 360
 # Between the requests of the paced window: under callgrind one takes 25-45 ms, so the router
 # still finishes about one request per 0.1 s tick of its state publisher, as under full load.
 PACE_S = 0.05
+QUIET_PUBLISHER = Path(__file__).resolve().parent / "quiet_timers"  # its sitecustomize.py
 VALGRIND_READY_S = 600  # the router's start-up (imports, schema) under callgrind: 1-3 minutes
 
 
@@ -149,7 +152,8 @@ def main() -> int:
         target = start_router(bench, backend, not args.no_dataplane, static_key=args.static_key,
                               tree=args.tree.resolve(), wrapper=wrapper,
                               ready_timeout=VALGRIND_READY_S,
-                              extra_settings=QUIET_TIMERS)  # fmt: skip
+                              extra_settings=QUIET_TIMERS,
+                              python_path=(str(QUIET_PUBLISHER),))  # fmt: skip
         pid = target.pids[0]
         # taskset execs valgrind, valgrind runs python in the same process: one pid throughout
         client = Client(target)
