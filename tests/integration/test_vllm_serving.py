@@ -96,15 +96,14 @@ def test_embeddings_server_returns_normalised_vectors(vllm_servers: Servers) -> 
     assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_stop_ends_the_whole_process_group_and_start_brings_it_back(
-    vllm_servers: Servers,
-) -> None:
+def test_stop_ends_the_whole_process_group(vllm_servers: Servers) -> None:
+    # The last test of the session that uses vLLM (the servers stop after it anyway): starting
+    # this server again would cost a minute and more of CI for a path the model servers' own
+    # tests cover on the stack (test_observability stops and starts one under systemd).
     (server,) = vllm_servers(ServerSpec("mixtral"))
     assert server.process is not None
     group = server.process.pid
     server.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(group, 0)
-    (again,) = vllm_servers(ServerSpec("mixtral"))
-    assert again is server
-    check_ready(server.base_url, "mixtral")
+    assert not server.running
