@@ -352,8 +352,6 @@ def metrics_vars(cfg: HxpConfig, plan: Plan) -> Vars:
 
 
 def rollout_vars(cfg: HxpConfig, plan: Plan) -> Vars:
-    # Behind a virtual address: the first router host (README, "Router high availability").
-    router_host = next(iter(router_hosts(cfg)), None)
     return {
         "hxp_vllm_rollout_batch_size": cfg.rollout.batch_size,
         "hxp_vllm_rollout_drain_deadline_s": cfg.rollout.drain_deadline_s,
@@ -362,8 +360,10 @@ def rollout_vars(cfg: HxpConfig, plan: Plan) -> Vars:
         "hxp_vllm_rollout_readmit_timeout_s": math.ceil(
             3 * cfg.router.health_check.interval_s + 10
         ),
-        # Changed servers are drained through the router's admin API, which needs its key.
-        "hxp_vllm_router_host": router_host if cfg.router.admin_key is not None else None,
+        # Changed servers are drained through the router's admin API, which needs its key, in
+        # every router host: each keeps its own drains and settings (behind a virtual address,
+        # one left out would keep sending a restarting server requests).
+        "hxp_vllm_router_hosts": router_hosts(cfg) if cfg.router.admin_key is not None else [],
     }
 
 

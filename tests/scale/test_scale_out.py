@@ -1,6 +1,8 @@
 """Scale-out on a lab with several LLM hosts: the router spreads each replicated model's
 requests over the hosts that run it, and an LLM host powered off under load fails no request
 for a model with a replica on another host; booted again, its replicas take requests again.
+With a router on each LLM host (behind a virtual address), a rolling restart of a replicated
+model drains each replica in every router first: load through each router fails nothing.
 
 Needs the lab of inventory/lab-scale/hxp.yml deployed (README, "Replicas on several LLM hosts")::
 
@@ -14,6 +16,9 @@ vllm:request_success_total, read on the host that runs it.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import ssl
 import subprocess
 import sys
@@ -22,18 +27,21 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import testinfra
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from hxp_runtime.config import HostGroup, HxpConfig, plan_deployment, resolve_host
+from hxp_runtime.config import HostGroup, HxpConfig, load_config, plan_deployment, router_hosts
 from hxp_runtime.lab import BaseImage, Lab, load_lab
 from hxp_runtime.loadtest import timeline_lines
 from tests.stack.conftest import http_on
 from tests.stack.load import start_load
-from tests.stack.router import CONFIG, REPO, router_ca, router_url
+from tests.stack.router import CONFIG, REPO, router_ca, router_host_url, router_url
 from tests.stack.test_admin import admin
+from tests.stack.test_operations import hxp_deploy
 
 pytestmark = pytest.mark.slow
 Hosts = dict[str, testinfra.host.Host]
@@ -70,8 +78,8 @@ class Replica:
 class Layout:
     replicas: tuple[Replica, ...]
     models: tuple[str, ...]  # the models with replicas on more than one host
-    router_host: str
-    victim: str  # the LLM host powered off: one without the router
+    routers: tuple[str, ...]  # the router hosts; the first holds the virtual address, if any
+    victim: str  # the LLM host powered off: one whose router (if any) holds no client address
 
     def of_model(self, model: str) -> list[Replica]:
         return [r for r in self.replicas if r.model == model]
@@ -92,11 +100,12 @@ def layout(cfg: HxpConfig) -> Layout:
     spread = [
         m.name for m in cfg.models if len({r.host for r in replicas if r.model == m.name}) > 1
     ]
-    router_host = resolve_host(cfg, cfg.router.host, HostGroup.LLM)
+    routers = tuple(router_hosts(cfg))
     assert len(llm_hosts) >= 2 and len(spread) >= 2, f"{CONFIG}: not a lab with scale-out"
-    assert router_host is not None
-    victim = next(h for h in reversed(llm_hosts) if h != router_host)
-    return Layout(replicas, tuple(spread), router_host, victim)
+    assert routers
+    # keepalived gives the virtual address to the first router host at the first election.
+    victim = next(h for h in reversed(llm_hosts) if h != routers[0])
+    return Layout(replicas, tuple(spread), routers, victim)
 
 
 # --------------------------------------------------------------------------- counting
@@ -111,10 +120,13 @@ def counter_samples(text: str, family: str) -> Iterator[tuple[dict[str, str], fl
                     yield sample.labels, sample.value
 
 
-def router_metrics(cfg: HxpConfig) -> str:
+def router_metrics(cfg: HxpConfig, url: str | None = None) -> str:
+    """The router's metrics at ``url`` (one router host's own), else at the clients' address."""
     ca = router_ca(cfg)
     context = ssl.create_default_context(cafile=ca) if ca is not None else None
-    with urllib.request.urlopen(f"{router_url(cfg)}/metrics", timeout=30, context=context) as r:
+    with urllib.request.urlopen(
+        f"{url or router_url(cfg)}/metrics", timeout=30, context=context
+    ) as r:
         return str(r.read().decode())
 
 
@@ -127,10 +139,11 @@ def router_answered(cfg: HxpConfig) -> Counter[str]:
     return counts
 
 
-def router_failed_attempts(cfg: HxpConfig) -> Counter[str]:
+def router_failed_attempts(cfg: HxpConfig, url: str | None = None) -> Counter[str]:
     """Attempts at a backend that failed (and were retried elsewhere or not), by backend."""
     counts: Counter[str] = Counter()
-    for labels, value in counter_samples(router_metrics(cfg), "hxp_router_upstream_failures"):
+    failures = counter_samples(router_metrics(cfg, url), "hxp_router_upstream_failures")
+    for labels, value in failures:
         counts[labels["backend"]] += int(value)
     return counts
 
@@ -222,7 +235,7 @@ def test_load_spreads_each_model_over_both_llm_hosts(
 def test_an_llm_host_powered_off_under_load_fails_no_request(
     cfg: HxpConfig, hosts: Hosts, layout: Layout
 ) -> None:
-    router = hosts[layout.router_host]
+    router = hosts[layout.routers[0]]
     gone = layout.on_victim()
     assert gone and in_rotation(router, gone), worker_views(router, gone)
     lab = Lab(load_lab(CONFIG), BaseImage.default(), log=print)
@@ -298,3 +311,91 @@ def served_again(
             return took, window
         if took > BACK_IN_ROTATION_WITHIN_S:
             pytest.fail(f"{backends} served nothing within {BACK_IN_ROTATION_WITHIN_S:.0f} s")
+
+
+# --------------------------------------------------------------------------- rolling, two routers
+
+ROLL_WINDOW_S = 15.0
+
+
+def drains_in_run(output: str, task: str) -> set[tuple[str, str]]:
+    """(router host, backend) of each item of the deploy's task ``task`` that ran: read from
+    the run's event log (`hxp deploy` prints where it is)."""
+    found = re.search(r"event log:\s*(\S+)", output)
+    assert found, output[-3000:]
+    pairs = set()
+    for path in Path(found.group(1), "job_events").glob("*.json"):
+        event = json.loads(path.read_text())
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_item_on_ok" and data.get("task", "").startswith(task):
+            item = data["res"]["item"]
+            pairs.add((item["router"], item["backend"]))
+    return pairs
+
+
+def test_a_rolling_restart_drains_in_every_router_and_fails_no_request(
+    cfg: HxpConfig, hosts: Hosts, layout: Layout, config_copy: Path
+) -> None:
+    """Each router host keeps its own drains: a replica restarted while one router still sends
+    it requests fails those requests there (or costs a retry elsewhere). Load goes through each
+    router's own address, without the load tool's retries, while `hxp deploy` rolls one
+    replicated model's servers (an engine setting changed) one after the other."""
+    assert len(layout.routers) >= 2, f"{CONFIG}: one router; this checks the drains of several"
+    model = layout.models[0]
+    rolled = [r.backend for r in layout.of_model(model)]
+    data = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    for entry in data["models"]:
+        if entry["name"] == model:
+            entry["engine"] = {
+                **entry["engine"],
+                "max_num_seqs": entry["engine"]["max_num_seqs"] - 1,
+            }
+    config_copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    assert load_config(config_copy).model(model).engine.max_num_seqs == (
+        cfg.model(model).engine.max_num_seqs - 1
+    )
+    urls = {host: router_host_url(cfg, host) for host in layout.routers}
+    failed_before = {host: router_failed_attempts(cfg, url) for host, url in urls.items()}
+
+    deploy = hxp_deploy(config_copy)
+    reports: dict[str, list[dict]] = {host: [] for host in layout.routers}
+    while deploy.running():
+        runs = {
+            host: start_load(
+                cfg, models=list(layout.models), concurrency=4, duration_s=ROLL_WINDOW_S,
+                retries=False, url=url,
+            )
+            for host, url in urls.items()
+        }  # fmt: skip
+        for host, run in runs.items():
+            reports[host].append(run.wait())
+    rolled_s = deploy.finished()
+    drained = drains_in_run(deploy.output, "Drain in every router")
+    undrained = drains_in_run(deploy.output, "Give traffic again")
+    failed_attempts = {
+        host: subtract(router_failed_attempts(cfg, url), failed_before[host])
+        for host, url in urls.items()
+    }
+    print(f"\nrolling restart of {rolled} under load through {len(urls)} routers: {rolled_s:.0f} s")
+    print(f"drained (router, backend): {sorted(drained)}")
+    for host, windows in reports.items():
+        failed: Counter[str] = Counter()
+        by_backend: Counter[str] = Counter()
+        for window in windows:
+            failed.update(window["failed"])
+            by_backend.update(window["by_backend"])
+        print(
+            f"through {host}: {len(windows)} windows, {sum(w['ok'] for w in windows)} ok, "
+            f"failed {dict(failed)}, by backend {dict(by_backend)}; "
+            f"failed attempts at a backend {dict(+failed_attempts[host])}"
+        )
+    if os.environ.get("HXP_STACK_DISPOSABLE") != "1":
+        print(f"the original deployed back in {hxp_deploy(CONFIG).finished():.0f} s")
+
+    every_pair = {(host, backend) for host in layout.routers for backend in rolled}
+    assert drained == every_pair and undrained == every_pair, (drained, undrained)
+    for host, windows in reports.items():
+        assert all(w["failed"] == {} for w in windows), [w["failures"] for w in windows]
+        assert sum(w["ok"] for w in windows) > 0, host
+        # Drained first, a restarting server got no request from either router.
+        assert all(failed_attempts[host][b] == 0 for b in rolled), (host, failed_attempts[host])

@@ -39,6 +39,7 @@ def loadtest_command(
     duration_s: float,
     client: str,
     retries: bool,
+    url: str | None = None,
 ) -> list[str]:
     assert cfg.router.api_keys, "the lab config has no router API key to send load with"
     embeddings = {m.name for m in cfg.models if m.task == "embed"}
@@ -47,7 +48,7 @@ def loadtest_command(
         "-m",
         "hxp_runtime.cli",
         "loadtest",
-        router_url(cfg),
+        url or router_url(cfg),
         "--key-file",
         cfg.router.api_keys[0].secret.value,
         "--concurrency",
@@ -110,8 +111,10 @@ def start_load(
     duration_s: float = 30.0,
     client: str = "hxp",
     retries: bool = True,
+    url: str | None = None,
 ) -> LoadRun:
-    """Start `hxp loadtest` against the lab's router and return at once."""
+    """Start `hxp loadtest` against the lab's router (``url``: one router host's own, else the
+    address clients use) and return at once."""
     command = loadtest_command(
         cfg,
         models=models,
@@ -119,6 +122,7 @@ def start_load(
         duration_s=duration_s,
         client=client,
         retries=retries,
+        url=url,
     )
     env = {
         **os.environ,

@@ -29,6 +29,13 @@ def router_url(cfg: HxpConfig) -> str:
     return f"{scheme}://{address}:{cfg.router.port}"
 
 
+def router_host_url(cfg: HxpConfig, host: str) -> str:
+    """One router host's own base URL: behind a virtual address each router also listens on
+    its host's address (role router's socket unit)."""
+    scheme = "https" if cfg.router.tls is not None else "http"
+    return f"{scheme}://{cfg.host(host).address}:{cfg.router.port}"
+
+
 def router_ca(cfg: HxpConfig) -> Path | None:
     """The CA that issued the router's certificate (`hxp lab up` keeps it in the lab's state
     directory); None when the router serves plain HTTP."""

@@ -45,6 +45,7 @@ class Deploy:
     process: subprocess.Popen[str]
     log: IO[str]
     started: float
+    output: str = ""  # all of it, once finished
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -54,7 +55,7 @@ class Deploy:
         self.process.wait()
         took = time.monotonic() - self.started
         self.log.seek(0)
-        output = self.log.read()
+        self.output = output = self.log.read()
         self.log.close()
         assert self.process.returncode == 0, f"{self.process.args}:\n{output[-6000:]}"
         return took

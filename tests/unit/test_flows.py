@@ -18,6 +18,7 @@ from hxp_runtime.config import (
     load_config,
     plan_deployment,
     resolve_host,
+    router_hosts,
     service_endpoints,
 )
 from hxp_runtime.flows import CLIENTS, CONTROLLER, allowed, flow_matrix, inbound
@@ -75,12 +76,10 @@ def test_pg_hba_admits_exactly_the_hosts_the_firewall_admits_to_postgresql(path:
         for n in f["networks"]
     }
     assert clients and set(clients) == admitted
-    # Only the router's host connects: another LLM host (lab-scale has two) gets no line.
+    # Only the router hosts connect (lab-scale has two, behind a virtual address), each once.
     llm_addresses = {f"{h.address}/32" for h in cfg.hosts_in(HostGroup.LLM)}
-    router = next(
-        h for h in cfg.hosts if h.name == resolve_host(cfg, cfg.router.host, HostGroup.LLM)
-    )
-    assert clients == [f"{router.address}/32"]
+    routers = [cfg.host(name) for name in router_hosts(cfg)]
+    assert routers and clients == [f"{router.address}/32" for router in routers]
     assert set(clients) <= llm_addresses
 
 

@@ -257,15 +257,19 @@ def test_each_llm_host_gets_exactly_its_replicas(lab_scale: HxpConfig) -> None:
     # No replica swaps blue-green; the rolling path drains each by its backend id.
     host_vars = files[Path("host_vars/hx-llm-server-02/hxp.yml")]
     assert not any(i["blue_green"] for i in host_vars["hxp_vllm_instances"])
-    assert files[Path("group_vars/all/hxp.yml")]["hxp_vllm_router_host"] == "hx-llm-server-01"
+    # A router on each LLM host: a restarting replica is drained in both.
+    assert files[Path("group_vars/all/hxp.yml")]["hxp_vllm_router_hosts"] == [
+        "hx-llm-server-01",
+        "hx-llm-server-02",
+    ]
 
 
 def test_flows_admit_the_router_and_prometheus_to_every_replica(lab_scale: HxpConfig) -> None:
     flows = flow_matrix(lab_scale, plan_deployment(lab_scale))
-    router, monitor, other = "10.78.0.10", "10.78.0.13", "10.78.0.12"
+    routers, monitor, other = ("10.78.0.10", "10.78.0.11"), "10.78.0.13", "10.78.0.12"
     for host in ("hx-llm-server-01", "hx-llm-server-02"):
         for port in (11401, 11403):
-            assert allowed(flows, router, host, port)
+            assert all(allowed(flows, router, host, port) for router in routers)
             assert allowed(flows, monitor, host, port)
             assert not allowed(flows, other, host, port)
 
@@ -293,9 +297,11 @@ def test_status_looks_at_each_replica_on_its_host(lab_scale: HxpConfig) -> None:
         ]
         assert [u.unit for u in target.units if u.model] == ["hxp-vllm-phi3", "hxp-vllm-hermes"]
     assert [m.backend for m in targets["hx-llm-server-02"].models] == ["phi3-2", "hermes-2"]
+    # Each LLM host runs a router (behind the virtual address): status asks both.
     assert targets["hx-llm-server-01"].router_admin
-    assert not targets["hx-llm-server-02"].router_admin
-    assert not any(u.unit == "hxp-router" for u in targets["hx-llm-server-02"].units)
+    assert targets["hx-llm-server-02"].router_admin
+    for host in ("hx-llm-server-01", "hx-llm-server-02"):
+        assert any(u.unit == "hxp-router" for u in targets[host].units), host
 
 
 def test_the_lab_scale_config_validates_and_plans(lab_scale: HxpConfig) -> None:

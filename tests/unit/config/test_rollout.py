@@ -43,13 +43,13 @@ def test_rendered_for_role_vllm(load_text: Callable[[str], HxpConfig]) -> None:
     assert rendered["hxp_vllm_rollout_batch_size"] == 2
     assert rendered["hxp_vllm_rollout_drain_deadline_s"] == 15
     # The router runs on the only llm host; its health checks every 10 s by default.
-    assert rendered["hxp_vllm_router_host"] == "llm-1"
+    assert rendered["hxp_vllm_router_hosts"] == ["llm-1"]
     assert rendered["hxp_vllm_rollout_readmit_timeout_s"] == 40
 
 
 def test_no_admin_key_means_no_drain(load_text: Callable[[str], HxpConfig]) -> None:
     cfg = load_text(BASE)
-    assert rollout_vars(cfg, plan_deployment(cfg))["hxp_vllm_router_host"] is None
+    assert rollout_vars(cfg, plan_deployment(cfg))["hxp_vllm_router_hosts"] == []
 
 
 def test_each_server_knows_its_backend_in_the_router(

@@ -18,7 +18,7 @@ from hxp_runtime.config import (
 )
 from hxp_runtime.flows import CLIENTS, VRRP, allowed, flow_matrix, inbound
 from hxp_runtime.observability.scrape import scrape_configs
-from hxp_runtime.render import inventory_files, router_vars
+from hxp_runtime.render import inventory_files, rollout_vars, router_vars
 from hxp_runtime.status.targets import host_targets
 from tests.unit.conftest import Problems, line_of, only
 
@@ -179,6 +179,18 @@ def test_render_hands_role_router_the_hosts_and_the_address(cfg: HxpConfig) -> N
     assert settings["listen_host"] == "10.0.0.10"  # the role puts each host's own address there
     assert {"hosts", "virtual_address", "host"}.isdisjoint(settings)
     assert settings["redis"]["host"] == "10.0.0.10"
+
+
+def test_rolling_restarts_and_swaps_go_through_every_router(
+    load_text: Callable[[str], HxpConfig],
+) -> None:
+    # Each router host keeps its own drains and settings: role vllm drains a restarting server,
+    # and switches a swapped one, in each of them.
+    with_key = load_text(config(HA + '  admin_key: "env:HXP_ADMIN_KEY"\n'))
+    rendered = rollout_vars(with_key, plan_deployment(with_key))
+    assert rendered["hxp_vllm_router_hosts"] == ["llm-1", "llm-2"]
+    without_key = load_text(config())
+    assert rollout_vars(without_key, plan_deployment(without_key))["hxp_vllm_router_hosts"] == []
 
 
 def test_prometheus_scrapes_every_router_host(cfg: HxpConfig) -> None:
