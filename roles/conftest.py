@@ -22,7 +22,9 @@ the stack it is deselected, and the reason is printed.
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -39,18 +41,20 @@ import pytest
 import yaml
 
 
-def _hardening_baseline() -> Any:
-    """plugins/filter/hxp_systemd_hardening.py, the baseline every unit template renders."""
-    path = Path(__file__).resolve().parents[1] / "plugins" / "filter" / "hxp_systemd_hardening.py"
-    spec = importlib.util.spec_from_file_location("hxp_systemd_hardening", path)
+def _load_file(name: str, relative: str) -> Any:
+    """A module of this repository by its path: the roles' checks run without the repository
+    on sys.path (pytest puts roles/ there, which is no package)."""
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-# What every hxp unit and drop-in sets (the baseline's core), as `systemctl show` prints it.
-_BASELINE = _hardening_baseline()
+# What every hxp unit and drop-in sets (the baseline's core), as `systemctl show` prints it:
+# the baseline every unit template renders.
+_BASELINE = _load_file("hxp_systemd_hardening", "plugins/filter/hxp_systemd_hardening.py")
 HARDENING = {name: _BASELINE.shown(value) for name, value in _BASELINE.CORE.items()}
 EXPOSURE_LIMIT: float = _BASELINE.EXPOSURE_LIMIT
 
@@ -62,25 +66,32 @@ ON_STACK = "MOLECULE_INVENTORY_FILE" not in os.environ
 
 @dataclass(frozen=True)
 class Stack:
-    """The whole stack's lab the checks run on: its hxp.yml, the lab's inventory (SSH key,
+    """The whole stack's lab the checks run on: its config, the lab's inventory (SSH key,
     proxy) and the directory `hxp render` wrote the deployment's variables into."""
 
-    config_file: Path
     cfg: Any  # hxp_runtime.config.HxpConfig
     inventory: Path
     rendered: Path
 
     def variables(self, hostname: str) -> dict[str, Any]:
-        """The variables `hxp render` gave hostname: group_vars/all, then its host_vars."""
+        """The variables `hxp render` gave hostname: group_vars/all, then its host_vars. A
+        copy: a check may change what it is given without another check seeing it."""
         merged: dict[str, Any] = {}
         for path in (
             self.rendered / "group_vars" / "all" / "hxp.yml",
             self.rendered / "host_vars" / hostname / "hxp.yml",
         ):
-            if path.is_file():
-                text = path.read_text(encoding="utf-8")
-                merged.update(yaml.load(text, Loader=_RenderedLoader) or {})  # noqa: S506
-        return merged
+            merged.update(_rendered_file(path))
+        return copy.deepcopy(merged)
+
+
+@functools.cache
+def _rendered_file(path: Path) -> dict[str, Any]:
+    """One file `hxp render` wrote, parsed once per run (group_vars/all is thousands of
+    lines, and every module and host asks for it); empty when there is none."""
+    if not path.is_file():
+        return {}
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=_RenderedLoader) or {}  # noqa: S506
 
 
 class _RenderedLoader(yaml.SafeLoader):
@@ -93,25 +104,24 @@ _RenderedLoader.add_constructor(
     lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
 )
 
-_STACK: list[Stack] = []
 
-
+@functools.cache
 def _stack() -> Stack:
-    if not _STACK:
-        from hxp_runtime.config import load_config  # noqa: PLC0415 - only the stack needs hxp
-        from hxp_runtime.lab import load_lab  # noqa: PLC0415
+    # Only the stack needs hxp and the whole-stack tests' config (HXP_STACK_CONFIG, else the
+    # main lab's); a Molecule scenario's checks import neither.
+    from hxp_runtime.config import load_config  # noqa: PLC0415
+    from hxp_runtime.lab import load_lab  # noqa: PLC0415
 
-        config_file = Path(os.environ.get("HXP_STACK_CONFIG", REPO / "inventory/lab/hxp.yml"))
-        cfg = load_config(config_file)
-        inventory = load_lab(config_file).inventory_file
-        rendered = REPO / ".hxp" / cfg.name / "inventory"
-        if not inventory.is_file() or not rendered.is_dir():
-            raise pytest.UsageError(
-                f"the lab of {config_file} is not deployed: run scripts/stack up first "
-                "(or run a role's checks on its scenario with `molecule test`)"
-            )
-        _STACK.append(Stack(config_file, cfg, inventory, rendered))
-    return _STACK[0]
+    config = _load_file("hxp_stack_router", "tests/stack/router.py").CONFIG
+    cfg = load_config(config)
+    inventory = load_lab(config).inventory_file
+    rendered = REPO / ".hxp" / cfg.name / "inventory"
+    if not inventory.is_file() or not rendered.is_dir():
+        raise pytest.UsageError(
+            f"the lab of {config} is not deployed: run scripts/stack up first "
+            "(or run a role's checks on its scenario with `molecule test`)"
+        )
+    return Stack(cfg, inventory, rendered)
 
 
 def pytest_configure(config: pytest.Config) -> None:
