@@ -287,10 +287,19 @@ def test_usage_is_written_to_postgresql(router: RouterProcess, dataplane: Datapl
 def test_temperature_zero_answers_come_from_the_cache(router: RouterProcess) -> None:
     body = {"model": "coder", "prompt": "cache me", "max_tokens": 4, "temperature": 0}
     first = call("POST", router.url + "/v1/completions", body, ADMIN_KEY)
-    second = call("POST", router.url + "/v1/completions", body, ADMIN_KEY)
-    assert first[0] == second[0] == 200
-    assert "x-hxp-cache" not in first[1] and second[1]["x-hxp-cache"] == "hit"
-    assert first[2] == second[2]
+    assert first[0] == 200 and "x-hxp-cache" not in first[1]
+    # The router stores the answer in Redis after it has sent it (a task of its own, off the
+    # client's path): on a loaded machine the next request can come first and miss (vLLM
+    # answers it again). Asked again until it is a hit, that hit is the first answer itself.
+    deadline = time.monotonic() + 10
+    while True:
+        again = call("POST", router.url + "/v1/completions", body, ADMIN_KEY)
+        assert again[0] == 200
+        if again[1].get("x-hxp-cache") == "hit" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert again[1].get("x-hxp-cache") == "hit", again[1]
+    assert again[2] == first[2]
 
 
 # --------------------------------------------------------------------------- routing
