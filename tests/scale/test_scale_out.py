@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import ssl
 import subprocess
 import sys
@@ -318,13 +317,25 @@ def served_again(
 ROLL_WINDOW_S = 15.0
 
 
+def event_log(output: str) -> Path:
+    """The run's event log, which `hxp deploy` names last ("event log: PATH"; its console
+    breaks a long path over lines where the output is no terminal)."""
+    assert "event log:" in output, output[-3000:]
+    parts = []
+    for line in output.rsplit("event log:", 1)[1].strip().splitlines():
+        if not line.strip() or " " in line.strip():
+            break
+        parts.append(line.strip())
+    found = Path("".join(parts))
+    assert (found / "job_events").is_dir(), (found, output[-3000:])
+    return found
+
+
 def drains_in_run(output: str, task: str) -> set[tuple[str, str]]:
     """(router host, backend) of each item of the deploy's task ``task`` that ran: read from
-    the run's event log (`hxp deploy` prints where it is)."""
-    found = re.search(r"event log:\s*(\S+)", output)
-    assert found, output[-3000:]
+    the run's event log."""
     pairs = set()
-    for path in Path(found.group(1), "job_events").glob("*.json"):
+    for path in (event_log(output) / "job_events").glob("*.json"):
         event = json.loads(path.read_text())
         data = event.get("event_data", {})
         if event.get("event") == "runner_item_on_ok" and data.get("task", "").startswith(task):
