@@ -616,3 +616,24 @@ def test_on_a_cpu_host_the_memory_limits_with_a_second_copy_must_fit_its_memory(
     assert plan_swaps(cfg, plan_deployment(cfg))["a"].describe() == (
         "rolling (blue-green needs the host's memory_gb to check that both fit)"
     )
+
+
+def test_a_cpu_hosts_servers_start_together_and_gpu_sharers_one_after_another() -> None:
+    # One wave on a CPU host (nothing is profiled at a CPU server's start); on one GPU, one
+    # wave per server, and a model on another GPU of the same host starts with the first.
+    cpu = plan_deployment(cpu_deployment(18))
+    assert [(i.model, i.start_order) for i in cpu.instances] == [("a", 1), ("b", 1)]
+    shared = plan_deployment(
+        deployment(80, 1, phi3("a", 11403, max_num_seqs=16), phi3("b", 11404, max_num_seqs=16))
+    )
+    assert sorted(i.start_order for i in shared.instances) == [1, 2]
+    spread = plan_deployment(
+        deployment(
+            80,
+            2,
+            phi3("a", 11403, max_num_seqs=16),
+            phi3("b", 11404, max_num_seqs=16),
+            placement="spread",
+        )
+    )
+    assert [i.start_order for i in spread.instances] == [1, 1]
