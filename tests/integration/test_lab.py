@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,29 +19,9 @@ from pathlib import Path
 import pytest
 
 from hxp_runtime.lab import SSH_OPTIONS, cgroup_hierarchies, mounts_under
+from tests.integration.labs import NEEDS_LAB, hxp
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        not (shutil.which("systemd-nspawn") and shutil.which("debootstrap")),
-        reason="systemd-nspawn or debootstrap is not installed (run scripts/setup)",
-    ),
-]
-
-
-def hxp(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "hxp_runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, f"hxp {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    return result
+pytestmark = NEEDS_LAB
 
 
 @dataclass

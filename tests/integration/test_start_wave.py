@@ -9,10 +9,8 @@ journal, and a second run of a wave that is up changes nothing.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -20,23 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
 import pytest
-from rich.console import Console
 
 from hxp_runtime.deploy import Progress
+from tests.integration.labs import NEEDS_LAB, hxp
+from tests.playbooks import run_play
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        not (shutil.which("systemd-nspawn") and shutil.which("debootstrap")),
-        reason="systemd-nspawn or debootstrap is not installed (run scripts/setup)",
-    ),
-]
+pytestmark = NEEDS_LAB
 
-REPO = Path(__file__).resolve().parents[2]
 READY_AFTER_S = 3
 UNIT = """\
 [Unit]
@@ -65,18 +54,6 @@ PLAY = """\
 """
 
 
-def hxp(*args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "hxp_runtime.cli", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"hxp {' '.join(args)}:\n{done.stdout}{done.stderr}"
-    return json.loads(done.stdout)["result"] if "--json" in args else {}
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     directory = tmp_path_factory.mktemp("wave")
@@ -87,14 +64,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "hosts:\n  - {name: llm, address: 10.77.0.10, groups: [llm]}\n"
     )
     try:
-        yield {**hxp("lab", "up", "--auto-network", "--json", str(config)), "dir": directory}
+        up = hxp("lab", "up", "--auto-network", "--json", str(config))
+        yield {**json.loads(up.stdout)["result"], "dir": directory}
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "hxp_runtime.cli", "lab", "down", str(config)],
-            capture_output=True,
-            check=False,
-            timeout=300,
-        )
+        hxp("lab", "down", str(config), check=False)
 
 
 def on_host(lab: dict[str, Any], command: str) -> str:
@@ -122,22 +95,13 @@ def on_host(lab: dict[str, Any], command: str) -> str:
 
 
 def start_wave(lab: dict[str, Any], units: list[str], run: str) -> tuple[int, Progress, str]:
-    project = lab["dir"] / run
-    (project / "runner").mkdir(parents=True)
-    (project / "wave.yml").write_text(PLAY)
-    buffer = io.StringIO()
-    progress = Progress(Console(file=buffer, width=400))
-    result = ansible_runner.run(
-        private_data_dir=str(project / "runner"),
-        project_dir=str(project),
-        playbook="wave.yml",
-        inventory=lab["inventory"],
-        extravars={"servers": [{"unit": unit} for unit in units]},
-        envvars={"ANSIBLE_ROLES_PATH": str(REPO / "roles"), "ANSIBLE_HOST_KEY_CHECKING": "False"},
-        event_handler=progress,
-        quiet=True,
+    return run_play(
+        lab["dir"] / run,
+        PLAY,
+        lab["inventory"],
+        {"servers": [{"unit": unit} for unit in units]},
+        {"ANSIBLE_HOST_KEY_CHECKING": "False"},
     )
-    return result.rc, progress, buffer.getvalue()
 
 
 def install(lab: dict[str, Any], name: str, ready: bool) -> str:

@@ -6,13 +6,13 @@ import io
 import sys
 from pathlib import Path
 
-import ansible_runner
 import pytest
 from rich.console import Console
 
 from hxp_runtime.config import load_config, plan_deployment
-from hxp_runtime.deploy import PROJECT_ROOT, Progress, Skipped, run_playbook
+from hxp_runtime.deploy import Progress, Skipped, run_playbook
 from hxp_runtime.render import render_inventory
+from tests.playbooks import run_play
 from tests.unit.conftest import BASE
 
 # Each test runs ansible-playbook through ansible-runner: about a second apiece.
@@ -102,28 +102,18 @@ SKIP_PLAY = """\
 
 def _skip_run(tmp_path: Path, reason: str) -> tuple[Progress, str]:
     """The bundle role's `skipped` entry point, run on localhost by ansible-runner."""
-    project = tmp_path / "project"
-    project.mkdir(exist_ok=True)
-    (project / "skip.yml").write_text(SKIP_PLAY)
-    (tmp_path / "runner").mkdir(exist_ok=True)
-    buffer = io.StringIO()
-    progress = Progress(Console(file=buffer, width=200))
-    result = ansible_runner.run(
-        private_data_dir=str(tmp_path / "runner"),
-        project_dir=str(project),
-        playbook="skip.yml",
-        inventory="localhost ansible_connection=local",
-        extravars={
+    rc, progress, output = run_play(
+        tmp_path / "project",
+        SKIP_PLAY,
+        "localhost ansible_connection=local",
+        {
             "reason": reason,
             "marker_dir": str(tmp_path / "skipped"),
             "ansible_python_interpreter": sys.executable,
         },
-        envvars={"ANSIBLE_ROLES_PATH": str(PROJECT_ROOT / "roles")},
-        event_handler=progress,
-        quiet=True,
     )
-    assert result.rc == 0, buffer.getvalue()
-    return progress, buffer.getvalue()
+    assert rc == 0, output
+    return progress, output
 
 
 def test_a_skipped_service_is_in_the_runs_stats_and_on_the_host(tmp_path: Path) -> None:
