@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,33 +61,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     try:
         up = hxp("lab", "up", "--auto-network", "--json", str(config))
-        yield {**json.loads(up.stdout)["result"], "dir": directory}
+        yield {**json.loads(up.stdout)["result"], "dir": directory, "config": config}
     finally:
         hxp("lab", "down", str(config), check=False)
 
 
 def on_host(lab: dict[str, Any], command: str) -> str:
-    """command's output on the lab host, through the play's own way in: Ansible's inventory."""
-    done = subprocess.run(
-        [
-            "ansible",
-            "all",
-            "-i",
-            lab["inventory"],
-            "-m",
-            "ansible.builtin.shell",
-            "-a",
-            command,
-            "-o",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.split("(stdout)", 1)[1].strip().replace("\\n", "\n")
+    """command's output on the lab host (`hxp lab ssh`)."""
+    return hxp("lab", "ssh", str(lab["config"]), "llm", "--", command).stdout
 
 
 def start_wave(lab: dict[str, Any], units: list[str], run: str) -> tuple[int, Progress, str]:
