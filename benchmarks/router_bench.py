@@ -122,13 +122,15 @@ def process_tree(pid: int) -> list[int]:
     return sorted(children)
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """User and system CPU seconds of the processes so far."""
+    user = system = 0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 # --------------------------------------------------------------------------- the servers
@@ -138,6 +140,7 @@ class Bench(contextlib.ExitStack):
     def __init__(self, work: Path) -> None:
         super().__init__()
         self.work = work
+        self.pids: dict[str, int] = {}  # name -> pid of what spawn started
 
     def spawn(self, name: str, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
         log = (self.work / f"{name}.log").open("wb")
@@ -145,6 +148,7 @@ class Bench(contextlib.ExitStack):
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
         )
+        self.pids[name] = process.pid
 
         def stop() -> None:
             with contextlib.suppress(ProcessLookupError):
@@ -386,12 +390,16 @@ def measure(
     target: Target, connections: int, seconds: float, warmup: float, work: Path
 ) -> dict[str, Any]:
     wrk(target, connections, warmup, work)
-    before = cpu_seconds(target.pids)
+    user_before, system_before = cpu_seconds(target.pids)
     result = wrk(target, connections, seconds, work)
-    used = cpu_seconds(target.pids) - before
+    user_after, system_after = cpu_seconds(target.pids)
+    user, system = user_after - user_before, system_after - system_before
     ok = result["requests"] - result["non2xx"]
     result["rps"] = ok / (result["duration_us"] / 1e6)
-    result["cpu_us_per_request"] = used / ok * 1e6 if target.pids and ok else None
+    measured = bool(target.pids and ok)
+    result["cpu_us_per_request"] = (user + system) / ok * 1e6 if measured else None
+    # The kernel's share (system calls, loopback TCP, wake-ups) beside the process's own work.
+    result["system_us_per_request"] = system / ok * 1e6 if measured else None
     return result
 
 
@@ -429,8 +437,8 @@ def run_ttfb(target: Target, connections: int, per_connection: int) -> float:
 
 
 def report(results: dict[str, Any]) -> str:
-    rows = ["| proxy | c | req/s | p50 | p99 | added p50 | added p99 | CPU/request |",
-            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    rows = ["| proxy | c | req/s | p50 | p99 | added p50 | added p99 | CPU/request "
+            "| of it, kernel |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     direct = results["targets"]["direct"]["load"]
     for name, data in results["targets"].items():
         for c, r in data["load"].items():
@@ -438,12 +446,14 @@ def report(results: dict[str, Any]) -> str:
             added50 = r["p50_us"] - base["p50_us"] if name != "direct" else None
             added99 = r["p99_us"] - base["p99_us"] if name != "direct" else None
             cpu = r["cpu_us_per_request"]
+            kernel = r.get("system_us_per_request")
             rows.append(
                 f"| {name} | {c} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.3f} ms | "
                 f"{r['p99_us'] / 1000:.3f} ms | "
                 f"{'-' if added50 is None else f'{added50 / 1000:+.3f} ms'} | "
                 f"{'-' if added99 is None else f'{added99 / 1000:+.3f} ms'} | "
-                f"{'-' if cpu is None else f'{cpu:.0f} µs'} |"
+                f"{'-' if cpu is None else f'{cpu:.0f} µs'} | "
+                f"{'-' if kernel is None else f'{kernel:.0f} µs'} |"
             )
     rows += ["", "| proxy | streaming TTFB p50, c=16 | added |", "|---|---|---|"]
     base_ttfb = results["targets"]["direct"]["ttfb_s"]
@@ -483,10 +493,11 @@ def run_target(target: Target, args: argparse.Namespace, work: Path) -> dict[str
     load = {}
     for c in args.concurrency:
         load[c] = r = measure(target, c, args.duration, args.warmup, work)
-        cpu = r["cpu_us_per_request"]
+        cpu, kernel = r["cpu_us_per_request"], r["system_us_per_request"]
         print(
             f"{target.name:>10} c={c:<3} {r['rps']:>9,.0f} req/s  p50 {r['p50_us']:>6} µs"
             f"  p99 {r['p99_us']:>7} µs  cpu/req {'-' if cpu is None else f'{cpu:.0f} µs'}"
+            f" (kernel {'-' if kernel is None else f'{kernel:.0f} µs'})"
             f"  non-2xx {r['non2xx']} errors {r['errors']}",
             flush=True,
         )
