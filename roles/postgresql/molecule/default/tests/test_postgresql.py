@@ -1,13 +1,14 @@
 """Role postgresql on lab hosts: the cluster on one address and port, pg_hba open to the router
-on the LLM host only and over TLS only (database.tls: a plain connection is refused, one that
-verifies the server against the CA succeeds), the router's role writing its usage table,
-settings sized from memory, the exporter, hardened units, and a pg_dump backup restored into a
-fresh database.
+from its hosts only (every router host where several run one) and, with database.tls, over TLS
+only (a plain connection is refused, one that verifies the server against the CA succeeds), the
+router's role writing its usage table, settings sized from memory, the exporter, hardened units,
+and a pg_dump backup restored into a fresh database.
 
-On the stack (roles/conftest.py) the client is the router's host, with psql installed there for
-these checks, and the sizes follow the rendered memory and pools."""
+On the stack (roles/conftest.py) the clients are the router's hosts, with psql installed there for
+these checks; the sizes, the clients and TLS follow the rendered variables."""
 
 import functools
+import ipaddress
 import shlex
 from typing import NamedTuple
 
@@ -35,23 +36,57 @@ class Sizing(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def client(group_hosts, on_stack):
-    """The router's host, the only client pg_hba admits, with psql."""
-    (llm,) = group_hosts("llm")
-    if on_stack and not llm.exists("psql"):
-        # What the scenario's prepare.yml does: the stack's router connects with its own driver.
-        install = llm.run(
-            "DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "
-            "--no-install-recommends postgresql-client-15"
-        )
-        assert install.rc == 0, install.stdout[-2000:] + install.stderr[-2000:]
-    return llm
+def tls(deployed):
+    """Whether the deployment set database.tls (the scenario does)."""
+    return deployed is None or bool(deployed.get("hxp_postgresql_tls_certificate"))
+
+
+@pytest.fixture
+def needs_tls(tls):
+    if not tls:
+        pytest.skip("database.tls is not set in this deployment: there is no TLS to check")
 
 
 @pytest.fixture(scope="module")
-def router_psql(client, address, on_stack):
-    """router_psql(sql, ...): psql_tcp from the router's host, verifying with its CA."""
-    return functools.partial(psql_tcp, client, address, ca=CLIENT_CA[on_stack])
+def clients(group_hosts, deployed, on_stack):
+    """The router's hosts, the only clients pg_hba admits (every one on a deployment with a
+    router on several hosts), each with psql."""
+    llm = group_hosts("llm")
+    if deployed is None:
+        routers = llm  # converge.yml admits the scenario's LLM host
+    else:
+        allowed = [
+            ipaddress.ip_network(a, strict=False)
+            for a in deployed["hxp_postgresql_allowed_clients"]
+        ]
+        routers = [
+            h
+            for h in llm
+            if any(ipaddress.ip_address(address_of(h)) in network for network in allowed)
+        ]
+    assert routers, "no LLM host is among the clients pg_hba admits"
+    for router in routers:
+        if on_stack and not router.exists("psql"):
+            # What the scenario's prepare.yml does: the stack's router connects with its own
+            # driver.
+            install = router.run(
+                "DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "
+                "--no-install-recommends postgresql-client-15"
+            )
+            assert install.rc == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    return routers
+
+
+@pytest.fixture(scope="module")
+def client(clients):
+    """The first router host: the checks that need one client run from it."""
+    return clients[0]
+
+
+@pytest.fixture(scope="module")
+def router_psql(client, address, on_stack, tls):
+    """router_psql(sql, ...): psql_tcp from the router's host, verifying with its CA (TLS)."""
+    return functools.partial(psql_tcp, client, address, ca=CLIENT_CA[on_stack] if tls else None)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +107,10 @@ def sizing(host, deployed):
 @pytest.fixture(scope="module")
 def password(scenario_secret):
     return scenario_secret("postgres-router-password")
+
+
+def address_of(testinfra_host):
+    return testinfra_host.ansible.get_variables()["ansible_host"]
 
 
 def psql_tcp(
@@ -125,8 +164,8 @@ def test_the_router_needs_its_password(router_psql, password):
     assert right.stdout.strip() == ROUTER
 
 
-def test_pg_hba_admits_only_the_router_from_the_llm_host(
-    host, client, address, router_psql, password
+def test_pg_hba_admits_only_the_router_from_its_hosts(
+    host, clients, address, router_psql, password, tls, on_stack
 ):
     # The right password from the database host itself: no rule matches its address.
     from_elsewhere = psql_tcp(host, address, "SELECT 1", secret=password)
@@ -137,17 +176,31 @@ def test_pg_hba_admits_only_the_router_from_the_llm_host(
     assert "no pg_hba.conf entry" in other_db.stderr
     superuser = router_psql("SELECT 1", secret=password, user="postgres")
     assert "no pg_hba.conf entry" in superuser.stderr
+    # Every router host is admitted, as itself.
+    ca = CLIENT_CA[on_stack] if tls else None
+    for client in clients:
+        admitted = psql_tcp(client, address, "SELECT current_user", secret=password, ca=ca)
+        assert admitted.rc == 0, admitted.stderr
     hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
     assert (hba.user, hba.mode) == ("postgres", 0o640)
-    client_address = client.ansible.get_variables()["ansible_host"]
     rules = [line.split() for line in hba.content_string.splitlines() if line and line[0] != "#"]
     assert rules == [
         ["local", "all", "postgres", "peer"],
         ["local", "all", "prometheus", "peer"],
-        ["hostssl", DATABASE, ROUTER, f"{client_address}/32", "scram-sha-256"],
+        *(
+            [
+                "hostssl" if tls else "host",
+                DATABASE,
+                ROUTER,
+                f"{address_of(c)}/32",
+                "scram-sha-256",
+            ]
+            for c in clients
+        ),
     ]
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_a_plain_connection_is_refused(router_psql, password):
     plain = router_psql("SELECT 1", secret=password, ssl="disable")
     assert plain.rc != 0
@@ -155,6 +208,7 @@ def test_a_plain_connection_is_refused(router_psql, password):
     assert "no encryption" in plain.stderr
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_tls_verified_against_the_ca_is_admitted(router_psql, password):
     verified = router_psql(
         "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -171,6 +225,7 @@ def test_tls_verified_against_the_ca_is_admitted(router_psql, password):
     ("path", "mode"),
     [(TLS_DIR, 0o700), (f"{TLS_DIR}/server.crt", 0o644), (f"{TLS_DIR}/server.key", 0o600)],
 )
+@pytest.mark.usefixtures("needs_tls")
 def test_the_tls_files_are_postgres_own(host, path, mode):
     installed = host.file(path)
     assert (installed.user, installed.group, installed.mode) == ("postgres", "postgres", mode)
@@ -297,5 +352,6 @@ def test_unit_exposure_is_within_the_limit(assert_exposure, unit):
     assert_exposure(unit)
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_the_certificates_expiry_is_exported(assert_certificate_exported):
     assert_certificate_exported("postgresql", f"{TLS_DIR}/server.crt")

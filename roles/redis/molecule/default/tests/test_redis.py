@@ -1,10 +1,10 @@
-"""Role redis on a lab host: Redis bound to one address, TLS only (cache.tls: a plain connection
-gets no answer, one that verifies the certificate and address against the CA is served),
-password required, a cache's memory settings, the exporter over TLS, hardened units, no secret
+"""Role redis on a lab host: Redis bound to one address; with cache.tls, TLS only (a plain
+connection gets no answer, one that verifies the certificate and address against the CA is
+served); password required, a cache's memory settings, the exporter, hardened units, no secret
 in a world-readable file or in the journal.
 
 On the stack (roles/conftest.py) the settings are the rendered ones: Redis beside a single router
-binds loopback, its exporter the host's address."""
+binds loopback, its exporter the host's address; TLS as cache.tls says."""
 
 import shlex
 from typing import NamedTuple
@@ -32,23 +32,42 @@ class Settings(NamedTuple):
     bind: str  # where Redis listens and clients connect
     exporter: str  # where its exporter listens
     maxmemory_mb: int
+    tls: bool  # cache.tls: TLS only, no plain port
 
 
 @pytest.fixture(scope="module")
 def settings(address, deployed):
     """converge.yml's settings, or the stack's rendered ones."""
     if deployed is None:
-        return Settings(bind=address, exporter=address, maxmemory_mb=64)
+        return Settings(bind=address, exporter=address, maxmemory_mb=64, tls=True)
     return Settings(
         bind=deployed["hxp_redis_bind_address"],
         exporter=deployed["hxp_redis_exporter_address"],
         maxmemory_mb=deployed["hxp_redis_maxmemory_mb"],
+        tls=bool(deployed.get("hxp_redis_tls_certificate")),
     )
 
 
 @pytest.fixture(scope="module")
 def bind(settings):
     return settings.bind
+
+
+@pytest.fixture
+def needs_tls(settings):
+    if not settings.tls:
+        pytest.skip("cache.tls is not set in this deployment: there is no TLS to check")
+
+
+@pytest.fixture(scope="module")
+def cli(host, settings):
+    """cli(*args, secret=None): redis-cli on the host to Redis's address, over TLS when it
+    serves TLS."""
+
+    def run(*args, secret=None):
+        return redis_cli(host, settings.bind, *args, secret=secret, tls=settings.tls)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -76,25 +95,28 @@ def test_listens_on_the_configured_addresses_only(host, settings):
         assert [s for s in listening if s.endswith(f":{port}")] == [f"tcp://{address}:{port}"]
 
 
-def test_a_password_is_required(host, bind, password):
-    anonymous = redis_cli(host, bind, "PING")
+def test_a_password_is_required(cli, password):
+    anonymous = cli("PING")
     assert "NOAUTH" in anonymous.stdout + anonymous.stderr
-    wrong = redis_cli(host, bind, "PING", secret="not-it")  # noqa: S106 - wrong on purpose
+    wrong = cli("PING", secret="not-it")  # noqa: S106 - wrong on purpose
     assert "WRONGPASS" in wrong.stdout + wrong.stderr
-    assert redis_cli(host, bind, "PING", secret=password).stdout.strip() == "PONG"
+    assert cli("PING", secret=password).stdout.strip() == "PONG"
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_a_plain_connection_gets_no_answer(host, bind, password):
     plain = redis_cli(host, bind, "PING", secret=password, tls=False)
     assert "PONG" not in plain.stdout
     assert plain.rc != 0 or plain.stdout.strip() == ""
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_tls_verified_against_the_ca_is_served(host, bind):
     version = host.check_output("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, CA, bind, str(PORT))
     assert version in {"TLSv1.2", "TLSv1.3"}
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_a_client_without_the_ca_fails_verification(host, bind):
     # An empty cafile: the system's trust store, which never heard of the deployment's CA.
     untrusted = host.run("python3 -c %s %s %s %s", VERIFIED_HANDSHAKE, "", bind, str(PORT))
@@ -111,27 +133,32 @@ def test_a_client_without_the_ca_fails_verification(host, bind):
         (f"{TLS_DIR}/redis.key", "redis", 0o600),
     ],
 )
+@pytest.mark.usefixtures("needs_tls")
 def test_the_tls_files(host, path, owner, mode):
     installed = host.file(path)
     assert (installed.user, installed.mode) == (owner, mode)
 
 
-def test_cache_settings(host, settings, password):
+def test_cache_settings(cli, settings, password):
     def config(name):
-        return redis_cli(host, settings.bind, "CONFIG", "GET", name, secret=password).stdout.split()
+        return cli("CONFIG", "GET", name, secret=password).stdout.split()
 
     assert config("maxmemory") == ["maxmemory", str(settings.maxmemory_mb * 1024 * 1024)]
     assert config("maxmemory-policy") == ["maxmemory-policy", "allkeys-lru"]
     assert config("save") == ["save"]  # no snapshots
     assert config("appendonly") == ["appendonly", "no"]
     assert config("bind") == ["bind", settings.bind]
-    assert config("port") == ["port", "0"]  # no plain port
-    assert config("tls-port") == ["tls-port", str(PORT)]
+    if settings.tls:
+        assert config("port") == ["port", "0"]  # no plain port
+        assert config("tls-port") == ["tls-port", str(PORT)]
+    else:
+        assert config("port") == ["port", str(PORT)]
+        assert config("tls-port") == ["tls-port", "0"]
 
 
-def test_writes_and_reads_a_key(host, bind, password):
-    assert redis_cli(host, bind, "SET", "hxp:test", "1", "EX", "60", secret=password).rc == 0
-    assert redis_cli(host, bind, "GET", "hxp:test", secret=password).stdout.strip() == "1"
+def test_writes_and_reads_a_key(cli, password):
+    assert cli("SET", "hxp:test", "1", "EX", "60", secret=password).rc == 0
+    assert cli("GET", "hxp:test", secret=password).stdout.strip() == "1"
 
 
 def test_exporter_reaches_redis_with_the_password(settings, http_on_host):
@@ -178,11 +205,13 @@ def test_redis_writes_only_its_own_directories(host):
     assert sorted(paths.split()) == ["-/run/redis", "-/var/lib/redis"]
 
 
+@pytest.mark.usefixtures("needs_tls")
 def test_the_certificates_expiry_is_exported(assert_certificate_exported):
     assert_certificate_exported("redis", f"{TLS_DIR}/redis.crt")
 
 
 # Last: it converges the host without TLS and back.
+@pytest.mark.usefixtures("needs_tls")
 def test_without_tls_the_registration_goes_and_comes_back(
     host, converge, assert_certificate_exported
 ):
