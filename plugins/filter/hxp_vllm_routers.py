@@ -43,9 +43,19 @@ def hxp_vllm_router_drains(
     ]
 
 
+def hxp_vllm_drains_by_router(drains: Iterable[Mapping[str, str]]) -> dict[str, list[str]]:
+    """Router host -> the backends drained there, in the drains' order: what each router's
+    workers must route to again before the next batch."""
+    by_router: dict[str, list[str]] = {}
+    for drain in drains:
+        by_router.setdefault(drain["router"], []).append(drain["backend"])
+    return by_router
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
             "hxp_vllm_router_views": hxp_vllm_router_views,
             "hxp_vllm_router_drains": hxp_vllm_router_drains,
+            "hxp_vllm_drains_by_router": hxp_vllm_drains_by_router,
         }

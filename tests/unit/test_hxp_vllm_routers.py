@@ -24,11 +24,18 @@ def test_every_router_that_answered_drains_the_backends_it_has() -> None:
         [answered("llm-1", "phi3", "phi3-2", "hermes"), answered("llm-2", "phi3", "phi3-2")]
     )
     assert views == {"llm-1": ["hermes", "phi3", "phi3-2"], "llm-2": ["phi3", "phi3-2"]}
-    assert routers.hxp_vllm_router_drains(views, ["phi3-2", "hermes"]) == [
+    drains = routers.hxp_vllm_router_drains(views, ["phi3-2", "hermes"])
+    assert drains == [
         {"router": "llm-1", "backend": "phi3-2"},
         {"router": "llm-1", "backend": "hermes"},
         {"router": "llm-2", "backend": "phi3-2"},
     ]
+    # What the readmit wait checks in each router: the backends drained there, and only those.
+    assert routers.hxp_vllm_drains_by_router(drains) == {
+        "llm-1": ["phi3-2", "hermes"],
+        "llm-2": ["phi3-2"],
+    }
+    assert routers.hxp_vllm_drains_by_router([]) == {}
 
 
 def test_a_router_that_did_not_answer_is_left_out() -> None:
