@@ -14,6 +14,9 @@ server's process over the measured run), for three servers that do less than the
 - ``aiohttp + upstream``: the same route passing the body through the router's upstream client
   (``hxp_runtime.router.upstream.UpstreamPool``, keep-alive) to the fast backend and answering
   its body: a pass-through proxy with no authentication, rate limit, routing, metrics or usage.
+- ``raw uvloop + upstream``: the same pass-through with no framework (``RawPassThrough``: the
+  head parsed for its Content-Length, a task per request): what a server of the router's own
+  would start from.
 
 The router's target (issue 14) is 150 µs of CPU per request at every concurrency; what these
 cost at concurrency 1 is the part of that budget spent before the router's own work begins.
@@ -79,11 +82,61 @@ async def serve(port: int, upstream: str | None) -> None:
     await asyncio.Event().wait()
 
 
-def start_floor(bench: Bench, name: str, backend: int, through: bool) -> Target:
+class RawPassThrough(asyncio.Protocol):
+    """HTTP/1.1 keep-alive with no framework: the head parsed for its Content-Length, the body
+    passed through ``pool`` and its answer written back. Enough for wrk and wait_http, nothing
+    more (no chunked bodies, limits, TLS or errors): a floor, not a server."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buffer[:end].lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at)]) if at >= 0 else 0
+        if len(self.buffer) < end + 4 + length:
+            return
+        body, self.buffer = self.buffer[end + 4 : end + 4 + length], self.buffer[end + 4 + length :]
+        if head.startswith(b"get"):
+            self._answer(200, b"ok")
+        else:
+            self.pool.loop.create_task(self._forward(body))
+
+    async def _forward(self, body: bytes) -> None:
+        deadline = self.pool.loop.time() + 30
+        answer = await self.pool.post(b"/v1/chat/completions", body, deadline, buffered=True)
+        self._answer(answer.status, answer.body)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+            % (status, len(body), body)
+        )
+
+
+async def serve_raw(port: int, upstream: str) -> None:
+    pool = UpstreamPool(upstream)
+    await asyncio.get_running_loop().create_server(lambda: RawPassThrough(pool), "127.0.0.1", port)
+    await asyncio.Event().wait()
+
+
+def start_floor(bench: Bench, name: str, backend: int, through: bool, raw: bool = False) -> Target:
     port = free_port()
     command = [sys.executable, str(Path(__file__)), "--serve", str(port)]
     if through:
         command += ["--upstream", f"http://127.0.0.1:{backend}"]
+    if raw:
+        command += ["--raw"]
     process = bench.spawn(name.replace(" ", "-"), pinned(SERVER_CORE, command), cwd=REPO)
     wait_http(f"http://127.0.0.1:{port}/health", 20)
     return Target(name, port, pids=[process.pid])
@@ -97,9 +150,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        uvloop.run(serve(args.serve, args.upstream))
+        uvloop.run(
+            serve_raw(args.serve, args.upstream) if args.raw else serve(args.serve, args.upstream)
+        )
         return 0
     os.sched_setaffinity(0, {int(LOAD_CORE)})
     results: dict[str, Any] = {
@@ -115,6 +171,7 @@ def main() -> int:
             Target("raw uvloop", backend, pids=[bench.pids["backend"]]),
             start_floor(bench, "aiohttp", backend, through=False),
             start_floor(bench, "aiohttp + upstream", backend, through=True),
+            start_floor(bench, "raw uvloop + upstream", backend, through=True, raw=True),
         ]
         for target in targets:
             rows = results["targets"][target.name] = {}
