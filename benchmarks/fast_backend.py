@@ -36,7 +36,7 @@ def _json_response(status: str, body: bytes, content_type: bytes = b"application
     )
 
 
-def _completion_body(chat: bool) -> bytes:
+def completion_body(chat: bool) -> bytes:
     choice: dict[str, object] = {"index": 0, "finish_reason": "length", "logprobs": None}
     if chat:
         choice["message"] = {"role": "assistant", "content": "The quick brown fox jumps."}
@@ -73,8 +73,8 @@ METRICS_BODY = (
     b'vllm:kv_cache_usage_perc{model_name="fast"} 0.0\n'
 )
 RESPONSES = {
-    (b"POST", b"/v1/chat/completions"): _json_response("200 OK", _completion_body(chat=True)),
-    (b"POST", b"/v1/completions"): _json_response("200 OK", _completion_body(chat=False)),
+    (b"POST", b"/v1/chat/completions"): _json_response("200 OK", completion_body(chat=True)),
+    (b"POST", b"/v1/completions"): _json_response("200 OK", completion_body(chat=False)),
     (b"POST", b"/v1/embeddings"): _json_response("200 OK", EMBEDDING_BODY),
     (b"GET", b"/health"): _json_response("200 OK", b""),
     (b"GET", b"/v1/models"): _json_response("200 OK", MODELS_BODY),

@@ -446,7 +446,7 @@ def report(results: dict[str, Any]) -> str:
             added50 = r["p50_us"] - base["p50_us"] if name != "direct" else None
             added99 = r["p99_us"] - base["p99_us"] if name != "direct" else None
             cpu = r["cpu_us_per_request"]
-            kernel = r.get("system_us_per_request")
+            kernel = r["system_us_per_request"]
             rows.append(
                 f"| {name} | {c} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.3f} ms | "
                 f"{r['p99_us'] / 1000:.3f} ms | "

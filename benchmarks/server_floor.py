@@ -39,6 +39,7 @@ from aiohttp import web
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fast_backend import completion_body  # noqa: E402
 from benchmarks.router_bench import (  # noqa: E402
     LOAD_CORE,
     SERVER_CORE,
@@ -56,11 +57,7 @@ from tests.dataplane import free_port  # noqa: E402
 
 async def serve(port: int, upstream: str | None) -> None:
     pool = UpstreamPool(upstream) if upstream else None
-    canned = (
-        b'{"id":"cmpl-floor","object":"chat.completion","model":"fast","choices":[{"index":0,'
-        b'"message":{"role":"assistant","content":"hi"},"finish_reason":"length"}],'
-        b'"usage":{"prompt_tokens":9,"completion_tokens":16,"total_tokens":25}}'
-    )
+    canned = completion_body(chat=True)  # the fast backend's own answer
     loop = asyncio.get_running_loop()
 
     async def chat(request: web.Request) -> web.Response:

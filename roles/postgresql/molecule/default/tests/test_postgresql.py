@@ -84,9 +84,15 @@ def client(clients):
 
 
 @pytest.fixture(scope="module")
-def router_psql(client, address, on_stack, tls):
+def client_ca(on_stack, tls):
+    """The CA file a router host verifies the server with; None without database.tls."""
+    return CLIENT_CA[on_stack] if tls else None
+
+
+@pytest.fixture(scope="module")
+def router_psql(client, address, client_ca):
     """router_psql(sql, ...): psql_tcp from the router's host, verifying with its CA (TLS)."""
-    return functools.partial(psql_tcp, client, address, ca=CLIENT_CA[on_stack] if tls else None)
+    return functools.partial(psql_tcp, client, address, ca=client_ca)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +171,7 @@ def test_the_router_needs_its_password(router_psql, password):
 
 
 def test_pg_hba_admits_only_the_router_from_its_hosts(
-    host, clients, address, router_psql, password, tls, on_stack
+    host, clients, address, router_psql, password, tls, client_ca
 ):
     # The right password from the database host itself: no rule matches its address.
     from_elsewhere = psql_tcp(host, address, "SELECT 1", secret=password)
@@ -177,9 +183,8 @@ def test_pg_hba_admits_only_the_router_from_its_hosts(
     superuser = router_psql("SELECT 1", secret=password, user="postgres")
     assert "no pg_hba.conf entry" in superuser.stderr
     # Every router host is admitted, as itself.
-    ca = CLIENT_CA[on_stack] if tls else None
     for client in clients:
-        admitted = psql_tcp(client, address, "SELECT current_user", secret=password, ca=ca)
+        admitted = psql_tcp(client, address, "SELECT current_user", secret=password, ca=client_ca)
         assert admitted.rc == 0, admitted.stderr
     hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
     assert (hba.user, hba.mode) == ("postgres", 0o640)
