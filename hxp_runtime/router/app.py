@@ -102,11 +102,12 @@ class Gateway:
         self.usage = UsageRecorder(None, settings.usage_flush_interval_s)
         self.runtime: Runtime | None = None
         self._prototype_task: asyncio.Task[None] | None = None
+        self.handlers: Handlers | None = None  # made with the app (build_app)
 
     # ------------------------------------------------------------------ lifecycle
 
     def build_app(self) -> web.Application:
-        handlers = Handlers(self)
+        handlers = self.handlers = Handlers(self)
         # The proxied endpoints read their bodies themselves, up to router.max_body_bytes
         # (pipeline.read_body): aiohttp's client_max_size is not theirs.
         app = web.Application(handler_args={"tcp_keepalive": True})

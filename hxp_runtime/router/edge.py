@@ -125,9 +125,11 @@ class EdgeServer(web.Server):
 class EdgeRunner(web.AppRunner):
     """``web.AppRunner`` whose connections speak :class:`EdgeProtocol`."""
 
+    server_class: type[EdgeServer] = EdgeServer
+
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return EdgeServer(
+        return self.server_class(
             plain.request_handler,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion11, hdrs, web
@@ -47,6 +49,19 @@ from hxp_runtime.router.usage import usage_of
 if TYPE_CHECKING:
     from hxp_runtime.router.app import Gateway
 
+# Header names as ``forward`` looks them up: lower case (aiohttp's headers ignore the case).
+CATEGORY_FIELD = CATEGORY_HEADER.lower()
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """A backend answered: what is left to do is relay the answer and account for it."""
+
+    key: ApiKey
+    answer: Answer
+    cache_key: str | None  # where a 200 goes in the response cache, if anywhere
+    started: float
+
 
 class Handlers:
     """The endpoints of one gateway; they read its current runtime on every request."""
@@ -63,6 +78,28 @@ class Handlers:
     async def proxy(
         self, request: web.Request, endpoint: Endpoint, path: bytes
     ) -> web.StreamResponse:
+        """A proxied request through aiohttp's server (``front`` serves the common ones)."""
+        forwarded = await self.forward(endpoint, path, request.headers, request)
+        if not isinstance(forwarded, Forwarded):
+            return forwarded
+        if forwarded.answer.streaming:
+            sink = relay.AiohttpSink(request)
+            await self.relay_stream(sink, forwarded)
+            return sink.response
+        return self.settle_buffered(forwarded) or relay.buffered(forwarded.answer)
+
+    async def forward(
+        self,
+        endpoint: Endpoint,
+        path: bytes,
+        headers: Mapping[str, str],
+        body: bytes | web.BaseRequest,
+    ) -> Forwarded | web.Response:
+        """Every step up to a backend's answer: the answer, or the router's own response.
+
+        ``headers`` is looked up by lower-case names; ``body`` is the body itself, or the
+        request it is still to be read from (at most ``router.max_body_bytes``).
+        """
         gateway = self.gateway
         started = self._now()
         runtime = gateway.runtime
@@ -72,20 +109,22 @@ class Handlers:
             # Each step that can be answered without I/O is called as a plain function, and
             # its coroutine awaited only when I/O is needed: a coroutine per step and request
             # was a measurable part of the router's CPU (docs/benchmarks.md, router).
-            authorization = request.headers.get("Authorization")
+            authorization = headers.get("authorization")
             key = known_key(gateway.keys, gateway.settings.require_api_key, authorization)
             if isinstance(key, Miss):
                 key = await look_up_key(gateway.keys, authorization)
             settings = runtime.settings
-            call = parse(endpoint, path, await read_body(request, settings.max_body_bytes))
+            if not isinstance(body, bytes):
+                body = await read_body(body, settings.max_body_bytes)
+            call = parse(endpoint, path, body)
             if not gateway.limiter.admit_leased(key.name):
                 await admit_from_buckets(gateway.limiter, key, gateway.settings.rate_limit)
             table = runtime.table
             wanted = route_request(
                 table,
                 call,
-                request.headers.get(CATEGORY_HEADER),
-                request.headers.get(settings.prefix_routing.session_header),
+                headers.get(CATEGORY_FIELD),
+                headers.get(settings.prefix_routing.session_header.lower()),
             )
             cache_key = table.cache_key(wanted)
             choice = known_choice(table, wanted, cache_key, gateway.embedder, gateway.metrics)
@@ -109,9 +148,7 @@ class Handlers:
             )
         except Rejected as rejected:
             return self._reject(started, rejected.response, rejected.model)
-        if answer.streaming:
-            return await self._relay_stream(request, key, answer, started)
-        return self._relay_buffered(key, answer, cached.key, started)
+        return Forwarded(key, answer, cached.key, started)
 
     async def expect(self, request: web.Request) -> web.Response | None:
         """``Expect: 100-continue``: a body declared too large is refused before it is sent."""
@@ -144,33 +181,38 @@ class Handlers:
         self.gateway.metrics.observe(backend.model, backend.id, 200, elapsed)
         return relay.cached(body, backend)
 
-    def _relay_buffered(
-        self, key: ApiKey, answer: Answer, cache_key: str | None, started: float
-    ) -> web.Response:
+    def settle_buffered(self, forwarded: Forwarded) -> web.Response | None:
+        """Account, count and cache a complete answer; None when it goes to the client as the
+        backend sent it, else the router's error response in its place (a backend's refusal
+        of the router's own key, for one, is the router's 502)."""
         gateway = self.gateway
+        answer = forwarded.answer
         backend, status, body = answer.backend, answer.upstream.status, answer.upstream.body
-        self._account(key, backend.model, body, error=status >= 400)
-        response = relay.buffered(answer)
-        elapsed = self._now() - started
-        # The status the client got: a backend's refusal of the router's key is the router's 502.
-        gateway.metrics.observe(backend.model, backend.id, response.status, elapsed)
+        self._account(forwarded.key, backend.model, body, error=status >= 400)
+        error = relay.buffered(answer) if status >= 400 else None
+        elapsed = self._now() - forwarded.started
+        gateway.metrics.observe(
+            backend.model, backend.id, status if error is None else error.status, elapsed
+        )
         cache = gateway.cache
-        if cache_key is not None and status == 200 and cache is not None:
-            gateway.spawn(cache.put(cache_key, body))
-        return response
+        if forwarded.cache_key is not None and status == 200 and cache is not None:
+            gateway.spawn(cache.put(forwarded.cache_key, body))
+        return error
 
-    async def _relay_stream(
-        self, request: web.Request, key: ApiKey, answer: Answer, started: float
-    ) -> web.StreamResponse:
+    async def relay_stream(self, sink: relay.StreamSink, forwarded: Forwarded) -> None:
         metrics = self.gateway.metrics
-        streamed = await relay.stream(request, answer, started, metrics)
+        answer, started = forwarded.answer, forwarded.started
+        streamed = await relay.stream(sink, answer, started, metrics)
         backend = answer.backend
         self._record_usage(
-            key, backend.model, streamed.prompt_tokens, streamed.completion_tokens, streamed.failed
+            forwarded.key,
+            backend.model,
+            streamed.prompt_tokens,
+            streamed.completion_tokens,
+            streamed.failed,
         )
         elapsed = self._now() - started
         metrics.observe(backend.model, backend.id, 200, elapsed, streamed.ttft)
-        return streamed.response
 
     def _account(self, key: ApiKey, model: str, body: bytes, *, error: bool) -> None:
         usage = usage_of(body)

@@ -1,7 +1,8 @@
 """Relaying a backend's answer to the client: buffered whole, or streamed (SSE) as it arrives.
 
 A stream is committed to the client only here, once its first bytes arrived (``attempts``):
-the head and the first piece go through aiohttp, every further piece goes from the upstream
+the head and the first piece go through the sink (aiohttp's response, or the front's own
+connection), every further piece goes from the upstream
 protocol's callback straight to the client's transport, without a task switch, and the
 upstream socket pauses while the client's write buffer is full. A backend that fails in the
 middle of a stream gets an SSE error event after what was already sent, and an error event the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -70,13 +72,50 @@ def cached(body: bytes, backend: Backend) -> web.Response:
 
 @dataclass(frozen=True, slots=True)
 class Streamed:
-    """A relayed stream and what it cost: tokens, whether it failed, its time to first byte."""
+    """What a relayed stream cost: tokens, whether it failed, its time to first byte."""
 
-    response: web.StreamResponse
     prompt_tokens: int
     completion_tokens: int
     failed: bool
     ttft: float | None
+
+
+class StreamSink(Protocol):
+    """Where a stream goes: aiohttp's response (:class:`AiohttpSink`) or the front's own
+    connection (``front``). After ``begin`` every further piece is written to ``transport``
+    by the forwarder, framed as chunks when ``framed``."""
+
+    transport: asyncio.Transport | None
+    framed: bool
+
+    async def begin(self, headers: dict[str, str], first_piece: bytes) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def end(self) -> None: ...
+
+
+class AiohttpSink:
+    """A stream through aiohttp's ``StreamResponse``: the head and first piece, then the rest."""
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self.request = request
+        self.response = web.StreamResponse()
+        self.transport = request.transport
+        self.framed = True
+
+    async def begin(self, headers: dict[str, str], first_piece: bytes) -> None:
+        self.response.headers.update(headers)
+        await self.response.prepare(self.request)
+        await self.response.write(first_piece)
+        # aiohttp chose chunked transfer coding for an HTTP/1.1 client (not for 1.0).
+        self.framed = self.response.headers.get("Transfer-Encoding") == "chunked"
+
+    async def write(self, data: bytes) -> None:
+        await self.response.write(data)
+
+    async def end(self) -> None:
+        await self.response.write_eof()
 
 
 class StreamForwarder:
@@ -131,7 +170,7 @@ class StreamForwarder:
 
 
 async def stream(
-    request: web.Request, answer: Answer, started: float, metrics: RouterMetrics
+    sink: StreamSink, answer: Answer, started: float, metrics: RouterMetrics
 ) -> Streamed:
     """Pass an SSE answer through as it arrives; committed once its first bytes are here.
 
@@ -140,33 +179,29 @@ async def stream(
     """
     loop = asyncio.get_running_loop()
     upstream, live = answer.upstream, answer.live
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": upstream.content_type.decode("latin-1"),
-            "Cache-Control": "no-cache",
-            BACKEND_HEADER: answer.backend.id,
-        }
-    )
-    forwarder = StreamForwarder(request.transport, upstream, answer.first_piece)
+    headers = {
+        "Content-Type": upstream.content_type.decode("latin-1"),
+        "Cache-Control": "no-cache",
+        BACKEND_HEADER: answer.backend.id,
+    }
+    forwarder = StreamForwarder(sink.transport, upstream, answer.first_piece)
     broken = False
     ttft = None
     try:
-        await response.prepare(request)
         first_piece = answer.first_piece
         if UPSTREAM_ERROR_EVENT in first_piece:
             first_piece = upstream_error_events(first_piece)
-        await response.write(first_piece)  # the head and the first piece, through aiohttp
+        await sink.begin(headers, first_piece)  # the head and the first piece
         ttft = loop.time() - started
         live.succeeded(loop.time() - answer.started)
-        # aiohttp chose chunked transfer coding for an HTTP/1.1 client (not for 1.0).
-        forwarder.framed = response.headers.get("Transfer-Encoding") == "chunked"
+        forwarder.framed = sink.framed
         await upstream.relay(forwarder.forward)
     except UpstreamError as exc:
         broken = True
         if not forwarder.client_gone:
             failed(answer.backend, live, metrics, exc.reason)
             try:
-                await response.write(STREAM_ERROR_EVENT)
+                await sink.write(STREAM_ERROR_EVENT)
             except ConnectionError:
                 forwarder.client_gone = True
     except ConnectionError:
@@ -178,6 +213,6 @@ async def stream(
         upstream.close()
     if not forwarder.client_gone:
         with contextlib.suppress(ConnectionError):
-            await response.write_eof()
+            await sink.end()
     prompt, completion = forwarder.tokens()
-    return Streamed(response, prompt, completion, broken, ttft)
+    return Streamed(prompt, completion, broken, ttft)

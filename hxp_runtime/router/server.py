@@ -69,6 +69,7 @@ from hxp_runtime.router import admin_cli
 from hxp_runtime.router.admin import ADMIN_HOST, AdminApi
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.edge import EdgeRunner, configure_logging
+from hxp_runtime.router.front import FrontRunner
 from hxp_runtime.router.metrics import MULTIPROC_ENV
 from hxp_runtime.router.settings import (
     DEFAULT_SECRETS,
@@ -218,18 +219,21 @@ async def serve(
     gateway = Gateway(settings, secrets, shared)
     show_tls_expiry(gateway, tls)
     app = gateway.build_app()
-    closing = asyncio.Event()
 
     async def close_when_stopping(request: web.Request, response: web.StreamResponse) -> None:
         # Told so, a client opens its next connection on the socket instead of reusing this one
         # as it is closed: a request sent into a closing connection fails without a retry.
-        if closing.is_set():
+        if runner.closing:
             response.force_close()
             response.headers[hdrs.CONNECTION] = "close"
 
     app.on_response_prepare.append(close_when_stopping)
-    runner = EdgeRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=settings.drain_timeout_s
+    runner = FrontRunner(
+        app,
+        gateway,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.drain_timeout_s,
     )
     await runner.setup()
     sites = make_sites(runner, settings, listeners, reuse_port=args.worker, tls=tls)
@@ -266,7 +270,7 @@ async def serve(
     await stop.wait()
     log.info("draining: up to %.0f s for requests in flight", settings.drain_timeout_s)
     started = time.monotonic()
-    closing.set()
+    runner.begin_closing()  # the front's answers and aiohttp's (close_when_stopping)
     for site in sites:
         await site.stop()  # new connections wait in the socket's backlog for the next process
     await close_grace(runner, min(CLOSE_GRACE_S, settings.drain_timeout_s))

@@ -16,6 +16,7 @@ import pytest
 
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.edge import EdgeRunner, configure_logging
+from hxp_runtime.router.front import FrontRunner
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings
 
 KEY = "edge-static-key-" + secrets.token_urlsafe(24)
@@ -80,8 +81,12 @@ def daemon_log() -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
-@pytest.fixture
-async def edge(daemon_log: io.StringIO) -> AsyncIterator[tuple[str, Backend]]:
+@pytest.fixture(params=["front", "aiohttp"])
+async def edge(
+    request: pytest.FixtureRequest, daemon_log: io.StringIO
+) -> AsyncIterator[tuple[str, Backend]]:
+    """The gateway as the daemon serves it (the front, aiohttp for the rest), and on aiohttp's
+    server alone (as the admin API is served): every hostile request gets the same answer."""
     backend = Backend()
     upstream = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     backend.url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
@@ -104,7 +109,12 @@ async def edge(daemon_log: io.StringIO) -> AsyncIterator[tuple[str, Backend]]:
     gateway = Gateway(
         settings, RouterSecrets.model_validate({"api_keys": [{"name": "k", "secret": KEY}]})
     )
-    runner = EdgeRunner(gateway.build_app(), access_log=None)
+    app = gateway.build_app()
+    runner = (
+        FrontRunner(app, gateway, access_log=None)
+        if request.param == "front"
+        else EdgeRunner(app, access_log=None)
+    )
     await runner.setup()
     site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

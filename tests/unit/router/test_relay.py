@@ -38,9 +38,9 @@ async def gateway(setup: Setup) -> AsyncIterator[tuple[str, list[Streamed]]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         started = asyncio.get_running_loop().time()
         answer = await setup.attempt({"model": "primary", "stream": True})
-        streamed = await relay.stream(request, answer, started, setup.metrics)
-        relayed.append(streamed)
-        return streamed.response
+        sink = relay.AiohttpSink(request)
+        relayed.append(await relay.stream(sink, answer, started, setup.metrics))
+        return sink.response
 
     async with serving(handle) as url:
         yield url, relayed
