@@ -1,0 +1,355 @@
+"""The router's own HTTP front (hxp_runtime.router.front) on loopback, before a raw backend.
+
+What the front must keep from aiohttp's server: requests in pieces and pipelined, keep-alive and
+Connection: close, the same answer fields, streams, a client that leaves, a stop that waits for
+requests in flight, idle connections closed; and handing every request it does not serve to
+aiohttp with the bytes that came so far. test_edge sends every kind of hostile request through
+the front as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from hxp_runtime.router import front as front_module
+from hxp_runtime.router.app import Gateway
+from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, parse_head
+from hxp_runtime.router.settings import RouterSecrets, RouterSettings
+from hxp_runtime.router.strategies import Endpoint
+
+KEY = "front-static-key-0123456789abcdef"
+ANSWER = b'{"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 2}}'
+EVENTS = 20
+
+
+@dataclass
+class Backend:
+    """A vLLM stand-in: a buffered answer, a slow one ("slow" in the body), or a stream of
+    EVENTS events 20 ms apart ("stream" in the body); it notes a stream cut short."""
+
+    url: str = ""
+    posts: int = 0
+    streams_cut: int = 0
+    streams_done: int = 0
+    bodies: list[bytes] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.lower().split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length)
+                if not head.startswith(b"POST"):
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    continue
+                self.posts += 1
+                self.bodies.append(body)
+                if b'"stream": true' in body:
+                    await self.stream(writer)
+                    continue
+                if b"slow" in body:
+                    await asyncio.sleep(0.5)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%b" % (len(ANSWER), ANSWER)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def stream(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        try:
+            for n in range(EVENTS):
+                event = b'data: {"choices": [{"delta": {"content": "%d"}}]}\n\n' % n
+                writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+            self.streams_done += 1
+        except ConnectionError:
+            self.streams_cut += 1
+            raise
+
+
+@dataclass
+class Served:
+    host: str
+    port: int
+    backend: Backend
+    runner: FrontRunner
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[Served]:
+    backend = Backend()
+    upstream = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
+    backend.url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    settings = RouterSettings.model_validate(
+        {
+            "backends": [
+                {
+                    "name": "chat",
+                    "served_name": "chat",
+                    "url": backend.url,
+                    "slo": {"latency_ms": 1000, "throughput_rps": 10},
+                }
+            ],
+            "health_check": {"enabled": False},
+            "load_poll_interval_s": 3600,
+            "retries": {"attempts": 0},
+        }
+    )
+    gateway = Gateway(
+        settings, RouterSecrets.model_validate({"api_keys": [{"name": "k", "secret": KEY}]})
+    )
+    runner = FrontRunner(gateway.build_app(), gateway, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield Served("127.0.0.1", runner.addresses[0][1], backend, runner)
+    finally:
+        await runner.cleanup()
+        upstream.close()
+        await upstream.wait_closed()
+
+
+def chat(content: str = "hello", **extra: object) -> bytes:
+    return json.dumps(
+        {"model": "chat", "messages": [{"role": "user", "content": content}], **extra}
+    ).encode()
+
+
+def post(body: bytes, *fields: bytes, path: bytes = b"/v1/chat/completions") -> bytes:
+    return (
+        b"POST %b HTTP/1.1\r\nHost: router\r\nAuthorization: Bearer %b\r\n" % (path, KEY.encode())
+        + b"".join(f + b"\r\n" for f in fields)
+        + b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+    )
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One answer off a keep-alive connection: Content-Length or chunked."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    if fields.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            piece = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += piece[:-2]
+    else:
+        body = await reader.readexactly(int(fields.get("content-length", "0")))
+    return int(status_line.split()[1]), fields, body
+
+
+async def connect(served: Served) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(served.host, served.port)
+
+
+# --------------------------------------------------------------------------- the head
+
+
+def test_the_head_is_parsed_strictly_and_anything_unusual_is_not_the_fronts() -> None:
+    def parsed(*fields: bytes, line: bytes = b"POST /v1/embeddings HTTP/1.1") -> object:
+        head = line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n"
+        result = parse_head(head, len(head) - 4)
+        return None if result is None else result[:3]
+
+    ok = parsed(b"Host: r", b"Content-Length: 2", b"X-HXP-Session:  a b\t")
+    assert ok == (
+        Endpoint.EMBEDDING,
+        b"/v1/embeddings",
+        {"host": "r", "content-length": "2", "x-hxp-session": "a b"},
+    )
+    for fields, why in (
+        ((b"Host: r",), "no Content-Length"),
+        ((b"Content-Length: 2", b"Content-Length: 2"), "a field twice"),
+        ((b"Content-Length: 2", b"authorization: a", b"Authorization: b"), "a field twice"),
+        ((b"Content-Length: +2",), "a sign"),
+        ((b"Content-Length: 2", b"Transfer-Encoding: chunked"), "chunked"),
+        ((b"Content-Length: 2", b"Expect: 100-continue"), "Expect"),
+        ((b"Content-Length: 2", b"Content-Encoding: gzip"), "compressed"),
+        ((b"Content-Length: 2", b"Connection: upgrade"), "Connection other than close"),
+        ((b"Content-Length: 2", b"X-A: caf\xc3\xa9"), "a byte outside ASCII"),
+        ((b"Content-Length: 2", b"X-A: a\x01"), "a control byte"),
+        ((b"Content-Length: 2", b"X A: a"), "a space in a name"),
+        ((b"Content-Length: 2", b" X-A: a"), "a folded line"),
+        ((b"Content-Length: 2", *(b"X-%d: 1" % i for i in range(100))), "too many fields"),
+    ):
+        assert parsed(*fields) is None, why
+    for line in (
+        b"POST /v1/embeddings HTTP/1.0",
+        b"POST /v1/embeddings?x=1 HTTP/1.1",
+        b"GET /v1/embeddings HTTP/1.1",
+        b"POST /v1/models HTTP/1.1",
+        b"post /v1/embeddings HTTP/1.1",
+    ):
+        assert parsed(b"Content-Length: 2", line=line) is None, line
+
+
+def test_a_hostile_head_is_refused_in_linear_time() -> None:
+    # Values built to make a backtracking pattern take quadratic time, each as long as a head
+    # may be: refused (not the front's) within milliseconds.
+    for value in (b"a " * 4000 + b"\x01", b"a" + b" " * 8000 + b"\x01", b"a\t" * 4000 + b"\xff"):
+        head = b"POST /v1/embeddings HTTP/1.1\r\nX-A: " + value[: HEAD_BYTES - 60] + b"\r\n\r\n"
+        began = time.perf_counter()
+        assert parse_head(head, len(head) - 4) is None
+        assert time.perf_counter() - began < 0.05
+
+
+# --------------------------------------------------------------------------- connections
+
+
+async def test_pipelined_requests_and_one_in_pieces_are_answered_in_order(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    bodies = [chat(f"question {n}") for n in range(3)]
+    # Three requests in one write, the last one a plain endpoint (handed to aiohttp after the
+    # two before it were answered), then a request a byte at a time on aiohttp's connection.
+    writer.write(post(bodies[0]) + post(bodies[1]) + b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n")
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert answers[2][2] == b'{"status": "ok"}'
+    assert served.backend.bodies == bodies[:2]
+    for byte in post(bodies[2]):
+        writer.write(bytes([byte]))
+        await writer.drain()
+    status, _, body = await read_answer(reader)
+    assert (status, body) == (200, ANSWER)
+    writer.close()
+
+
+async def test_a_request_in_pieces_is_served_by_the_front(served: Served) -> None:
+    reader, writer = await connect(served)
+    request = post(chat("in pieces"))
+    for start in range(0, len(request), 7):
+        writer.write(request[start : start + 7])
+        await writer.drain()
+        await asyncio.sleep(0.001)
+    status, _, body = await read_answer(reader)
+    assert (status, body) == (200, ANSWER)
+    front = served.runner.front
+    assert front is not None and len(front.connections) == 1  # still the front's
+    writer.close()
+
+
+async def test_keep_alive_is_kept_and_connection_close_is_honoured(served: Served) -> None:
+    reader, writer = await connect(served)
+    for _ in range(3):
+        writer.write(post(chat()))
+        status, fields, _ = await read_answer(reader)
+        assert status == 200 and "connection" not in fields
+    writer.write(post(chat(), b"Connection: close"))
+    status, fields, _ = await read_answer(reader)
+    assert status == 200 and fields["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the router
+    assert served.backend.posts == 4
+    writer.close()
+
+
+async def test_both_paths_answer_with_the_same_fields(served: Served) -> None:
+    answers = []
+    for extra in ((), (b"Expect: 100-continue",)):  # the front; aiohttp (Expect is its)
+        reader, writer = await connect(served)
+        writer.write(post(chat(), *extra))
+        if extra:
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+        answers.append(await read_answer(reader))
+        writer.close()
+    (status, front_fields, front_body), (status2, aiohttp_fields, aiohttp_body) = answers
+    assert (status, front_body) == (status2, aiohttp_body) == (200, ANSWER)
+    assert front_fields.keys() == aiohttp_fields.keys()
+    for name in ("content-type", "x-hxp-backend", "server", "content-length"):
+        assert front_fields[name] == aiohttp_fields[name], name
+    # A refusal: the router's own answer, the same on both paths.
+    refusals = []
+    for extra in ((), (b"Expect: 100-continue",)):
+        reader, writer = await connect(served)
+        writer.write(post(b'{"model": "gpt-4"}', *extra))
+        if extra:
+            await reader.readuntil(b"\r\n\r\n")
+        refusals.append(await read_answer(reader))
+        writer.close()
+    (s1, f1, b1), (s2, f2, b2) = refusals
+    assert (s1, b1) == (s2, b2) and s1 == 404 and f1.keys() == f2.keys()
+
+
+async def test_a_stream_is_relayed_chunked_and_a_client_that_leaves_stops_it(
+    served: Served,
+) -> None:
+    reader, writer = await connect(served)
+    writer.write(post(chat(stream=True)))
+    status, fields, body = await read_answer(reader)
+    assert status == 200 and fields["content-type"] == "text/event-stream"
+    assert fields["x-hxp-backend"] == "chat" and fields["cache-control"] == "no-cache"
+    assert body.count(b"data: ") == EVENTS + 1 and body.endswith(b"data: [DONE]\n\n")
+    # The same connection serves the next request; then a stream its client leaves.
+    writer.write(post(chat()))
+    assert (await read_answer(reader))[0] == 200
+    writer.write(post(chat(stream=True)))
+    await reader.readuntil(b"data: ")
+    writer.close()
+    for _ in range(100):
+        if served.backend.streams_cut:
+            break
+        await asyncio.sleep(0.02)
+    assert (served.backend.streams_done, served.backend.streams_cut) == (1, 1)
+
+
+async def test_a_stop_closes_idle_connections_and_finishes_requests_in_flight(
+    served: Served,
+) -> None:
+    idle_reader, idle_writer = await connect(served)
+    idle_writer.write(post(chat()))
+    assert (await read_answer(idle_reader))[0] == 200
+    reader, writer = await connect(served)
+    writer.write(post(chat("slow")))
+    await asyncio.sleep(0.1)  # the slow request is at the backend
+    served.runner.begin_closing()
+    cleanup = asyncio.create_task(served.runner.cleanup())
+    status, fields, body = await read_answer(reader)
+    assert (status, body, fields["connection"]) == (200, ANSWER, "close")
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # the idle one was closed
+    await cleanup
+    writer.close()
+    idle_writer.close()
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_time(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader, writer = await connect(served)
+    writer.write(post(chat()))
+    assert (await read_answer(reader))[0] == 200
+    busy_reader, busy_writer = await connect(served)
+    busy_writer.write(post(chat("slow")))
+    await asyncio.sleep(0.1)
+    front = served.runner.front
+    assert front is not None
+    monkeypatch.setattr(front_module, "KEEPALIVE_S", 0.05)
+    front._sweep()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert (await read_answer(busy_reader))[0] == 200  # the busy one was left alone
+    writer.close()
+    busy_writer.close()
