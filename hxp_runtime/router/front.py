@@ -63,12 +63,13 @@ SWEEP_S = 60.0
 REQUEST_START = b"POST /v1/"
 
 REQUEST_LINE = re.compile(rb"POST (" + b"|".join(map(re.escape, PATHS)) + rb") HTTP/1\.1\r\n")
-# RFC 9110 field lines with visible ASCII values only (inner spaces and tabs allowed). The
+# RFC 9110 field lines with visible ASCII values only (inner spaces and tabs allowed), matched
+# on the head decoded as Latin-1, one whole line each (``^`` after every line break). The
 # character classes around each quantifier are disjoint, so a failing match backtracks linearly.
-_NAME = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_VALUE = rb"(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?"
-FIELD_LINES = re.compile(rb"(?:" + _NAME + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*")
-FIELD_LINE = re.compile(rb"(" + _NAME + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n")
+FIELD_LINE = re.compile(
+    r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?)[ \t]*\r\n",
+    re.MULTILINE,
+)
 # Fields whose request the front leaves to aiohttp (it decodes, continues or refuses them).
 NOT_SERVED = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade", "te"})
 KEEP_ALIVE, CLOSE = "keep-alive", "close"
@@ -87,13 +88,13 @@ def parse_head(buffer: bytes | bytearray, end: int) -> Parsed | None:
     line = REQUEST_LINE.match(buffer, 0, end + 2)
     if line is None:
         return None
-    start = line.end()
-    if FIELD_LINES.fullmatch(buffer, start, end + 2) is None:
+    text = buffer[line.end() : end + 2].decode("latin-1")
+    pairs = FIELD_LINE.findall(text)
+    # Each match is one whole line (it starts a line and ends at its CRLF): as many matches as
+    # line feeds means every line is a valid field, and no bare LF hides one in another.
+    if len(pairs) != text.count("\n") or len(pairs) > MAX_FIELDS:
         return None
-    pairs = FIELD_LINE.findall(buffer, start, end + 2)
-    if len(pairs) > MAX_FIELDS:
-        return None
-    fields = {bytes(name).decode().lower(): bytes(value).decode() for name, value in pairs}
+    fields = {name.lower(): value for name, value in pairs}
     length = fields.get("content-length")
     if (
         len(fields) != len(pairs)

@@ -194,6 +194,9 @@ def test_the_head_is_parsed_strictly_and_anything_unusual_is_not_the_fronts() ->
         ((b"Content-Length: 2", b"X-A: a\x01"), "a control byte"),
         ((b"Content-Length: 2", b"X A: a"), "a space in a name"),
         ((b"Content-Length: 2", b" X-A: a"), "a folded line"),
+        ((b"Content-Length: 2", b"X-A: a\nTransfer-Encoding: chunked"), "a bare LF"),
+        ((b"Transfer-Encoding: chunked\nContent-Length: 2",), "a bare LF"),
+        ((b"Content-Length: 2", b"X-A: a\rb"), "a bare CR"),
         ((b"Content-Length: 2", *(b"X-%d: 1" % i for i in range(100))), "too many fields"),
     ):
         assert parsed(*fields) is None, why
