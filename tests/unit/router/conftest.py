@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from hxp_runtime.router.app import Gateway
+from hxp_runtime.router.settings import RouterSecrets, RouterSettings
 
 USAGE = {"prompt_tokens": 5, "completion_tokens": 3}
 
@@ -32,3 +36,26 @@ async def backend() -> AsyncIterator[str]:
     app.router.add_post("/v1/chat/completions", complete)
     async with TestServer(app, host="127.0.0.1") as server:
         yield str(server.make_url("")).rstrip("/")
+
+
+def one_backend_gateway(url: str, key: str, served_name: str = "chat", **extra: Any) -> Gateway:
+    """A gateway (not started) with one backend ``chat`` at ``url`` and one static key ``k``:
+    no health checks, no load polls for an hour, no retries; ``extra`` settings on top."""
+    settings = RouterSettings.model_validate(
+        {
+            "backends": [
+                {
+                    "name": "chat",
+                    "served_name": served_name,
+                    "url": url,
+                    "slo": {"latency_ms": 1000, "throughput_rps": 10},
+                }
+            ],
+            "health_check": {"enabled": False},
+            "load_poll_interval_s": 3600,
+            "retries": {"attempts": 0},
+            **extra,
+        }
+    )
+    secrets = RouterSecrets.model_validate({"api_keys": [{"name": "k", "secret": key}]})
+    return Gateway(settings, secrets)

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.edge import EdgeRunner, configure_logging
 from hxp_runtime.router.front import FrontRunner
-from hxp_runtime.router.settings import RouterSecrets, RouterSettings
+from tests.unit.router.conftest import one_backend_gateway
 
 KEY = "edge-static-key-" + secrets.token_urlsafe(24)
 LIMIT = 1024 * 1024
@@ -90,25 +89,7 @@ async def edge(
     backend = Backend()
     upstream = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     backend.url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
-    settings = RouterSettings.model_validate(
-        {
-            "backends": [
-                {
-                    "name": "chat",
-                    "served_name": "chat-v1",
-                    "url": backend.url,
-                    "slo": {"latency_ms": 1000, "throughput_rps": 10},
-                }
-            ],
-            "health_check": {"enabled": False},
-            "load_poll_interval_s": 3600,
-            "retries": {"attempts": 0},
-            "max_body_bytes": LIMIT,
-        }
-    )
-    gateway = Gateway(
-        settings, RouterSecrets.model_validate({"api_keys": [{"name": "k", "secret": KEY}]})
-    )
+    gateway = one_backend_gateway(backend.url, KEY, "chat-v1", max_body_bytes=LIMIT)
     app = gateway.build_app()
     runner = (
         FrontRunner(app, gateway, access_log=None)

@@ -19,10 +19,9 @@ import pytest
 from aiohttp import web
 
 from hxp_runtime.router import front as front_module
-from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, parse_head
-from hxp_runtime.router.settings import RouterSecrets, RouterSettings
 from hxp_runtime.router.strategies import Endpoint
+from tests.unit.router.conftest import one_backend_gateway
 
 KEY = "front-static-key-0123456789abcdef"
 ANSWER = b'{"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 2}}'
@@ -100,24 +99,7 @@ async def served() -> AsyncIterator[Served]:
     backend = Backend()
     upstream = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
     backend.url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
-    settings = RouterSettings.model_validate(
-        {
-            "backends": [
-                {
-                    "name": "chat",
-                    "served_name": "chat",
-                    "url": backend.url,
-                    "slo": {"latency_ms": 1000, "throughput_rps": 10},
-                }
-            ],
-            "health_check": {"enabled": False},
-            "load_poll_interval_s": 3600,
-            "retries": {"attempts": 0},
-        }
-    )
-    gateway = Gateway(
-        settings, RouterSecrets.model_validate({"api_keys": [{"name": "k", "secret": KEY}]})
-    )
+    gateway = one_backend_gateway(backend.url, KEY)
     runner = FrontRunner(gateway.build_app(), gateway, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -320,15 +302,24 @@ async def test_a_stream_is_relayed_chunked_and_a_client_that_leaves_stops_it(
     assert (served.backend.streams_done, served.backend.streams_cut) == (1, 1)
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def idle_and_busy(served: Served) -> tuple[Connection, Connection]:
+    """A connection that was answered and is idle, and one whose slow request is at the backend."""
+    idle = await connect(served)
+    idle[1].write(post(chat()))
+    assert (await read_answer(idle[0]))[0] == 200
+    busy = await connect(served)
+    busy[1].write(post(chat("slow")))
+    await asyncio.sleep(0.1)
+    return idle, busy
+
+
 async def test_a_stop_closes_idle_connections_and_finishes_requests_in_flight(
     served: Served,
 ) -> None:
-    idle_reader, idle_writer = await connect(served)
-    idle_writer.write(post(chat()))
-    assert (await read_answer(idle_reader))[0] == 200
-    reader, writer = await connect(served)
-    writer.write(post(chat("slow")))
-    await asyncio.sleep(0.1)  # the slow request is at the backend
+    (idle_reader, idle_writer), (reader, writer) = await idle_and_busy(served)
     served.runner.begin_closing()
     cleanup = asyncio.create_task(served.runner.cleanup())
     status, fields, body = await read_answer(reader)
@@ -342,12 +333,7 @@ async def test_a_stop_closes_idle_connections_and_finishes_requests_in_flight(
 async def test_an_idle_connection_is_closed_after_the_keepalive_time(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reader, writer = await connect(served)
-    writer.write(post(chat()))
-    assert (await read_answer(reader))[0] == 200
-    busy_reader, busy_writer = await connect(served)
-    busy_writer.write(post(chat("slow")))
-    await asyncio.sleep(0.1)
+    (reader, writer), (busy_reader, busy_writer) = await idle_and_busy(served)
     front = served.runner.front
     assert front is not None
     monkeypatch.setattr(front_module, "KEEPALIVE_S", 0.05)
