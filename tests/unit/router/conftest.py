@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -59,3 +60,13 @@ def one_backend_gateway(url: str, key: str, served_name: str = "chat", **extra: 
     )
     secrets = RouterSecrets.model_validate({"api_keys": [{"name": "k", "secret": key}]})
     return Gateway(settings, secrets)
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request's head and its Content-Length body, off a raw backend's connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.lower().split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)

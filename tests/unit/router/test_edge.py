@@ -16,7 +16,7 @@ import pytest
 
 from hxp_runtime.router.edge import EdgeRunner, configure_logging
 from hxp_runtime.router.front import FrontRunner
-from tests.unit.router.conftest import one_backend_gateway
+from tests.unit.router.conftest import one_backend_gateway, read_request
 
 KEY = "edge-static-key-" + secrets.token_urlsafe(24)
 LIMIT = 1024 * 1024
@@ -42,12 +42,7 @@ class Backend:
         self.connections += 1
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.lower().split(b"\r\n"):
-                    if line.startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
+                head, body = await read_request(reader)
                 status, content_type = b"200 OK", b"text/plain"
                 answer = b""
                 if head.startswith(b"POST"):

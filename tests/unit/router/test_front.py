@@ -21,7 +21,7 @@ from aiohttp import web
 from hxp_runtime.router import front as front_module
 from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, parse_head
 from hxp_runtime.router.strategies import Endpoint
-from tests.unit.router.conftest import one_backend_gateway
+from tests.unit.router.conftest import one_backend_gateway, read_request
 
 KEY = "front-static-key-0123456789abcdef"
 ANSWER = b'{"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 2}}'
@@ -42,12 +42,7 @@ class Backend:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.lower().split(b"\r\n"):
-                    if line.startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                body = await reader.readexactly(length)
+                head, body = await read_request(reader)
                 if not head.startswith(b"POST"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                     continue
