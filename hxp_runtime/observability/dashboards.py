@@ -232,6 +232,20 @@ def _router_health_panels() -> list[timeseries.Panel | statetimeline.Panel]:
             description="Requests answered by another model than the one first chosen.",
         ),
         _graph(
+            "Client connections",
+            [
+                (
+                    f"sum by (event) ({_rate('hxp_router_connections_total')})",
+                    "{{event}}",
+                )
+            ],
+            "ops",
+            description="Connections the router accepted, and those it handed to aiohttp's "
+            "server for a request its own front does not serve (plain endpoints, Expect, "
+            "chunked bodies, malformed input). A rising share handed over means a client "
+            "is off the fast path.",
+        ),
+        _graph(
             "Healthy backends",
             [
                 ("sum(min by (backend) (hxp_router_upstream_healthy))", "healthy"),

@@ -99,6 +99,7 @@ def parse_head(buffer: bytes | bytearray, end: int) -> Parsed | None:
     if (
         len(fields) != len(pairs)
         or length is None
+        or "host" not in fields  # aiohttp refuses an HTTP/1.1 request without one (RFC 9112)
         or not length.isdigit()
         or len(length) > 12
         or not NOT_SERVED.isdisjoint(fields)
@@ -114,6 +115,7 @@ class Front:
 
     def __init__(self, handlers: Handlers, hand_over: Callable[[], asyncio.Protocol]) -> None:
         self.handlers = handlers
+        self.metrics = handlers.gateway.metrics
         self.hand_over = hand_over  # makes aiohttp's protocol for a connection handed over
         self.loop = asyncio.get_running_loop()
         self.connections: set[FrontProtocol] = set()
@@ -187,6 +189,7 @@ class FrontProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         tcp_keepalive(self.transport)
         self.front.connections.add(self)
+        self.front.metrics.connections_accepted.inc()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
@@ -249,6 +252,7 @@ class FrontProtocol(asyncio.Protocol):
         front.connections.discard(self)
         if transport is None or transport.is_closing():
             return
+        front.metrics.connections_handed_over.inc()
         protocol = front.hand_over()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -144,6 +144,15 @@ class RouterMetrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        self.connections = Counter(
+            "hxp_router_connections",
+            "Client connections, by what happened to them: accepted (by the router's own "
+            "front), handed_over (to aiohttp's server, for a request the front leaves to it).",
+            ["event"],
+            registry=registry,
+        )
+        self.connections_accepted = self.connections.labels("accepted")
+        self.connections_handed_over = self.connections.labels("handed_over")
         self.tls_expiry = (
             Gauge(
                 "hxp_router_tls_certificate_expiry_timestamp_seconds",

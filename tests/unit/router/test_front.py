@@ -147,20 +147,25 @@ async def connect(served: Served) -> tuple[asyncio.StreamReader, asyncio.StreamW
 
 
 def test_the_head_is_parsed_strictly_and_anything_unusual_is_not_the_fronts() -> None:
-    def parsed(*fields: bytes, line: bytes = b"POST /v1/embeddings HTTP/1.1") -> object:
+    def parsed(
+        *fields: bytes, line: bytes = b"POST /v1/embeddings HTTP/1.1", host: bool = True
+    ) -> object:
+        """The head's parse; every case has a Host field unless ``host`` is False."""
+        fields = (b"Host: r", *fields) if host else fields
         head = line + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n"
         result = parse_head(head, len(head) - 4)
         return None if result is None else result[:3]
 
-    ok = parsed(b"Host: r", b"Content-Length: 2", b"X-HXP-Session:  a b\t")
+    ok = parsed(b"Content-Length: 2", b"X-HXP-Session:  a b\t")
     assert ok == (
         Endpoint.EMBEDDING,
         b"/v1/embeddings",
         {"host": "r", "content-length": "2", "x-hxp-session": "a b"},
     )
     for fields, why in (
-        ((b"Host: r",), "no Content-Length"),
+        ((), "no Content-Length"),
         ((b"Content-Length: 2", b"Content-Length: 2"), "a field twice"),
+        ((b"Content-Length: 2", b"host: s"), "a field twice"),
         ((b"Content-Length: 2", b"authorization: a", b"Authorization: b"), "a field twice"),
         ((b"Content-Length: +2",), "a sign"),
         ((b"Content-Length: 2", b"Transfer-Encoding: chunked"), "chunked"),
@@ -177,6 +182,7 @@ def test_the_head_is_parsed_strictly_and_anything_unusual_is_not_the_fronts() ->
         ((b"Content-Length: 2", *(b"X-%d: 1" % i for i in range(100))), "too many fields"),
     ):
         assert parsed(*fields) is None, why
+    assert parsed(b"Content-Length: 2", host=False) is None, "no Host"
     for line in (
         b"POST /v1/embeddings HTTP/1.0",
         b"POST /v1/embeddings?x=1 HTTP/1.1",
@@ -218,6 +224,19 @@ async def test_pipelined_requests_and_one_in_pieces_are_answered_in_order(
     status, _, body = await read_answer(reader)
     assert (status, body) == (200, ANSWER)
     writer.close()
+
+
+async def test_connections_handed_to_aiohttp_are_counted(served: Served) -> None:
+    metrics = served.runner.gateway.metrics
+    accepted, handed_over = metrics.connections_accepted, metrics.connections_handed_over
+    before = (accepted._value.get(), handed_over._value.get())
+    for request in (post(chat(), b"Connection: close"), b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n"):
+        reader, writer = await connect(served)
+        writer.write(request)
+        assert (await read_answer(reader))[0] == 200
+        writer.close()
+    after = (accepted._value.get(), handed_over._value.get())
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
 
 
 async def test_a_request_in_pieces_is_served_by_the_front(served: Served) -> None:
