@@ -4,13 +4,15 @@ What the front must keep from aiohttp's server: requests in pieces and pipelined
 Connection: close, the same answer fields, streams, a client that leaves, a stop that waits for
 requests in flight, idle connections closed; and handing every request it does not serve to
 aiohttp with the bytes that came so far. test_edge sends every kind of hostile request through
-the front as well.
+the front as well, and a differential test sends some 500 heads, valid and broken byte by byte,
+to the front and to aiohttp's server alone: the first answer's status must be the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import pytest
 from aiohttp import web
 
 from hxp_runtime.router import front as front_module
+from hxp_runtime.router.edge import EdgeRunner
 from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, parse_head
 from hxp_runtime.router.strategies import Endpoint
 from tests.unit.router.conftest import one_backend_gateway, read_request
@@ -356,3 +359,86 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_time(
     assert (await read_answer(busy_reader))[0] == 200  # the busy one was left alone
     writer.close()
     busy_writer.close()
+
+
+# --------------------------------------------------------------------------- differential
+
+
+@pytest.fixture
+async def both() -> AsyncIterator[tuple[Served, int]]:
+    """The gateway behind the front, and the same gateway on aiohttp's server alone."""
+    backend = Backend()
+    upstream = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
+    backend.url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    front_gateway, plain_gateway = (one_backend_gateway(backend.url, KEY) for _ in range(2))
+    front = FrontRunner(front_gateway.build_app(), front_gateway, access_log=None)
+    plain = EdgeRunner(plain_gateway.build_app(), access_log=None)
+    for runner in (front, plain):
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield Served("127.0.0.1", front.addresses[0][1], backend, front), plain.addresses[0][1]
+    finally:
+        for runner in (front, plain):
+            await runner.cleanup()
+        upstream.close()
+        await upstream.wait_closed()
+
+
+async def first_status(port: int, request: bytes) -> int | None:
+    """The status of the first answer to ``request``; None when none came within 0.3 s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    try:
+        line = await asyncio.wait_for(reader.readline(), 0.3)
+    except TimeoutError:
+        line = b""
+    writer.close()
+    # aiohttp answers a request it cannot parse with an HTTP/1.0 status line.
+    return int(line.split()[1]) if line.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) else None
+
+
+# Bytes that parsers disagree about, put in place of one byte of a valid head.
+ODD_BYTES = b'\x00\t \r\n:;,"()/\\\x7f\x80\xffA0'
+
+
+async def test_the_front_answers_what_aiohttp_alone_answers(both: tuple[Served, int]) -> None:
+    """Every request, valid or broken in its head, gets the same status from the daemon's
+    server (the front, then aiohttp) as from aiohttp's server alone: the front serves no
+    request aiohttp would refuse, and refuses none it would serve."""
+    served, plain_port = both
+    body = chat()
+    valid = post(body, b"X-HXP-Session: s1", b"Accept: */*")
+    head_end = valid.index(b"\r\n\r\n")
+    requests = [
+        valid,
+        valid.replace(b"Host: router\r\n", b""),
+        valid.replace(b"Host: router", b"Host:"),
+        valid.replace(b"POST /v1/chat/completions", b"POST http://r/v1/chat/completions"),
+        valid.replace(b"HTTP/1.1\r\n", b"HTTP/1.1 \r\n", 1),
+        valid.replace(b"HTTP/1.1\r\n", b"http/1.1\r\n", 1),
+        valid.replace(b"Content-Length:", b"Content-Length :"),
+        valid.replace(b"Content-Length: ", b"Content-Length: 0"),
+        valid.replace(b"Accept: */*", b"Accept: */*\r\n\tfolded"),
+        valid.replace(b"Accept: */*", b"Transfer-Encoding: identity"),
+        valid.replace(b"Accept: */*", b"Connection: keep-alive, close"),
+    ]
+    # One byte of the head replaced, at positions spread over it.
+    for i, position in enumerate(range(head_end)):
+        odd = ODD_BYTES[i % len(ODD_BYTES) : i % len(ODD_BYTES) + 1]
+        requests.append(valid[:position] + odd + valid[position + 1 :])
+    # And 300 more, each with any byte at any place of the head (a fixed seed: repeatable).
+    rng = random.Random(14)
+    for _ in range(300):
+        position = rng.randrange(head_end)
+        requests.append(valid[:position] + bytes([rng.randrange(256)]) + valid[position + 1 :])
+    differences = []
+    for request in requests:
+        front, plain = (
+            await first_status(served.port, request),
+            await first_status(plain_port, request),
+        )
+        if front != plain:
+            differences.append((request[: head_end + 4], front, plain))
+    assert not differences, differences
+    assert len(requests) > 450
