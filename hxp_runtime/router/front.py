@@ -12,8 +12,9 @@ Every other request is aiohttp's, with every byte the connection brought so far:
 anything was answered on it, the connection is handed over (``transport.set_protocol``) to
 aiohttp's protocol (``edge.EdgeProtocol``) and stays there. That covers the plain endpoints,
 HTTP/1.0, ``Expect``, chunked or compressed bodies, a body over ``router.max_body_bytes``, and
-any head the front does not understand in full: a malformed or oversize one, a field with bytes
-outside visible ASCII, a repeated field, a Connection header other than keep-alive or close.
+any head the front does not understand in full: a malformed or oversize one, one without Host,
+a field with bytes outside visible ASCII, a repeated field, a Connection header other than
+keep-alive or close.
 Those get exactly the answers aiohttp's server gives them (``edge``, ``pipeline.read_body``);
 the front never answers a request that aiohttp would refuse.
 
