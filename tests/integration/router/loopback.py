@@ -104,11 +104,13 @@ class LoopbackBackend:
         await self._runner.cleanup()
         self._runner = None
         # A connection the kernel accepted just before the listener closed gets its transport
-        # a loop iteration later, after cleanup closed the others: closed here too, it would
-        # otherwise outlive the loop and fail a later test with a ResourceWarning.
-        await asyncio.sleep(0.05)
-        for handler in list(server.connections if server is not None else ()):
-            handler.force_close()
+        # some loop iterations later, after cleanup closed the others (on a busy machine, more
+        # than 50 ms later: CI saw one): closed here too, for half a second, it would otherwise
+        # outlive the loop and fail a later test with a ResourceWarning.
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            for handler in list(server.connections if server is not None else ()):
+                handler.force_close()
         self._owners.clear()  # the router's next connections may reuse these ports
 
     async def _health(self, request: web.Request) -> web.Response:
