@@ -16,7 +16,7 @@ import pytest
 
 from hxp_runtime.router.edge import EdgeRunner, configure_logging
 from hxp_runtime.router.front import FrontRunner
-from tests.unit.router.conftest import one_backend_gateway, read_request
+from tests.unit.router.conftest import close_backend, one_backend_gateway, read_request
 
 KEY = "edge-static-key-" + secrets.token_urlsafe(24)
 LIMIT = 1024 * 1024
@@ -34,11 +34,13 @@ class Backend:
     """A vLLM stand-in that counts its connections and the POSTs it answered."""
 
     url: str = ""
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)  # its open connections
     connections: int = 0
     posts: list[bytes] = field(default_factory=list)
     answer: tuple[bytes, bytes, bytes] = (b"200 OK", b"application/json", OK_BODY)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         self.connections += 1
         try:
             while True:
@@ -103,8 +105,7 @@ async def edge(
         yield f"http://127.0.0.1:{runner.addresses[0][1]}", backend
     finally:
         await runner.cleanup()
-        upstream.close()
-        await upstream.wait_closed()
+        await close_backend(upstream, backend.writers)
 
 
 def error_of(body: bytes) -> dict[str, object]:

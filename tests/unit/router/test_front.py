@@ -24,7 +24,7 @@ from hxp_runtime.router import front as front_module
 from hxp_runtime.router.edge import EdgeRunner
 from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, parse_head
 from hxp_runtime.router.strategies import Endpoint
-from tests.unit.router.conftest import one_backend_gateway, read_request
+from tests.unit.router.conftest import close_backend, one_backend_gateway, read_request
 
 KEY = "front-static-key-0123456789abcdef"
 ANSWER = b'{"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 2}}'
@@ -37,12 +37,14 @@ class Backend:
     EVENTS events 20 ms apart ("stream" in the body); it notes a stream cut short."""
 
     url: str = ""
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)  # its open connections
     posts: int = 0
     streams_cut: int = 0
     streams_done: int = 0
     bodies: list[bytes] = field(default_factory=list)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 head, body = await read_request(reader)
@@ -106,8 +108,7 @@ async def served() -> AsyncIterator[Served]:
         yield Served("127.0.0.1", runner.addresses[0][1], backend, runner)
     finally:
         await runner.cleanup()
-        upstream.close()
-        await upstream.wait_closed()
+        await close_backend(upstream, backend.writers)
 
 
 def chat(content: str = "hello", **extra: object) -> bytes:
@@ -381,8 +382,7 @@ async def both() -> AsyncIterator[tuple[Served, int]]:
     finally:
         for runner in (front, plain):
             await runner.cleanup()
-        upstream.close()
-        await upstream.wait_closed()
+        await close_backend(upstream, backend.writers)
 
 
 async def first_status(port: int, request: bytes) -> int | None:
