@@ -564,9 +564,34 @@ class Retries(Strict):
     backoff_ms: Annotated[int, Field(ge=0)] = 50
 
 
+class StaticSemantic(Strict):
+    """A static table that decides new prompts without an embeddings call when it is sure.
+
+    hxp_runtime.router.static_embedding explains the table and the margin.
+    """
+
+    vocabulary: HostPath = Field(
+        description="the embedding model's WordPiece vocab.txt on the router host (the table "
+        "is built from it and the embeddings backend at the router's first start)"
+    )
+    confident_margin: Annotated[float, Field(ge=0.0, le=2.0)] = Field(
+        0.04,
+        description="the nearest category's cosine must beat the second's by this much for the "
+        "static vector to decide; below it the embedding model decides. 0: the table always "
+        "decides",
+    )
+    cache_dir: HostPath = Field(
+        "/var/lib/hxp-router",
+        description="where the built table is kept (the router unit's StateDirectory)",
+    )
+
+
 class Semantic(Strict):
     embedding_model: Text | None = Field(None, description="a model with task: embed")
     temperature: PositiveFloat = 0.1
+    static: StaticSemantic | None = Field(
+        None, description="decide most new prompts in-process, without an embeddings call"
+    )
 
 
 # Headers that carry credentials: routing by one would make a secret a routing key.

@@ -23,6 +23,7 @@ import random
 import time
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -42,6 +43,7 @@ from hxp_runtime.router.ratelimit import LocalBuckets, RateLimiter, RedisBuckets
 from hxp_runtime.router.semantic import Embedder, EmbeddingError
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings
 from hxp_runtime.router.shared import SharedState
+from hxp_runtime.router.static_embedding import StaticRouting, StaticTableError, load_or_build
 from hxp_runtime.router.store import ApiKey
 from hxp_runtime.router.strategies import (
     Endpoint,
@@ -340,6 +342,47 @@ class Gateway:
         self.embedder = embedder
         self.runtime = replace(self.runtime, table=RoutingTable(settings, prototypes))
         log.info("semantic routing ready: %d category prototypes", len(prototypes))
+        if settings.semantic.static is not None:
+            await self._load_static(settings, embedder, prototypes, spec.served_name)
+
+    async def _load_static(
+        self,
+        settings: RouterSettings,
+        embedder: Embedder,
+        prototypes: dict[str, tuple[float, ...]],
+        model: str,
+    ) -> None:
+        """The static table, read or built once; new prompts go to the model until it is."""
+        assert self.runtime is not None and settings.semantic.static is not None
+        config = settings.semantic.static
+        delay = 1.0
+        while True:
+            try:
+                table = await load_or_build(
+                    Path(config.cache_dir), Path(config.vocabulary), model, embedder.embed_ids
+                )
+                break
+            except StaticTableError as exc:
+                log.error("static table not used: %s", exc)
+                return
+            except EmbeddingError as exc:
+                log.info("static table not built yet (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        if self.runtime.settings is not settings:
+            return
+        static = StaticRouting(
+            table, table.prototypes(settings.categories), config.confident_margin
+        )
+        self.runtime = replace(
+            self.runtime, table=RoutingTable(settings, prototypes, static=static)
+        )
+        log.info(
+            "static table ready: %d tokens of %d dims, margin %.3f",
+            len(table.rows) // table.dims,
+            table.dims,
+            config.confident_margin,
+        )
 
     def _breaker_changed(self, backend_id: str, state: BreakerState) -> None:
         self.metrics.breaker_state.labels(backend_id).set(int(state))

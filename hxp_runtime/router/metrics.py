@@ -112,8 +112,9 @@ class RouterMetrics:
         self.model_choice_duration = Histogram(
             "hxp_router_semantic_decision_duration_seconds",
             "Model choice of requests routed by prompt meaning (auto), by how it was made: "
-            "cached (a prompt seen before), embedded (an embeddings call, or one in flight for "
-            "the same prompt), failed (the embeddings call failed; chosen without it).",
+            "cached (a prompt seen before), static (the static table was sure of a new prompt), "
+            "embedded (an embeddings call, or one in flight for the same prompt), failed (the "
+            "embeddings call failed; chosen without it).",
             ["path"],
             buckets=DECISION_BUCKETS,
             registry=registry,
@@ -198,7 +199,7 @@ class RouterMetrics:
             counter.inc()
 
     def model_choice(self, path: str, seconds: float) -> None:
-        """One semantic model choice; ``path`` is cached, embedded or failed (bounded)."""
+        """One semantic model choice; ``path`` is cached, static, embedded or failed."""
         child = self._model_choice_children.get(path)
         if child is None:
             child = self._model_choice_children[path] = self.model_choice_duration.labels(path)

@@ -317,6 +317,9 @@ def known_choice(
 ) -> ModelChoice | None:
     """The model choice when it needs no embeddings call; None when it does.
 
+    A prompt the decision cache does not know is decided here by the static table when the
+    table is sure of it (``router.semantic.static``).
+
     The hot path awaits :func:`embedded_choice` only on None, as with keys (``known_key``).
     """
     if embedder is None or not table.needs_embedding(request):
@@ -325,8 +328,15 @@ def known_choice(
     loop = asyncio.get_running_loop()
     started = loop.time()
     choice = table.cache.get(cache_key)
+    path = "cached"
+    if choice is None and table.static is not None:
+        vector = table.static.confident(request.prompt)
+        if vector is None:
+            return None
+        static = replace(request, embedding=vector, static=True)
+        choice, path = _choose(table, static, cache_key, remember=True), "static"
     if choice is not None and metrics is not None:
-        metrics.model_choice("cached", loop.time() - started)
+        metrics.model_choice(path, loop.time() - started)
     return choice
 
 

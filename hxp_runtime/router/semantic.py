@@ -53,7 +53,14 @@ class Embedder:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def embed(self, texts: Sequence[str]) -> list[tuple[float, ...]]:
-        body = {"model": self._model, "input": [t[:MAX_PROMPT_CHARS] for t in texts]}
+        return await self._post([t[:MAX_PROMPT_CHARS] for t in texts])
+
+    async def embed_ids(self, inputs: list[list[int]]) -> list[tuple[float, ...]]:
+        """Embeddings of token id sequences, taken as they are (the static table's build)."""
+        return await self._post(inputs)
+
+    async def _post(self, inputs: Sequence[str] | list[list[int]]) -> list[tuple[float, ...]]:
+        body = {"model": self._model, "input": inputs}
         try:
             async with self._session.post(
                 self._url, json=body, headers=self._headers, timeout=self._timeout

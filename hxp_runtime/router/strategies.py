@@ -47,6 +47,7 @@ from hxp_runtime.router.prefix import (
     session_hash,
 )
 from hxp_runtime.router.settings import RouterSettings
+from hxp_runtime.router.static_embedding import StaticRouting
 
 # Strategies whose result depends only on the request (cached), in contrast to live ones.
 MODEL_STRATEGIES = frozenset({Strategy.EXPLICIT, Strategy.HIERARCHICAL, Strategy.SEMANTIC})
@@ -120,6 +121,8 @@ class RouteRequest:
     prompt: str = ""
     category: str | None = None  # a client's hint (X-HXP-Category header)
     embedding: tuple[float, ...] | None = None
+    # The embedding is the static table's (compared with its own prototypes), not the model's.
+    static: bool = False
     # Prefix hashes of the prompt's blocks, shortest first, or a session's one hash
     # (prefix_affinity only; empty otherwise).
     affinity: tuple[int, ...] = ()
@@ -241,8 +244,11 @@ def semantic(
     *,
     prototypes: Mapping[str, Sequence[float]],
     temperature: float,
+    static_prototypes: Mapping[str, Sequence[float]] | None = None,
 ) -> Candidates:
     """The most probable category (by prompt embedding) that some candidate serves."""
+    if request.static:
+        prototypes = static_prototypes or {}
     if single_model(candidates) or request.embedding is None or not prototypes:
         return candidates
     for category, _ in category_probabilities(request.embedding, prototypes, temperature):
@@ -439,6 +445,7 @@ class RoutingTable:
         self,
         settings: RouterSettings,
         prototypes: Mapping[str, Sequence[float]] | None = None,
+        static: StaticRouting | None = None,
     ) -> None:
         self.backends = backends_from(settings)
         self.index = settings.routing_index()
@@ -448,6 +455,8 @@ class RoutingTable:
             for name, chain in settings.fallbacks.items()
         }
         self.prototypes: Mapping[str, Sequence[float]] = prototypes or {}
+        # Decides new prompts in-process when it is sure (hxp_runtime.router.static_embedding).
+        self.static = static if self.prototypes else None
         self.keywords = {
             name: tuple(word.lower() for word in category.keywords)
             for name, category in settings.categories.items()
@@ -462,7 +471,10 @@ class RoutingTable:
             Strategy.EXPLICIT: partial(explicit, index=self.index),
             Strategy.HIERARCHICAL: partial(hierarchical, keywords=self.keywords),
             Strategy.SEMANTIC: partial(
-                semantic, prototypes=self.prototypes, temperature=settings.semantic.temperature
+                semantic,
+                prototypes=self.prototypes,
+                temperature=settings.semantic.temperature,
+                static_prototypes=static.prototypes if static is not None else None,
             ),
             Strategy.ADAPTIVE: adaptive,
             Strategy.LEAST_OUTSTANDING: least_outstanding,
