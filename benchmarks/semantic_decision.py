@@ -21,6 +21,12 @@ Then a burst of ``--burst`` concurrent requests with one new prompt, and how man
 calls it made (one: the requests share it). Prompts are distinct sentences of common words;
 their length in the model's tokens is read from vLLM's ``usage.prompt_tokens`` and printed.
 
+Then the static table (``router.semantic.static``, hxp_runtime.router.static_embedding), built
+from the same server once into ``--static-cache``: new labelled prompts of 64 tokens or more
+(sentences of one category from tests/data/semantic_prompts.json, joined), each decided by the
+table when it is sure and by the model otherwise; how many each decided, the time of each kind
+and of all, and how often the choice matched the model's alone and the prompt's category.
+
 Then the same through the real router (``python -m hxp_runtime.router``, one worker, no API
 keys) in front of the same embeddings server, with benchmarks/fast_backend.py, a test double
 of vLLM, as every generating model, so that no model's own answer is counted: an explicit-model
@@ -55,9 +61,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from hxp_runtime.config.schema import StaticSemantic  # noqa: E402
 from hxp_runtime.router.pipeline import choose_models  # noqa: E402
 from hxp_runtime.router.semantic import Embedder  # noqa: E402
 from hxp_runtime.router.settings import RouterSettings  # noqa: E402
+from hxp_runtime.router.static_embedding import StaticRouting, load_or_build  # noqa: E402
 from hxp_runtime.router.strategies import (  # noqa: E402
     BackendStats,
     Endpoint,
@@ -75,6 +83,8 @@ from tests.vllm_servers import (  # noqa: E402
 )
 
 LAB_CONFIG = REPO / "inventory/lab/hxp.yml"
+PROMPTS = REPO / "tests/data/semantic_prompts.json"
+VOCABULARY = MODELS_DIR / EMBEDDINGS_MODEL / "vocab.txt"
 # Common English words: one WordPiece token each for MiniLM.
 WORDS = (
     "time", "person", "year", "way", "day", "thing", "man", "world", "life", "hand", "part",
@@ -131,7 +141,7 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def measure(url: str, rounds: int, words: int, burst: int) -> None:
+async def measure(url: str, rounds: int, words: int, burst: int, static_cache: Path) -> None:
     # The generating models are never called here: the decision only names them.
     settings = RouterSettings.model_validate(lab_router(url, "http://127.0.0.1:9", "none"))
     async with aiohttp.ClientSession(
@@ -199,6 +209,74 @@ async def measure(url: str, rounds: int, words: int, burst: int) -> None:
             f"\nburst: {burst} concurrent decisions for one new prompt: {calls} embeddings "
             f"call(s), {elapsed:.1f} ms for all, models chosen: {sorted(set(map(str, chosen)))}"
         )
+        embedder.embed = embed  # type: ignore[method-assign]
+        await measure_static(settings, table, embedder, stats, rounds, static_cache)
+
+
+def labelled_prompts(
+    rng: random.Random, tokens_of: Callable[[str], int]
+) -> Iterator[tuple[str, str]]:
+    """(category, prompt): sentences of one category (tests/data) joined to 64 tokens or more."""
+    labelled = json.loads(PROMPTS.read_text())
+    while True:
+        category = rng.choice(sorted(labelled))
+        sentences = rng.sample(labelled[category], len(labelled[category]))
+        text = ""
+        while tokens_of(text) < 64:
+            text = (text + " " + sentences.pop()).strip() if sentences else text + " " + text
+        yield category, text
+
+
+async def measure_static(
+    settings: RouterSettings,
+    table: RoutingTable,
+    embedder: Embedder,
+    stats: Stats,
+    rounds: int,
+    cache_dir: Path,
+) -> None:
+    """The static table (router.semantic.static) in front of the same embeddings server."""
+    started = time.perf_counter()
+    static_table = await load_or_build(cache_dir, VOCABULARY, EMBEDDINGS_MODEL, embedder.embed_ids)
+    print(f"\nstatic table: ready in {time.perf_counter() - started:.1f} s ({cache_dir})")
+    margin = StaticSemantic(vocabulary=str(VOCABULARY)).confident_margin
+    static = StaticRouting(static_table, static_table.prototypes(settings.categories), margin)
+    cascade = RoutingTable(settings, table.prototypes, static=static)
+    rng = random.Random(11)  # noqa: S311 - reproducible prompts, not secrets
+    new = labelled_prompts(rng, lambda text: len(static_table.tokenizer.ids(text)))
+    calls = 0
+    embed = embedder.embed
+
+    async def counted(texts: Any) -> list[tuple[float, ...]]:
+        nonlocal calls
+        calls += 1
+        return await embed(texts)
+
+    embedder.embed = counted  # type: ignore[method-assign]
+    series: dict[str, list[float]] = {"table decided": [], "model decided": [], "all": []}
+    agree = right = right_model = 0
+    for _ in range(rounds * 2):
+        category, prompt = next(new)
+        before = calls
+        request = RouteRequest(Endpoint.CHAT, None, prompt)
+        started = time.perf_counter()
+        choice = await choose_models(cascade, request, embedder)
+        chosen = cascade.decide(request, stats, choice).model
+        elapsed = (time.perf_counter() - started) * 1000
+        series["model decided" if calls > before else "table decided"].append(elapsed)
+        series["all"].append(elapsed)
+        by_model = table.decide(request, stats, await choose_models(table, request, embedder))
+        agree += chosen == by_model.model
+        right += chosen == category
+        right_model += by_model.model == category
+    n = len(series["all"])
+    print(
+        f"decisions of {n} new labelled prompts (64-71 tokens, one category each): the table "
+        f"decided {len(series['table decided'])}, the model {len(series['model decided'])}; "
+        f"same model as the model alone: {agree}; right category: table then model {right}, "
+        f"model alone {right_model} (margin {margin})"
+    )
+    print_series({k: v for k, v in series.items() if v})
 
 
 def wait_semantic(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -328,10 +406,16 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=16)
     parser.add_argument("--embeddings-url", help="an embeddings server already running")
     parser.add_argument("--no-router", action="store_true", help="skip the through-router part")
+    parser.add_argument(
+        "--static-cache",
+        type=Path,
+        default=REPO / ".cache" / "static-table",
+        help="where the static table is built once and kept",
+    )
     args = parser.parse_args()
     with embeddings_server(args.embeddings_url) as url:
         print(f"embeddings server: {url} ({EMBEDDINGS_MODEL}, vLLM on CPU)")
-        asyncio.run(measure(url, args.rounds, args.words, args.burst))
+        asyncio.run(measure(url, args.rounds, args.words, args.burst, args.static_cache))
         if not args.no_router:
             through_router(url, args.rounds, args.words)
     return 0

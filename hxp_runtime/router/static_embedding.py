@@ -350,14 +350,23 @@ async def load_or_build(
     table = read_table(path, key, vocabulary)
     if table is not None:
         return table
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    lock_fd = os.open(directory / "static.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        lock_fd = os.open(directory / "static.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StaticTableError(
+            f"{directory}: cannot keep the table there ({exc.strerror}); give a directory the "
+            "router may write (router.semantic.static.cache_dir, the unit's StateDirectory)"
+        ) from None
     try:
         await _lock(lock_fd)
         table = read_table(path, key, vocabulary)
         if table is None:
             rows, dims = await build_rows(vocabulary, embed_ids)
-            write_table(path, key, rows, dims)
+            try:
+                write_table(path, key, rows, dims)
+            except OSError as exc:
+                raise StaticTableError(f"{path}: cannot write the table ({exc.strerror})") from None
             table = read_table(path, key, vocabulary)
             assert table is not None
         return table

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from hxp_runtime.config import Category
+from hxp_runtime.router.metrics import RouterMetrics
+from hxp_runtime.router.pipeline import choose_models
+from hxp_runtime.router.semantic import EmbeddingError
 from hxp_runtime.router.static_embedding import (
     MAGIC,
     StaticRouting,
@@ -28,6 +31,8 @@ from hxp_runtime.router.static_embedding import (
     read_vocabulary,
     token_weight,
 )
+from hxp_runtime.router.strategies import Endpoint, RouteRequest, RoutingTable
+from tests.unit.router.test_strategies import settings
 
 MINILM = Path(".cache/models/all-minilm-l6-v2")
 
@@ -128,6 +133,8 @@ def test_basic_words_split_punctuation_accents_and_cjk() -> None:
     assert basic_words("x\u200by") == ["xy"]  # a format character is dropped, not a space
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_tokenizer_matches_the_models_own_on_odd_and_random_text(vllm_python: Path) -> None:
     """The same ids as the model's fast tokenizer (what vLLM runs) for ~600 texts."""
     vocab = MINILM / "vocab.txt"
@@ -304,3 +311,49 @@ def test_a_64_token_prompt_costs_well_under_a_millisecond(tmp_path: Path) -> Non
         assert table.vector(prompt) is not None
     per_prompt_ms = (time.process_time() - started) / len(prompts) * 1000
     assert per_prompt_ms < 5.0, per_prompt_ms
+
+
+class RefusingEmbedder:
+    """A test double of the embeddings backend's client that counts the calls it refuses."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def embed(self, texts: list[str]) -> list[tuple[float, ...]]:
+        self.calls += 1
+        raise EmbeddingError("the embeddings backend is down")
+
+
+def test_a_sure_table_decides_without_the_embeddings_backend(tmp_path: Path) -> None:
+    """The pipeline: the table's choice needs no call; an unsure prompt still asks the model."""
+    vocab = tiny_vocabulary(tmp_path)
+    _, embed_ids = fake_backend(dims=16)
+    table = asyncio.run(load_or_build(tmp_path, vocab, "minilm", embed_ids))  # type: ignore[arg-type]
+    config = settings(strategies=["explicit", "semantic"], semantic={"embedding_model": "embed"})
+    config = config.model_copy(
+        update={
+            "categories": {
+                "code": Category(description="code", examples=["python code to sort a list"]),
+                "creative": Category(description="poems", examples=["write a poem about rain"]),
+            }
+        }
+    )
+    model_prototypes = {"code": (1.0, 0.0), "creative": (0.0, 1.0)}  # never compared here
+    static = StaticRouting(table, table.prototypes(config.categories), confident_margin=0.0)
+    routing = RoutingTable(config, model_prototypes, static=static)
+    embedder = RefusingEmbedder()
+    metrics = RouterMetrics()
+
+    async def choose(table_: RoutingTable, prompt: str) -> str:
+        request = RouteRequest(Endpoint.CHAT, None, prompt)
+        choice = await choose_models(table_, request, embedder, metrics)  # type: ignore[arg-type]
+        return choice[0][0].model
+
+    assert asyncio.run(choose(routing, "a python code list")) == "coder"
+    assert asyncio.run(choose(routing, "a poem about rain")) == "writer"
+    assert embedder.calls == 0
+    assert metrics.model_choice_duration.labels("static")._sum.get() > 0
+    # Unsure (margin 2): the model is asked; it is down, so the choice is made without it.
+    unsure = StaticRouting(table, static.prototypes, confident_margin=2.0)
+    asyncio.run(choose(RoutingTable(config, model_prototypes, static=unsure), "a poem"))
+    assert embedder.calls == 1
