@@ -261,6 +261,8 @@ class Handlers:
             "ready": ready,
             "draining": gateway.draining,
             "semantic": gateway.embedder is not None,
+            # router.semantic.static: this worker decides sure prompts without an embeddings call.
+            "static_table": runtime is not None and runtime.table.static is not None,
             "backends": up,
             # What this worker's routing sees, for whoever wonders where requests go.
             "load": {

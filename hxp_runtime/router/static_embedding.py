@@ -124,6 +124,8 @@ class WordPiece:
         self.vocabulary = vocabulary
         self.unknown = vocabulary["[UNK]"]
         self._words: dict[str, tuple[int, ...]] = {}
+        # No piece is longer: a hostile long word costs at most this many lookups per place.
+        self._longest = max(len(p.removeprefix("##")) for p in vocabulary)
 
     def word(self, word: str) -> tuple[int, ...]:
         known = self._words.get(word)
@@ -140,7 +142,7 @@ class WordPiece:
             return (self.unknown,)
         vocabulary, pieces, start = self.vocabulary, [], 0
         while start < len(word):
-            end, found = len(word), None
+            end, found = min(len(word), start + self._longest), None
             while start < end:
                 piece = word[start:end] if start == 0 else "##" + word[start:end]
                 found = vocabulary.get(piece)

@@ -301,3 +301,12 @@ def dechunk(wire: bytes) -> bytes:
             return bytes(body)
         body.extend(rest[:size])
         rest = rest[size + 2 :]
+
+
+@pytest.fixture(scope="session")
+def static_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory for the static table of every test in the session: built once there.
+
+    test_router_static's daemon builds it (four workers, one build); the tests after it read it.
+    """
+    return tmp_path_factory.mktemp("static-table")

@@ -148,7 +148,7 @@ def lab_settings(embeddings_url: str, static: dict[str, Any] | None) -> RouterSe
 
 
 async def test_the_static_table_built_from_vllm_decides_most_prompts_as_the_model_does(
-    vllm_servers: Servers, tiny_models: Path, tmp_path: Path
+    vllm_servers: Servers, tiny_models: Path, static_cache_dir: Path
 ) -> None:
     """Built from the real server, it answers most prompts alone and agrees with the model.
 
@@ -161,14 +161,15 @@ async def test_the_static_table_built_from_vllm_decides_most_prompts_as_the_mode
     labelled = json.loads(PROMPTS.read_text())
     prompts = [(category, text) for category, texts in labelled.items() for text in texts]
     model_only = lab_settings(server.base_url, None)
-    cascade = lab_settings(server.base_url, {"vocabulary": str(vocab), "cache_dir": str(tmp_path)})
+    cache = {"vocabulary": str(vocab), "cache_dir": str(static_cache_dir)}
+    cascade = lab_settings(server.base_url, cache)
     assert cascade.semantic.static is not None
     async with aiohttp.ClientSession() as session:
         embedder = Embedder(
             session, server.base_url, EMBEDDINGS_MODEL, authorization=None, timeout_s=120
         )
         started = time.monotonic()
-        table = await load_or_build(tmp_path, vocab, EMBEDDINGS_MODEL, embedder.embed_ids)
+        table = await load_or_build(static_cache_dir, vocab, EMBEDDINGS_MODEL, embedder.embed_ids)
         built_s = time.monotonic() - started
         vocabulary, _ = read_vocabulary(vocab)
         poem = vocabulary["poem"]
@@ -206,7 +207,7 @@ async def test_the_static_table_built_from_vllm_decides_most_prompts_as_the_mode
             right_model += modelled.primary == category
             right_cascade += cascaded.primary == category
     print(
-        f"static table built in {built_s:.1f} s; of {len(prompts)} prompts the table decided "
+        f"static table ready in {built_s:.1f} s; of {len(prompts)} prompts the table decided "
         f"{static_count}, agreed with the model on {agree}; right: model {right_model}, "
         f"table then model {right_cascade}"
     )
