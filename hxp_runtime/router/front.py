@@ -31,7 +31,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
@@ -343,8 +343,8 @@ class FrontProtocol(asyncio.Protocol):
             return True
         body = response.body
         assert isinstance(body, bytes)
-        fields = b"".join(
-            b"%b: %b\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+        fields = field_lines(
+            (name, value)
             for name, value in response.headers.items()
             if name.lower() not in WRITTEN_HERE
         )
@@ -383,7 +383,7 @@ class RawSink:
     async def begin(self, headers: dict[str, str], first_piece: bytes) -> None:
         transport = self._transport()
         front = self.connection.front
-        fields = b"".join(b"%b: %b\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
+        fields = field_lines(headers.items())
         self.started = True
         transport.write(
             b"HTTP/1.1 200 OK\r\n%bTransfer-Encoding: chunked\r\n" % fields
@@ -396,6 +396,19 @@ class RawSink:
 
     async def end(self) -> None:
         self._transport().write(b"0\r\n\r\n")
+
+
+def field_lines(fields: Iterable[tuple[str, str]]) -> bytes:
+    """Header fields as lines, in UTF-8 as aiohttp writes them.
+
+    A CR or LF inside a name or a value would end the field early and start another: refused
+    with ValueError, as aiohttp refuses it.
+    """
+    lines = [f"{name}: {value}\r\n" for name, value in fields]
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("a CR or LF in a response header field")
+    return text.encode()
 
 
 def chunk(data: bytes) -> bytes:

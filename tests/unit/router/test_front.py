@@ -22,7 +22,7 @@ from aiohttp import web
 
 from hxp_runtime.router import front as front_module
 from hxp_runtime.router.edge import EdgeRunner
-from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, parse_head
+from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, field_lines, parse_head
 from hxp_runtime.router.strategies import Endpoint
 from tests.unit.router.conftest import close_backend, one_backend_gateway, read_request
 
@@ -442,3 +442,16 @@ async def test_the_front_answers_what_aiohttp_alone_answers(both: tuple[Served, 
             differences.append((request[: head_end + 4], front, plain))
     assert not differences, differences
     assert len(requests) > 450
+
+
+def test_header_lines_are_utf8_and_a_cr_or_lf_in_a_field_is_refused() -> None:
+    """One writer of fields for both paths (answers and streams), as aiohttp writes them."""
+    assert field_lines([("X-A", "1"), ("X-Name", "café")]) == "X-A: 1\r\nX-Name: café\r\n".encode()
+    for name, value in [
+        ("X-A", "1\r\nSet-Cookie: stolen=1"),
+        ("X-A", "1\nX-B: 2"),
+        ("X-A\r\nX-B", "2"),
+        ("X-A", "a\rb"),
+    ]:
+        with pytest.raises(ValueError, match="CR or LF"):
+            field_lines([(name, value)])
