@@ -593,6 +593,15 @@ class Semantic(Strict):
         None, description="decide most new prompts in-process, without an embeddings call"
     )
 
+    @model_validator(mode="after")
+    def _static_needs_the_model(self) -> Semantic:
+        if self.static is not None and self.embedding_model is None:
+            raise ValueError(
+                "static needs embedding_model: the table is built from that model's embeddings "
+                "and the prompts it is unsure of go to it; name a model with task: embed"
+            )
+        return self
+
 
 # Headers that carry credentials: routing by one would make a secret a routing key.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})

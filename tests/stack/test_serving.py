@@ -4,7 +4,9 @@ servers (tiny models on CPU) and accounts usage in PostgreSQL on the database ho
 
 from __future__ import annotations
 
+import ssl
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import openai
@@ -13,7 +15,7 @@ import testinfra
 
 from hxp_runtime.config import HostGroup, HxpConfig
 from tests.stack.conftest import host_in, secret
-from tests.stack.router import openai_client
+from tests.stack.router import openai_client, router_ca, router_url
 
 Hosts = dict[str, testinfra.host.Host]
 
@@ -88,3 +90,63 @@ def test_usage_is_accounted_in_postgresql(
     while int(db.check_output(count)) <= before:
         assert time.monotonic() < deadline, "the router wrote no usage row within 60 s"
         time.sleep(1)
+
+
+STATIC_READY_S = 600.0  # the build at the router's first start: ~90 s of MiniLM on the lab's CPU
+SURE_PROMPTS = [  # sentences of one category (tests/data/semantic_prompts.json), joined
+    "Write a Python function that reverses a string. Implement binary search in Java. "
+    "Write a Rust function that sorts a vector of integers. Implement a linked list in C++.",
+    "Compose a haiku about the sea. Write a poem about the autumn wind. Create a short poem "
+    "about the stars at night. Write a sonnet about snow falling on a city.",
+]
+
+
+def router_metrics(cfg: HxpConfig) -> str:
+    ca = router_ca(cfg)
+    context = ssl.create_default_context(cafile=ca) if ca is not None else None
+    with urllib.request.urlopen(router_url(cfg) + "/metrics", timeout=30, context=context) as r:
+        return str(r.read().decode())
+
+
+def static_decisions(cfg: HxpConfig) -> float:
+    prefix = 'hxp_router_semantic_decision_duration_seconds_count{path="static"} '
+    return sum(
+        float(line.split()[-1])
+        for line in router_metrics(cfg).splitlines()
+        if line.startswith(prefix)
+    )
+
+
+def test_the_router_decides_sure_prompts_with_its_static_table(
+    cfg: HxpConfig, hosts: Hosts, client: openai.OpenAI
+) -> None:
+    """Built once from the lab's MiniLM in the unit's StateDirectory; read by every worker."""
+    static = cfg.router.semantic.static
+    assert static is not None, "inventory/lab/hxp.yml turns router.semantic.static on"
+    llm = host_in(cfg, hosts, HostGroup.LLM)
+    deadline = time.monotonic() + STATIC_READY_S
+    tables: list[str] = []
+    while not tables and time.monotonic() < deadline:
+        listing = llm.run("ls %s", static.cache_dir)
+        tables = [
+            n for n in listing.stdout.split() if n.startswith("static-") and n.endswith(".bin")
+        ]
+        if not tables:
+            time.sleep(5)
+    assert len(tables) == 1, llm.run("journalctl -u hxp-router -n 30 --no-pager").stdout
+    table = llm.file(f"{static.cache_dir}/{tables[0]}")
+    assert table.mode == 0o600 and table.user == "hxp-router"
+    # Every worker of the running router has read it (each logs it once per start).
+    while time.monotonic() < deadline:
+        journal = llm.run("journalctl -u hxp-router -b --no-pager -o cat").stdout
+        if journal.count("static table ready") >= cfg.router.workers:
+            break
+        time.sleep(2)
+    before = static_decisions(cfg)
+    for prompt in SURE_PROMPTS:
+        suffix = f" ({time.time_ns()})"  # a new prompt for the decision cache of every run
+        reply = client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": prompt + suffix}], max_tokens=2
+        )
+        assert reply.choices[0].message.content is not None
+    assert static_decisions(cfg) - before >= 1

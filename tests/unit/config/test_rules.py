@@ -173,3 +173,22 @@ def test_a_credential_header_cannot_name_sessions(problems_of: Problems) -> None
     assert p.field == "router.prefix_routing.session_header"
     assert "carries credentials" in p.message
     assert p.line == line_of(text, "session_header: Cookie")
+
+
+def test_static_table_needs_the_embedding_model_and_an_absolute_vocabulary(
+    problems_of: Problems,
+) -> None:
+    text = BASE.replace(
+        "router:\n", "router:\n  semantic: {static: {vocabulary: /srv/vocab.txt}}\n"
+    )
+    p = only(problems_of(text))
+    assert p.field == "router.semantic"
+    assert "static needs embedding_model" in p.message
+    relative = BASE.replace("router:\n", "router:\n  semantic: {static: {vocabulary: vocab.txt}}\n")
+    p = only(problems_of(relative))
+    assert p.field == "router.semantic.static.vocabulary"
+    assert "absolute path" in p.message
+    margin = BASE.replace(
+        "router:\n", "router:\n  semantic: {static: {vocabulary: /v.txt, confident_margin: -1}}\n"
+    )
+    assert any(q.field == "router.semantic.static.confident_margin" for q in problems_of(margin))
