@@ -30,8 +30,9 @@ and of all, and how often the choice matched the model's alone and the prompt's 
 Then the same through the real router (``python -m hxp_runtime.router``, one worker, no API
 keys) in front of the same embeddings server, with benchmarks/fast_backend.py, a test double
 of vLLM, as every generating model, so that no model's own answer is counted: an explicit-model
-request, an embeddings request, an ``auto`` request with a new prompt and one with a repeated
-prompt (one-token answers), and the router's decision histogram
+request, an embeddings request, an ``auto`` request with a new prompt, one with a new labelled
+prompt (as above) and one with a repeated prompt (one-token answers), the router running with
+the static table in ``--static-cache``, and the router's decision histogram
 (``hxp_router_semantic_decision_duration_seconds``) as it exported it.
 """
 
@@ -65,7 +66,12 @@ from hxp_runtime.config.schema import StaticSemantic  # noqa: E402
 from hxp_runtime.router.pipeline import choose_models  # noqa: E402
 from hxp_runtime.router.semantic import Embedder  # noqa: E402
 from hxp_runtime.router.settings import RouterSettings  # noqa: E402
-from hxp_runtime.router.static_embedding import StaticRouting, load_or_build  # noqa: E402
+from hxp_runtime.router.static_embedding import (  # noqa: E402
+    StaticRouting,
+    WordPiece,
+    load_or_build,
+    read_vocabulary,
+)
 from hxp_runtime.router.strategies import (  # noqa: E402
     BackendStats,
     Endpoint,
@@ -280,14 +286,16 @@ async def measure_static(
 
 
 def wait_semantic(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
+    """Until the router has its category prototypes and its static table."""
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the router exited:\n{log.read_text()[-2000:]}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", "/ready")
-            if json.loads(connection.getresponse().read()).get("semantic"):
+            ready = json.loads(connection.getresponse().read())
+            if ready.get("semantic") and ready.get("static_table"):
                 return
         except (OSError, ValueError):
             pass
@@ -295,11 +303,31 @@ def wait_semantic(port: int, process: subprocess.Popen[bytes], log: Path) -> Non
     raise SystemExit(f"the router's semantic routing was not ready:\n{log.read_text()[-2000:]}")
 
 
-def through_router(url: str, rounds: int, words: int) -> None:
+def print_histogram(exported: str) -> None:
+    """The router's own decision histogram, by path: count and mean."""
+    print("\nthe router's decision histogram (mean = sum / count):")
+    for path in ("cached", "static", "embedded", "failed"):
+        prefix = f'hxp_router_semantic_decision_duration_seconds_%s{{path="{path}"}} '
+        values = [
+            float(line.split()[-1])
+            for kind in ("sum", "count")
+            for line in exported.splitlines()
+            if line.startswith(prefix % kind)
+        ]
+        if len(values) == 2 and values[1]:
+            mean_ms = values[0] / values[1] * 1000
+            print(f"  {path:<9} count {values[1]:>5.0f}  mean {mean_ms:.3f} ms")
+
+
+def through_router(url: str, rounds: int, words: int, static_cache: Path) -> None:
     backend_port, router_port = free_port(), free_port()
     directory = Path(tempfile.mkdtemp(prefix="semantic-bench-"))
+    lab = lab_router(url, f"http://127.0.0.1:{backend_port}", "fast")
+    # The lab's static table, with this controller's copy of the vocabulary and table.
+    static = {"vocabulary": str(VOCABULARY), "cache_dir": str(static_cache)}
     settings = {
-        **lab_router(url, f"http://127.0.0.1:{backend_port}", "fast"),
+        **lab,
+        "semantic": {**lab["semantic"], "static": static},
         "listen_host": "127.0.0.1",
         "port": router_port,
         "workers": 1,
@@ -337,12 +365,16 @@ def through_router(url: str, rounds: int, words: int) -> None:
                     "max_tokens": 1}  # fmt: skip
 
         new = prompts(random.Random(11), words)  # noqa: S311 - reproducible prompts, not secrets
+        rng = random.Random(13)  # noqa: S311 - reproducible prompts, not secrets
+        tokenizer = WordPiece(read_vocabulary(VOCABULARY)[0])
+        labelled = labelled_prompts(rng, lambda text: len(tokenizer.ids(text)))
         repeated = next(new)
         explicit = settings["backends"][0]["name"]
         series: dict[str, list[float]] = {
             "explicit model": [],
             "embeddings": [],
             "auto, new prompt": [],
+            "auto, new labelled": [],
             "auto, repeated": [],
         }
         for _ in range(3):  # warm-up
@@ -354,23 +386,13 @@ def through_router(url: str, rounds: int, words: int) -> None:
                 post("/v1/embeddings", {"model": "minilm", "input": next(new)})
             )
             series["auto, new prompt"].append(post(path, chat("auto", next(new))))
+            series["auto, new labelled"].append(post(path, chat("auto", next(labelled)[1])))
             series["auto, repeated"].append(post(path, chat("auto", repeated)))
         print("\nthrough the router (client -> router -> fast double / vLLM embeddings):")
         print_series(series)
         connection.request("GET", "/metrics")
         exported = connection.getresponse().read().decode()
-        print("\nthe router's decision histogram (mean = sum / count):")
-        for path in ("cached", "embedded", "failed"):
-            prefix = f'hxp_router_semantic_decision_duration_seconds_%s{{path="{path}"}} '
-            values = [
-                float(line.split()[-1])
-                for kind in ("sum", "count")
-                for line in exported.splitlines()
-                if line.startswith(prefix % kind)
-            ]
-            if len(values) == 2 and values[1]:
-                mean_ms = values[0] / values[1] * 1000
-                print(f"  {path:<9} count {values[1]:>5.0f}  mean {mean_ms:.3f} ms")
+        print_histogram(exported)
     finally:
         router.terminate()
         backend.terminate()
@@ -417,7 +439,7 @@ def main() -> int:
         print(f"embeddings server: {url} ({EMBEDDINGS_MODEL}, vLLM on CPU)")
         asyncio.run(measure(url, args.rounds, args.words, args.burst, args.static_cache))
         if not args.no_router:
-            through_router(url, args.rounds, args.words)
+            through_router(url, args.rounds, args.words, args.static_cache)
     return 0
 
 
