@@ -380,3 +380,18 @@ def test_a_hostile_prompt_costs_the_tokenizer_little() -> None:
         assert len(tokenizer.ids(prompt)) == 256  # the first 256 tokens decide
     per_prompt_ms = (time.process_time() - started) / len(prompts) * 1000
     assert per_prompt_ms < 5.0, per_prompt_ms
+
+
+def test_embeddings_come_as_numbers_or_base64_and_a_bad_one_is_refused() -> None:
+    import base64
+    import struct
+
+    from hxp_runtime.router.semantic import vector
+
+    packed = base64.b64encode(struct.pack("<3f", 0.5, -1.0, 2.0)).decode()
+    assert list(vector(packed)) == [0.5, -1.0, 2.0]
+    assert vector([0.5, 1.0]) == [0.5, 1.0]
+    with pytest.raises(ValueError):
+        vector(base64.b64encode(b"\x00\x01\x02").decode())  # not whole float32s
+    with pytest.raises(ValueError):
+        vector("not base64 at all!")
