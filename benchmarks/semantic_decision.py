@@ -198,25 +198,30 @@ async def measure(url: str, rounds: int, words: int, burst: int, static_cache: P
         print()
         print_series(series)
 
-        calls = 0
-        embed = embedder.embed
-
-        async def counted(texts: Any) -> list[tuple[float, ...]]:
-            nonlocal calls
-            calls += 1
-            return await embed(texts)
-
-        embedder.embed = counted  # type: ignore[method-assign]
+        calls = count_calls(embedder)
         prompt = next(new)
         started = time.perf_counter()
         chosen = await asyncio.gather(*(decide(prompt) for _ in range(burst)))
         elapsed = (time.perf_counter() - started) * 1000
         print(
-            f"\nburst: {burst} concurrent decisions for one new prompt: {calls} embeddings "
+            f"\nburst: {burst} concurrent decisions for one new prompt: {calls()} embeddings "
             f"call(s), {elapsed:.1f} ms for all, models chosen: {sorted(set(map(str, chosen)))}"
         )
-        embedder.embed = embed  # type: ignore[method-assign]
         await measure_static(settings, table, embedder, stats, rounds, static_cache)
+
+
+def count_calls(embedder: Embedder) -> Callable[[], int]:
+    """Count the embedder's embeddings calls from now on; the count, when called."""
+    calls = 0
+    embed = embedder.embed
+
+    async def counted(texts: Any) -> list[tuple[float, ...]]:
+        nonlocal calls
+        calls += 1
+        return await embed(texts)
+
+    embedder.embed = counted  # type: ignore[method-assign]
+    return lambda: calls
 
 
 def labelled_prompts(
@@ -250,26 +255,18 @@ async def measure_static(
     cascade = RoutingTable(settings, table.prototypes, static=static)
     rng = random.Random(11)  # noqa: S311 - reproducible prompts, not secrets
     new = labelled_prompts(rng, lambda text: len(static_table.tokenizer.ids(text)))
-    calls = 0
-    embed = embedder.embed
-
-    async def counted(texts: Any) -> list[tuple[float, ...]]:
-        nonlocal calls
-        calls += 1
-        return await embed(texts)
-
-    embedder.embed = counted  # type: ignore[method-assign]
+    calls = count_calls(embedder)
     series: dict[str, list[float]] = {"table decided": [], "model decided": [], "all": []}
     agree = right = right_model = 0
     for _ in range(rounds * 2):
         category, prompt = next(new)
-        before = calls
+        before = calls()
         request = RouteRequest(Endpoint.CHAT, None, prompt)
         started = time.perf_counter()
         choice = await choose_models(cascade, request, embedder)
         chosen = cascade.decide(request, stats, choice).model
         elapsed = (time.perf_counter() - started) * 1000
-        series["model decided" if calls > before else "table decided"].append(elapsed)
+        series["model decided" if calls() > before else "table decided"].append(elapsed)
         series["all"].append(elapsed)
         by_model = table.decide(request, stats, await choose_models(table, request, embedder))
         agree += chosen == by_model.model

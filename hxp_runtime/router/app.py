@@ -21,10 +21,11 @@ import logging
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
@@ -60,12 +61,25 @@ log = logging.getLogger(__name__)
 # How often a worker looks for drains and publishes its view: a drain reaches every worker
 # within this, and the admin API's in-flight counts are this fresh.
 SHARE_INTERVAL_S = 0.1
+T = TypeVar("T")
 
 PROXIED = (
     ("/v1/chat/completions", Endpoint.CHAT),
     ("/v1/completions", Endpoint.COMPLETION),
     ("/v1/embeddings", Endpoint.EMBEDDING),
 )
+
+
+async def until_answered(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()`` again until the embeddings backend answers it, 1 s apart and up to 30 s."""
+    delay = 1.0
+    while True:
+        try:
+            return await call()
+        except EmbeddingError as exc:
+            log.info("%s not ready (%s); retrying in %.0f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,15 +342,9 @@ class Gateway:
             authorization=upstream_key,
             timeout_s=settings.health_check.timeout_s * 5,
         )
-        delay = 1.0
-        while True:
-            try:
-                prototypes = await embedder.prototypes(settings.categories)
-                break
-            except EmbeddingError as exc:
-                log.info("category prototypes not ready (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        prototypes = await until_answered(
+            "category prototypes", partial(embedder.prototypes, settings.categories)
+        )
         if self.runtime.settings is not settings:
             return  # reloaded meanwhile; the new settings load their own prototypes
         self.embedder = embedder
@@ -355,20 +363,18 @@ class Gateway:
         """The static table, read or built once; new prompts go to the model until it is."""
         assert self.runtime is not None and settings.semantic.static is not None
         config = settings.semantic.static
-        delay = 1.0
-        while True:
-            try:
-                table = await load_or_build(
-                    Path(config.cache_dir), Path(config.vocabulary), model, embedder.embed_ids
-                )
-                break
-            except StaticTableError as exc:
-                log.error("static table not used: %s", exc)
-                return
-            except EmbeddingError as exc:
-                log.info("static table not built yet (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        build = partial(
+            load_or_build,
+            Path(config.cache_dir),
+            Path(config.vocabulary),
+            model,
+            embedder.embed_ids,
+        )
+        try:
+            table = await until_answered("static table", build)
+        except StaticTableError as exc:
+            log.error("static table not used: %s", exc)
+            return
         if self.runtime.settings is not settings:
             return
         static = StaticRouting(
