@@ -3,7 +3,9 @@
 ``RouterProcess`` writes a settings and a secrets file, starts the daemon, waits for /ready,
 and stops it with a signal. ``dataplane`` gives one throwaway PostgreSQL and Redis for the
 module. ``Tap`` is a TCP relay that records the bytes a backend sends, so that a test can
-compare them with what the router passed on.
+compare them with what the router passed on, and that can hold an event stream back after its
+first bytes, so that a test can see the router pass on a piece before the backend has sent the
+rest.
 """
 
 from __future__ import annotations
@@ -245,6 +247,9 @@ class Tap:
         self.target_port = target_port
         self.port = free_port()
         self.recorded: list[bytearray] = []
+        self.holding = threading.Event()  # an event stream's first bytes are out, the rest held
+        self._hold_next = False
+        self._release: asyncio.Event | None = None
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -280,13 +285,47 @@ class Tap:
                         tape.extend(data)
                     sink.write(data)
                     await sink.drain()
+                    if tape is not None and self._first_stream_bytes(tape):
+                        await self._hold()
             except ConnectionError:
                 pass
             sink.close()
 
         await asyncio.gather(pump(reader, up_writer, None), pump(up_reader, writer, record))
 
+    def hold_next_stream(self) -> None:
+        """Pass on the next event stream's head and first body bytes, then hold the rest until
+        `release` (``holding`` is set meanwhile)."""
+        self.holding.clear()
+        self._hold_next = True
+
+    def release(self) -> None:
+        self._hold_next = False
+        if self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
+
+    def _first_stream_bytes(self, record: bytearray) -> bool:
+        """Whether ``record`` (one connection's bytes so far) now ends in a response that is an
+        event stream with body bytes, and the tap is to hold the next such one."""
+        if not self._hold_next:
+            return False
+        start = record.rfind(b"HTTP/1.1 ")
+        head_end = record.find(b"\r\n\r\n", start)
+        return (
+            start >= 0
+            and head_end > 0
+            and b"text/event-stream" in record[start:head_end]
+            and len(record) > head_end + 4
+        )
+
+    async def _hold(self) -> None:
+        self._hold_next = False
+        self._release = asyncio.Event()
+        self.holding.set()
+        await self._release.wait()
+
     def close(self) -> None:
+        self.release()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -303,6 +342,20 @@ def dechunk(wire: bytes) -> bytes:
         rest = rest[size + 2 :]
 
 
+# The lab's eight categories, one example each, and labelled prompts for them (64, 8 each).
+LAB_CATEGORIES = {
+    "reasoning": "Prove that 17 is prime.",
+    "analysis": "Summarise this report.",
+    "general": "What is the capital of France?",
+    "creative": "Write a poem about rain.",
+    "chat": "Hello, how are you?",
+    "code": "Write a Python function to sort a list.",
+    "quick": "Is 9 even?",
+    "classification": "Label the sentiment: great film.",
+}
+PROMPTS = REPO / "tests" / "data" / "semantic_prompts.json"
+
+
 @pytest.fixture(scope="session")
 def static_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One directory for the static table of every test in the session: built once there.
@@ -310,3 +363,31 @@ def static_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     test_router_static's daemon builds it (four workers, one build); the tests after it read it.
     """
     return tmp_path_factory.mktemp("static-table")
+
+
+@pytest.fixture(scope="session")
+def static_vocabulary(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedding model's vocab.txt with every piece that the tests' texts (PROMPTS, the
+    categories' examples) never use made an ``[unused…]`` slot, which a table skips.
+
+    Every id keeps its line, and WordPiece splits those texts exactly as with the whole
+    vocabulary (each piece it picks is kept, and none longer is added), so their rows and
+    decisions are the whole table's. The table is then a few hundred rows to build, not 30,000:
+    the lab's router builds the whole one (tests/stack), and the semantic benchmark measures it.
+    """
+    from hxp_runtime.router.static_embedding import SPECIAL, WordPiece, read_vocabulary
+
+    source = tiny_models / "all-minilm-l6-v2" / "vocab.txt"
+    vocabulary, _ = read_vocabulary(source)
+    tokenizer = WordPiece(vocabulary)
+    labelled = json.loads(PROMPTS.read_text())
+    texts = [*LAB_CATEGORIES.values(), *(t for ts in labelled.values() for t in ts), "poem"]
+    used = {i for text in texts for i in tokenizer.ids(text)}
+    used |= {vocabulary[token] for token in SPECIAL if token in vocabulary}
+    lines = source.read_bytes().decode("utf-8").split("\n")  # as read_vocabulary numbers them
+    if lines[-1] == "":
+        lines.pop()
+    pieces = [line if n in used else f"[unused-test-{n}]" for n, line in enumerate(lines)]
+    reduced = tmp_path_factory.mktemp("vocabulary") / "vocab.txt"
+    reduced.write_text("\n".join(pieces) + "\n", encoding="utf-8")
+    return reduced

@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 
 from hxp_runtime.router.static_embedding import read_vocabulary, skipped_ids
-from tests.integration.router.conftest import RouterProcess, call, worker_pids
-from tests.integration.router.test_semantic_vllm import (
+from tests.integration.router.conftest import (
     LAB_CATEGORIES,
     PROMPTS,
-    settled_prompt_tokens,
+    RouterProcess,
+    call,
+    worker_pids,
 )
+from tests.integration.router.test_semantic_vllm import settled_prompt_tokens
 from tests.vllm_servers import EMBEDDINGS_MODEL, VllmServer, embeddings_spec, free_port
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -105,7 +107,7 @@ def decisions(text: str, path: str) -> float:
 
 def test_four_workers_build_one_table_and_decide_without_embeddings_calls(
     vllm_servers: Servers,
-    tiny_models: Path,
+    static_vocabulary: Path,
     backend_port: int,
     static_cache_dir: Path,
     tmp_path: Path,
@@ -113,7 +115,7 @@ def test_four_workers_build_one_table_and_decide_without_embeddings_calls(
     (server,) = vllm_servers(embeddings_spec())
     # The session's table directory, unless a test before this one built the table there.
     state = tmp_path / "state" if any(static_cache_dir.iterdir()) else static_cache_dir
-    vocab = tiny_models / EMBEDDINGS_MODEL / "vocab.txt"
+    vocab = static_vocabulary  # the pieces of the test's prompts (conftest)
     vocabulary, _ = read_vocabulary(vocab)
     one_build = 3 * (len(vocabulary) - len(skipped_ids(vocabulary)))
     port = free_port()

@@ -29,6 +29,7 @@ from hxp_runtime.router.static_embedding import (
     token_weight,
 )
 from hxp_runtime.router.strategies import BackendStats, Endpoint, RoutingTable, Stats
+from tests.integration.router.conftest import LAB_CATEGORIES, PROMPTS
 from tests.vllm_servers import EMBEDDINGS_MODEL, VllmServer, embeddings_spec
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -111,19 +112,6 @@ async def test_a_burst_with_one_new_prompt_makes_one_embeddings_call(
     assert settled_prompt_tokens(server, before + tokens) - before == tokens
 
 
-LAB_CATEGORIES = {
-    "reasoning": "Prove that 17 is prime.",
-    "analysis": "Summarise this report.",
-    "general": "What is the capital of France?",
-    "creative": "Write a poem about rain.",
-    "chat": "Hello, how are you?",
-    "code": "Write a Python function to sort a list.",
-    "quick": "Is 9 even?",
-    "classification": "Label the sentiment: great film.",
-}
-PROMPTS = Path(__file__).resolve().parents[2] / "data" / "semantic_prompts.json"
-
-
 def lab_settings(embeddings_url: str, static: dict[str, Any] | None) -> RouterSettings:
     """The lab's eight categories, one generating model each, as inventory/lab/hxp.yml has."""
     backends = [
@@ -148,7 +136,7 @@ def lab_settings(embeddings_url: str, static: dict[str, Any] | None) -> RouterSe
 
 
 async def test_the_static_table_built_from_vllm_decides_most_prompts_as_the_model_does(
-    vllm_servers: Servers, tiny_models: Path, static_cache_dir: Path
+    vllm_servers: Servers, static_vocabulary: Path, static_cache_dir: Path
 ) -> None:
     """Built from the real server, it answers most prompts alone and agrees with the model.
 
@@ -157,7 +145,7 @@ async def test_the_static_table_built_from_vllm_decides_most_prompts_as_the_mode
     The table's rows are the server's own embeddings of each token, weighted.
     """
     (server,) = vllm_servers(embeddings_spec())
-    vocab = tiny_models / EMBEDDINGS_MODEL / "vocab.txt"
+    vocab = static_vocabulary  # the pieces of these prompts (conftest)
     labelled = json.loads(PROMPTS.read_text())
     prompts = [(category, text) for category, texts in labelled.items() for text in texts]
     model_only = lab_settings(server.base_url, None)
