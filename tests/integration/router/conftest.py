@@ -250,6 +250,7 @@ class Tap:
         self.holding = threading.Event()  # an event stream's first bytes are out, the rest held
         self._hold_next = False
         self._release: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -270,23 +271,31 @@ class Tap:
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         record = bytearray()
         self.recorded.append(record)
+        self._writers.add(writer)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
             writer.close()
             return
+        self._writers.add(up_writer)
 
         async def pump(
             source: asyncio.StreamReader, sink: asyncio.StreamWriter, tape: bytearray | None
         ) -> None:
             try:
                 while data := await source.read(65536):
+                    cut = None
                     if tape is not None:
                         tape.extend(data)
-                    sink.write(data)
-                    await sink.drain()
-                    if tape is not None and self._first_stream_bytes(tape):
+                        cut = self._hold_point(tape, len(tape) - len(data))
+                    if cut is None:
+                        sink.write(data)
+                    else:  # the head and first chunk now, the rest once released
+                        sink.write(data[:cut])
+                        await sink.drain()
                         await self._hold()
+                        sink.write(data[cut:])
+                    await sink.drain()
             except ConnectionError:
                 pass
             sink.close()
@@ -294,8 +303,8 @@ class Tap:
         await asyncio.gather(pump(reader, up_writer, None), pump(up_reader, writer, record))
 
     def hold_next_stream(self) -> None:
-        """Pass on the next event stream's head and first body bytes, then hold the rest until
-        `release` (``holding`` is set meanwhile)."""
+        """Pass on the next event stream's head and first chunk, then hold the rest until
+        `release` (``holding`` is set meanwhile), however much of it has come already."""
         self.holding.clear()
         self._hold_next = True
 
@@ -304,19 +313,22 @@ class Tap:
         if self._release is not None:
             self._loop.call_soon_threadsafe(self._release.set)
 
-    def _first_stream_bytes(self, record: bytearray) -> bool:
-        """Whether ``record`` (one connection's bytes so far) now ends in a response that is an
-        event stream with body bytes, and the tap is to hold the next such one."""
+    def _hold_point(self, record: bytearray, offset: int) -> int | None:
+        """Where, in the bytes read last (from ``offset`` of ``record``, one connection's bytes
+        so far), the tap is to hold the stream: after its head and first chunk, once both have
+        come, if it is an event stream and the tap is to hold the next one; else None."""
         if not self._hold_next:
-            return False
+            return None
         start = record.rfind(b"HTTP/1.1 ")
         head_end = record.find(b"\r\n\r\n", start)
-        return (
-            start >= 0
-            and head_end > 0
-            and b"text/event-stream" in record[start:head_end]
-            and len(record) > head_end + 4
-        )
+        if start < 0 or head_end < 0 or b"text/event-stream" not in record[start:head_end]:
+            return None
+        size_end = record.find(b"\r\n", head_end + 4)
+        if size_end < 0:
+            return None
+        size = int(bytes(record[head_end + 4 : size_end]).split(b";")[0], 16)
+        cut = size_end + 2 + size + 2
+        return cut - offset if len(record) >= cut else None
 
     async def _hold(self) -> None:
         self._hold_next = False
@@ -325,7 +337,19 @@ class Tap:
         await self._release.wait()
 
     def close(self) -> None:
+        """Close every relayed connection, then stop."""
         self.release()
+
+        async def close_connections() -> None:
+            relays = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for relay in relays:
+                relay.cancel()
+            await asyncio.gather(*relays, return_exceptions=True)
+            for writer in self._writers:
+                writer.close()
+            await asyncio.gather(*(w.wait_closed() for w in self._writers), return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close_connections(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 

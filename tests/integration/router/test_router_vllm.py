@@ -185,38 +185,32 @@ def test_openai_client_works_unchanged(router: RouterProcess) -> None:
 def test_streaming_passthrough_is_byte_exact(router: RouterProcess, tap: Tap) -> None:
     headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
     body = {"model": "tapped", "messages": HELLO, "max_tokens": 60, "stream": True}
-    for _ in range(3):
-        before = len(tap.recorded)
-        # The tap passes on the stream's first bytes and holds the rest back: the router must
-        # pass that first piece on before the backend has sent the rest, not gather it first.
-        tap.hold_next_stream()
-        connection = http.client.HTTPConnection("127.0.0.1", router.settings["port"], timeout=60)
+    before = len(tap.recorded)
+    # The tap passes on the stream's head and first chunk and holds the rest back: the router
+    # must pass that first piece on before the backend has sent the rest, not gather it first.
+    tap.hold_next_stream()
+    connection = http.client.HTTPConnection("127.0.0.1", router.settings["port"], timeout=60)
+    try:
+        connection.request("POST", "/v1/chat/completions", json.dumps(body), headers)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/event-stream")
         try:
-            connection.request("POST", "/v1/chat/completions", json.dumps(body), headers)
-            response = connection.getresponse()
-            assert response.status == 200
-            assert response.getheader("Content-Type", "").startswith("text/event-stream")
-            try:
-                first = response.read1(65536)
-            except TimeoutError:
-                pytest.fail("no piece of the stream came while the backend held the rest back")
-            held = tap.holding.wait(5)
-            tap.release()
-            received = first + response.read()
-        finally:
-            tap.release()
-            connection.close()
-        assert received.endswith(b"data: [DONE]\n\n")
-        streams = [bytes(r) for r in tap.recorded[before:] if b"text/event-stream" in r]
-        streams += [bytes(r) for r in tap.recorded[:before] if b"text/event-stream" in r]
-        sent_by_vllm = [dechunk(r.split(b"\r\n\r\n", 1)[1]) for r in streams]
-        assert received in sent_by_vllm
-        # vLLM sends each token as it comes; only if the tap read the whole stream at once
-        # (a loaded machine) was there nothing to hold back: then ask again.
-        if not first.endswith(b"data: [DONE]\n\n"):
-            break
-    assert held, "the router sent its first piece only once the backend's stream had ended"
-    assert first and not first.endswith(b"data: [DONE]\n\n")
+            first = response.read1(65536)
+        except TimeoutError:
+            pytest.fail("no piece of the stream came while the backend held the rest back")
+        assert tap.holding.wait(5)
+        tap.release()
+        received = first + response.read()
+    finally:
+        tap.release()
+        connection.close()
+    assert first.startswith(b"data: ") and not first.endswith(b"data: [DONE]\n\n")
+    assert received.endswith(b"data: [DONE]\n\n")
+    streams = [bytes(r) for r in tap.recorded[before:] if b"text/event-stream" in r]
+    streams += [bytes(r) for r in tap.recorded[:before] if b"text/event-stream" in r]
+    sent_by_vllm = [dechunk(r.split(b"\r\n\r\n", 1)[1]) for r in streams]
+    assert received in sent_by_vllm
 
 
 def test_errors_are_openai_shaped(router: RouterProcess) -> None:
@@ -508,7 +502,7 @@ HELD_S = 1.5
 
 
 def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_path: Path) -> None:
-    # The backend is reached through a tap that holds its stream back after the first bytes:
+    # The backend is reached through a tap that holds its stream back after its first chunk:
     # the stream is in flight for as long as the test says, however fast or slow the machine.
     tap = Tap(servers["mixtral"].port)
     drained = RouterProcess(
@@ -547,12 +541,19 @@ def test_sigterm_drains_requests_in_flight(servers: dict[str, VllmServer], tmp_p
             assert time.monotonic() < deadline, "still accepting connections 30 s after SIGTERM"
             time.sleep(0.2)
         time.sleep(HELD_S)
-        assert drained.process is not None and drained.process.poll() is None, "did not wait"
+        assert drained.process is not None
+        alive = drained.process.poll() is None
         tap.release()
         rest = response.read()
         connection.close()
+    except BaseException:
+        drained.stop()
+        raise
     finally:
         tap.close()
+    assert alive, (
+        f"stopped with a stream in flight ({(first + rest)[-60:]!r}):\n{drained.log_tail()}"
+    )
     assert (first + rest).endswith(b"data: [DONE]\n\n")
     assert (first + rest).count(b'"finish_reason":"length"') == CHOICES  # every choice finished
     assert drained.stop(signalled=True) == 0, drained.log_tail()
