@@ -174,7 +174,7 @@ def test_openai_client_works_unchanged(router: RouterProcess) -> None:
     # worker checks on its own (a worker may still be starting when the first request comes),
     # so ask on new connections, which land on either worker, until several answers in a row
     # leave the dead backends out, within a few health intervals.
-    clean, deadline = 0, time.monotonic() + 10
+    clean, deadline = 0, time.monotonic() + 30  # seconds on a loaded machine
     while clean < 6:
         assert time.monotonic() < deadline, f"dead backends still listed: {models}"
         models = {m.id for m in client(router).models.list()}
@@ -279,7 +279,7 @@ def test_rate_limit_answers_429_across_workers(router: RouterProcess, dataplane:
 def test_usage_is_written_to_postgresql(router: RouterProcess, dataplane: Dataplane) -> None:
     key = new_key(dataplane, "metered")
     client(router, key).completions.create(model="coder", prompt="count me", max_tokens=7)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # seconds on a loaded machine
     rows: list[str] = []
     while time.monotonic() < deadline and not rows:
         time.sleep(0.5)
@@ -302,7 +302,7 @@ def test_temperature_zero_answers_come_from_the_cache(router: RouterProcess) -> 
     # answers it again, and that answer is stored too). Asked again until it is a hit, the hit
     # is one of the answers vLLM gave, byte for byte.
     answers = {first[2]}
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # seconds on a loaded machine
     while True:
         again = call("POST", router.url + "/v1/completions", body, ADMIN_KEY)
         assert again[0] == 200
@@ -427,7 +427,7 @@ def test_sighup_reloads_without_dropping_connections(router: RouterProcess) -> N
     rest = response.read()
     assert (first + rest).endswith(b"data: [DONE]\n\n")  # the stream in flight finished
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # seconds on a loaded machine
     while time.monotonic() < deadline:  # both workers, over new connections
         statuses = {
             call("POST", router.url + "/v1/completions",
