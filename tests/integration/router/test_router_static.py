@@ -4,7 +4,9 @@ The daemon runs with ``router.semantic.static`` in front of real vLLM serving Mi
 with benchmarks/fast_backend.py (a test double of vLLM) as every generating model. What the
 embeddings server did is read from the server itself (``vllm:prompt_tokens_total``): one
 build of the table costs three prompt tokens per vocabulary token it embeds, so four workers
-that each built it would cost four times as much.
+that each built it would cost four times as much. The vocabulary is the model's, reduced to
+the pieces of the prompts sent here (``static_vocabulary``, conftest.py): a build of a few
+hundred rows, which decides those prompts as the whole table would.
 """
 
 from __future__ import annotations
