@@ -8,6 +8,10 @@ verify` and `security`), and the stop with a message when the archive is require
 What needs a running Grafana (service, address, /api/health, login, datasource and dashboards
 as Grafana sees them) runs only when the scenario was given the official release archive
 (HXP_GRAFANA_ARCHIVE, see molecule.yml), and otherwise skips with that reason.
+
+On the stack (roles/conftest.py) the settings are the rendered ones: the dashboards hxp
+generates, the metrics host's Prometheus URL, user and scrape interval, and the lab's bundle,
+which holds no Grafana archive.
 """
 
 import configparser
@@ -19,6 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+testinfra_hosts = ["metrics"]
+# The stack's play for this role (roles/conftest.py, converge).
+STACK_PLAYBOOK = "metrics.yml"
 HOST = "hx-metrics-server-01"
 PORT = 3000
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -40,8 +47,11 @@ _ConvergeLoader.add_constructor("!unsafe", lambda loader, node: loader.construct
 
 
 @pytest.fixture(scope="module")
-def dashboards():
-    """hxp_grafana_dashboards as converge.yml gives it: one source for the role and the tests."""
+def dashboards(deployed):
+    """hxp_grafana_dashboards as converge.yml gives it (one source for the role and the
+    tests), or as the stack's deployment rendered it."""
+    if deployed is not None:
+        return deployed["hxp_grafana_dashboards"]
     text = (SCENARIO / "converge.yml").read_text()
     play = yaml.load(text, Loader=_ConvergeLoader)[0]  # noqa: S506 - a SafeLoader plus !unsafe
     return play["vars"]["hxp_grafana_dashboards"]
@@ -53,8 +63,21 @@ def admin_password(scenario_secret):
 
 
 @pytest.fixture(scope="module")
-def prometheus_password(scenario_secret):
-    return scenario_secret("prometheus-password")
+def prometheus_password(scenario_secret, deployed):
+    return scenario_secret("prometheus-password" if deployed is None else "metrics-web-password")
+
+
+@pytest.fixture(scope="module")
+def datasource(address, deployed):
+    """Where the datasource points: converge.yml's Prometheus URL, the role's defaults for the
+    rest; or the stack's rendered settings."""
+    if deployed is None:
+        return {"url": f"http://{address}:9090", "user": "hxp", "interval": "15s"}
+    return {
+        "url": deployed["hxp_grafana_prometheus_url"],
+        "user": deployed["hxp_grafana_prometheus_user"],
+        "interval": f"{deployed['hxp_grafana_scrape_interval_s']}s",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -128,24 +151,24 @@ def test_secret_key_is_private_and_long(host):
     assert re.fullmatch(r"[A-Za-z0-9]{48}", key)
 
 
-def test_datasource_is_provisioned(host, address, prometheus_password):
+def test_datasource_is_provisioned(host, datasource, prometheus_password):
     provisioning = yaml.safe_load(
         private_file(host, "/etc/grafana/provisioning/datasources/hxp.yml")
     )
     assert provisioning["apiVersion"] == 1
-    (datasource,) = provisioning["datasources"]
-    assert datasource == {
+    (provisioned,) = provisioning["datasources"]
+    assert provisioned == {
         "name": "Prometheus",
         "type": "prometheus",
         "uid": "hxp-prometheus",
         "access": "proxy",
-        "url": f"http://{address}:9090",
+        "url": datasource["url"],
         "isDefault": True,
         "editable": False,
         # timeInterval: the default hxp_grafana_scrape_interval_s; converge.yml does not set it.
-        "jsonData": {"httpMethod": "POST", "timeInterval": "15s"},
+        "jsonData": {"httpMethod": "POST", "timeInterval": datasource["interval"]},
         "basicAuth": True,
-        "basicAuthUser": "hxp",
+        "basicAuthUser": datasource["user"],
         # Grafana expands $NAME in provisioning files and reads $$ as $.
         "secureJsonData": {"basicAuthPassword": prometheus_password.replace("$", "$$")},
     }
@@ -165,8 +188,8 @@ def test_dashboards_are_written(host, dashboards):
     assert sorted(host.file(DASHBOARDS_DIR).listdir()) == sorted(dashboards)
     for name, model in dashboards.items():
         assert json.loads(private_file(host, f"{DASHBOARDS_DIR}/{name}")) == model
-    router = host.file(f"{DASHBOARDS_DIR}/hxp-router.json").content_string
-    assert '"legendFormat": "{{model}}"' in router, "Grafana's own template syntax, unevaluated"
+    written = "".join(host.file(f"{DASHBOARDS_DIR}/{name}").content_string for name in dashboards)
+    assert '"legendFormat": "{{model}}"' in written, "Grafana's own template syntax, unevaluated"
 
 
 def test_no_secret_in_a_world_readable_file(host, secrets):
@@ -220,7 +243,7 @@ def test_grafana_is_started_only_with_its_binary(host):
 
 
 def test_next_run_removes_unlisted_dashboards_and_keeps_the_rest(
-    host, dashboards, secrets, converge
+    host, dashboards, secrets, converge, deployed
 ):
     """A dashboard dropped from hxp_grafana_dashboards leaves a file behind: the next run
     removes it, and changes nothing else (the secret key above all)."""
@@ -232,13 +255,17 @@ def test_next_run_removes_unlisted_dashboards_and_keeps_the_rest(
     assert sorted(host.file(DASHBOARDS_DIR).listdir()) == sorted(dashboards)
     assert host.file("/etc/grafana/secret_key").sha256sum == secret_key
     output = " ".join(run.stdout.split())
-    if not host.file(BINARY).exists:
-        assert "Grafana was not installed: the bundle has no Grafana archive" in output
+    if not host.file(BINARY).exists:  # the role says so; on the stack, hxp deploy's summary
+        assert (
+            "Grafana was not installed: the bundle has no Grafana archive"
+            if deployed is None
+            else "Grafana is set up but its server is not installed nor started"
+        ) in output
     for name, value in secrets.items():
         assert value not in run.stdout + run.stderr, f"the {name} is in the play's output"
 
 
-def test_a_required_archive_stops_the_play_only_when_it_is_absent(host, converge):
+def test_a_required_archive_stops_the_play_only_when_it_is_absent(host, converge, deployed):
     run = converge({"hxp_grafana_require_binary": True})
     if host.file(BINARY).exists:  # the scenario was given the archive: nothing is absent
         assert run.returncode == 0, run.stdout[-3000:]
@@ -246,7 +273,10 @@ def test_a_required_archive_stops_the_play_only_when_it_is_absent(host, converge
     assert run.returncode == 2, run.stdout[-3000:]
     assert run.recap(HOST)["changed"] == 0
     output = " ".join((run.stdout + run.stderr).split())
-    assert "no bundle is set (bundle.path in hxp.yml)" in output
+    # The scenario sets no bundle; the stack's lab has one, without Grafana.
+    assert "no bundle is set (bundle.path in hxp.yml)" in output or (
+        deployed is not None and "holds no artifact grafana" in output
+    )
     assert "Add to the bundle spec the artifact {name: grafana, kind: archive" in output
     assert "grafana-VERSION.linux-amd64.tar.gz" in output
 
@@ -276,14 +306,14 @@ def test_healthy_and_the_admin_password_is_required(grafana_api, admin_password)
 
 @pytest.mark.usefixtures("running")
 def test_grafana_has_the_datasource_and_the_dashboards(
-    grafana_api, address, admin_password, dashboards
+    grafana_api, datasource, admin_password, dashboards
 ):
     auth = {"user": "admin", "password": admin_password}
     status, body = grafana_api("/api/datasources/uid/hxp-prometheus", **auth)
     assert status == 200, body
-    datasource = json.loads(body)
-    assert (datasource["type"], datasource["basicAuth"]) == ("prometheus", True)
-    assert datasource["url"] == f"http://{address}:9090"
+    provisioned = json.loads(body)
+    assert (provisioned["type"], provisioned["basicAuth"]) == ("prometheus", True)
+    assert provisioned["url"] == datasource["url"]
     status, body = grafana_api("/api/search?type=dash-db", **auth)
     assert status == 200, body
     assert sorted(d["uid"] for d in json.loads(body)) == sorted(
