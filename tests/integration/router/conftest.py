@@ -4,8 +4,8 @@
 and stops it with a signal. ``dataplane`` gives one throwaway PostgreSQL and Redis for the
 module. ``Tap`` is a TCP relay that records the bytes a backend sends, so that a test can
 compare them with what the router passed on, and that can hold an event stream back after its
-first bytes, so that a test can see the router pass on a piece before the backend has sent the
-rest.
+head and first chunk, so that a test can see the router pass on a piece before the backend has
+sent the rest.
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ class Tap:
         self.target_port = target_port
         self.port = free_port()
         self.recorded: list[bytearray] = []
-        self.holding = threading.Event()  # an event stream's first bytes are out, the rest held
+        self.holding = threading.Event()  # a stream's first chunk is out, the rest held
         self._hold_next = False
         self._release: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
