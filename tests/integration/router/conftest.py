@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dataplane import (
     Postgres,
@@ -354,6 +355,17 @@ class Tap:
         self._thread.join(10)
 
 
+def metric_sum(text: str, sample: str, **labels: str) -> float:
+    """The sum of the samples named ``sample`` (``hxp_router_requests_total``, a histogram's
+    ``..._count``) in the exposition ``text`` whose labels include ``labels``."""
+    return sum(
+        found.value
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == sample and labels.items() <= found.labels.items()
+    )
+
+
 def dechunk(wire: bytes) -> bytes:
     """The body of an HTTP/1.1 chunked message (``wire`` starts after the head)."""
     body, rest = bytearray(), wire
@@ -400,8 +412,9 @@ def static_vocabulary(tiny_models: Path, tmp_path_factory: pytest.TempPathFactor
     the lab's router builds the whole one (tests/stack), and the semantic benchmark measures it.
     """
     from hxp_runtime.router.static_embedding import SPECIAL, WordPiece, read_vocabulary
+    from tests.vllm_servers import EMBEDDINGS_MODEL
 
-    source = tiny_models / "all-minilm-l6-v2" / "vocab.txt"
+    source = tiny_models / EMBEDDINGS_MODEL / "vocab.txt"
     vocabulary, _ = read_vocabulary(source)
     tokenizer = WordPiece(vocabulary)
     labelled = json.loads(PROMPTS.read_text())

@@ -28,6 +28,7 @@ from tests.integration.router.conftest import (
     PROMPTS,
     RouterProcess,
     call,
+    metric_sum,
     worker_pids,
 )
 from tests.integration.router.test_semantic_vllm import settled_prompt_tokens
@@ -102,11 +103,6 @@ def labelled_prompts(count: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def decisions(text: str, path: str) -> float:
-    prefix = f'hxp_router_semantic_decision_duration_seconds_count{{path="{path}"}} '
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
-
-
 def test_four_workers_build_one_table_and_decide_without_embeddings_calls(
     vllm_servers: Servers,
     static_vocabulary: Path,
@@ -164,7 +160,9 @@ def test_four_workers_build_one_table_and_decide_without_embeddings_calls(
             answers = list(pool.map(ask, prompts))
         assert {status for _, status, _ in answers} == {200}
         metrics = call("GET", router.url + "/metrics")[2].decode()
-        static, embedded = decisions(metrics, "static"), decisions(metrics, "embedded")
+        count = "hxp_router_semantic_decision_duration_seconds_count"
+        static = metric_sum(metrics, count, path="static")
+        embedded = metric_sum(metrics, count, path="embedded")
         spent = settled_prompt_tokens(server, before) - before
         right = sum(category == backend for category, _, backend in answers)
         print(

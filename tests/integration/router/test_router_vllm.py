@@ -37,6 +37,7 @@ from tests.integration.router.conftest import (
     call,
     dechunk,
     hxp_keys,
+    metric_sum,
     new_key,
     worker_pids,
 )
@@ -357,26 +358,15 @@ def test_fallbacks_happen_in_the_configured_order(router: RouterProcess) -> None
     assert 'hxp_router_upstream_healthy{backend="ghost"} 0.0' in metrics
 
 
-def metric_sum(text: str, name: str, *labels: str) -> float:
-    """The sum of the samples of ``name`` in exposition ``text`` whose labels include every one
-    of ``labels`` (each as written, e.g. ``'status="200"'``)."""
-    total = 0.0
-    for line in text.splitlines():
-        series, _, value = line.rpartition(" ")
-        if series.startswith(name + "{") and all(label in series for label in labels):
-            total += float(value)
-    return total
-
-
 def test_metrics_are_aggregated_over_workers(router: RouterProcess) -> None:
     def scrape() -> str:
         return call("GET", router.url + "/metrics")[2].decode()
 
     counted = {
-        "coder 200": ("hxp_router_requests_total", 'model="coder"', 'status="200"'),
-        "401": ("hxp_router_requests_total", 'status="401"'),
-        "semantic": ("hxp_router_routing_decisions_total", 'strategy="semantic"'),
-        "embedded": ("hxp_router_semantic_decision_duration_seconds_count", 'path="embedded"'),
+        "coder 200": ("hxp_router_requests_total", {"model": "coder", "status": "200"}),
+        "401": ("hxp_router_requests_total", {"status": "401"}),
+        "semantic": ("hxp_router_routing_decisions_total", {"strategy": "semantic"}),
+        "embedded": ("hxp_router_semantic_decision_duration_seconds_count", {"path": "embedded"}),
     }
     before = scrape()
     # Each request on a new connection: SO_REUSEPORT spreads them over both workers, and one
@@ -395,8 +385,8 @@ def test_metrics_are_aggregated_over_workers(router: RouterProcess) -> None:
     status, headers, _ = call("POST", router.url + "/v1/completions", auto, ADMIN_KEY)
     assert status == 200
     after = scrape()
-    grown = {what: metric_sum(after, *series) - metric_sum(before, *series)
-             for what, series in counted.items()}  # fmt: skip
+    grown = {what: metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+             for what, (name, labels) in counted.items()}  # fmt: skip
     coder = 7 + (headers["x-hxp-backend"] == "coder")  # the new prompt asks for code
     assert grown == {"coder 200": coder, "401": 3, "semantic": 1, "embedded": 1}
     assert "hxp_router_request_duration_seconds_bucket" in after
