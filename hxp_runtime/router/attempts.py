@@ -45,10 +45,16 @@ class Backoff:
         self._model: str | None = None
         self._retry = 0
 
-    async def before(self, backend: Backend, deadline: float) -> bool:
-        """Wait before trying ``backend``; False when the wait would pass the deadline."""
+    def first(self, backend: Backend) -> bool:
+        """Whether ``backend`` is its model's first try, which starts at once (no coroutine)."""
         if self._model != backend.model:
             self._model, self._retry = backend.model, 0
+            return True
+        return False
+
+    async def before(self, backend: Backend, deadline: float) -> bool:
+        """Wait before trying ``backend``; False when the wait would pass the deadline."""
+        if self.first(backend):
             return True
         self._retry += 1
         delay = self.backoff_s * 2 ** (self._retry - 1)
@@ -187,7 +193,9 @@ async def attempt(
         if not live.breaker.acquire():
             continue
         try:
-            go = await backoff.before(backend, deadline) and not live.stats.draining
+            go = (
+                backoff.first(backend) or await backoff.before(backend, deadline)
+            ) and not live.stats.draining
         except BaseException:  # the client went away during the backoff
             live.breaker.release()
             raise

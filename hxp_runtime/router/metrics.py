@@ -13,7 +13,8 @@ starts; prometheus-client then keeps values in per-process files and /metrics ag
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -43,6 +44,23 @@ DECISION_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+Increment = Callable[[float], None]
+# A histogram child's sum, its buckets' upper bounds (+Inf last) and each bucket's increment.
+HistogramParts = tuple[Increment, tuple[float, ...], tuple[Increment, ...]]
+
+
+def counter_increment(child: Counter) -> Increment:
+    """What ``child.inc(n)`` comes to for n >= 0 without an exemplar: its value's increment."""
+    return child._value.inc  # prometheus-client 0.26, pinned in pyproject.toml
+
+
+def histogram_parts(child: Histogram) -> HistogramParts:
+    """What ``child.observe(x)`` does, as parts: add x to the sum, count it in the first bucket
+    whose bound is >= x (``bisect_left`` over the bounds)."""
+    bounds = tuple(child._upper_bounds)
+    buckets = tuple(bucket.inc for bucket in child._buckets)
+    return child._sum.inc, bounds, buckets
 
 
 def slo_threshold_s(latency_ms: float) -> float:
@@ -164,10 +182,14 @@ class RouterMetrics:
             if tls
             else None
         )
-        self._request_children: dict[tuple[str, str, int], Counter] = {}
-        self._duration_children: dict[tuple[str, str], Histogram] = {}
-        self._ttft_children: dict[tuple[str, str], Histogram] = {}
-        self._decision_children: dict[Strategy, Counter] = {}
+        # The label children of the per-request metrics, as the value objects' own methods:
+        # prometheus-client's Counter.inc and Histogram.observe check, per call, what these
+        # metrics settle once (observable, a count never negative), and a histogram looks for
+        # its bucket in a Python loop. ``test_metrics`` holds the result to theirs.
+        self._request_children: dict[tuple[str, str, int], Increment] = {}
+        self._duration_children: dict[tuple[str, str], HistogramParts] = {}
+        self._ttft_children: dict[tuple[str, str], HistogramParts] = {}
+        self._decision_children: dict[Strategy, Increment] = {}
         self._model_choice_children: dict[str, Histogram] = {}
 
     def observe(
@@ -175,28 +197,40 @@ class RouterMetrics:
     ) -> None:
         """One answered request; the label children are cached (a dict hit per call)."""
         key = (model, backend, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_children[key] = self.requests.labels(model, backend, status)
-        counter.inc()
+        increment = self._request_children.get(key)
+        if increment is None:
+            increment = self._request_children[key] = counter_increment(
+                self.requests.labels(model, backend, status)
+            )
+        increment(1)
         pair = (model, backend)
         duration = self._duration_children.get(pair)
         if duration is None:
-            duration = self._duration_children[pair] = self.duration.labels(model, backend)
-        duration.observe(seconds)
+            duration = self._duration_children[pair] = histogram_parts(
+                self.duration.labels(model, backend)
+            )
+        add_sum, bounds, buckets = duration
+        add_sum(seconds)
+        buckets[bisect_left(bounds, seconds)](1)
         if ttft is not None:
             first = self._ttft_children.get(pair)
             if first is None:
-                first = self._ttft_children[pair] = self.ttft.labels(model, backend)
-            first.observe(ttft)
+                first = self._ttft_children[pair] = histogram_parts(
+                    self.ttft.labels(model, backend)
+                )
+            add_sum, bounds, buckets = first
+            add_sum(ttft)
+            buckets[bisect_left(bounds, ttft)](1)
 
     def decided(self, strategies: Iterable[Strategy]) -> None:
         """One routing decision these strategies took part in (cached children, as above)."""
         for strategy in strategies:
-            counter = self._decision_children.get(strategy)
-            if counter is None:
-                counter = self._decision_children[strategy] = self.decisions.labels(strategy.value)
-            counter.inc()
+            increment = self._decision_children.get(strategy)
+            if increment is None:
+                increment = self._decision_children[strategy] = counter_increment(
+                    self.decisions.labels(strategy.value)
+                )
+            increment(1)
 
     def model_choice(self, path: str, seconds: float) -> None:
         """One semantic model choice; ``path`` is cached, static, embedded or failed."""

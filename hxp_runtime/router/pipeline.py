@@ -97,6 +97,10 @@ class CacheLookup:
 
 
 NOT_CACHED = CacheLookup()
+# json.loads(bytes) guesses the encoding in Python (BOMs, UTF-16/32) before decoding; a body that
+# opens an object with "{" then a byte other than NUL is UTF-8 by the same rules, and is decoded
+# directly, exactly as json.loads would decode it.
+_DECODE = json.JSONDecoder().decode
 
 
 def unauthorized() -> web.Response:
@@ -191,7 +195,10 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
 
 def parse(endpoint: Endpoint, path: bytes, body: bytes) -> ClientRequest:
     try:
-        payload = json.loads(body)
+        if body[:1] == b"{" and body[1:2] != b"\x00":
+            payload = _DECODE(body.decode("utf-8", "surrogatepass"))
+        else:
+            payload = json.loads(body)
     except ValueError as exc:
         raise Rejected(
             error_response(400, f"The body is not valid JSON: {exc}", "invalid_json")

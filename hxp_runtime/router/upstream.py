@@ -99,7 +99,14 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._response: UpstreamResponse | None = None
+        # The deadline of the exchange under way, and the timer that enforces it. The timer is
+        # not cancelled when an exchange ends: a connection's next exchange reuses it, and a
+        # timer that fires early for it is set again (``_check_deadline``). One timer per
+        # request, made and cancelled, cost more than the rest of the exchange's bookkeeping.
+        self._deadline = 0.0
+        self._busy = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         # Streaming: decoded pieces not yet read, and the reader waiting for more.
         self._pieces: deque[bytes] = deque()
         self._queued = 0
@@ -118,6 +125,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._drop_timer()
         if self._state == _UNTIL_CLOSE:
             self._complete()
         elif self._state != _IDLE:
@@ -165,20 +173,45 @@ class Connection(asyncio.Protocol):
         self._response = None
         self._sink = None
         self._relayed = None
-        waiter = self.pool.loop.create_future()
+        loop = self.pool.loop
+        waiter = loop.create_future()
         self._waiter = waiter
-        self._timer = self.pool.loop.call_at(deadline, self.expire)
+        self._deadline = deadline
+        self._busy = True
+        if self._timer is None or self._timer_at > deadline:
+            self._arm(deadline)
         self.transport.write(request)
         return waiter
 
     def abort(self) -> None:
         self.closed = True
+        self._drop_timer()
         if self.transport is not None:
             self.transport.abort()
 
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.pool.loop.call_at(when, self._check_deadline)
+
+    def _drop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _check_deadline(self) -> None:
+        """The timer fired: expire the exchange under way if its deadline passed, else wait on."""
+        self._timer = None
+        if not self._busy:
+            return  # armed for an exchange that ended in time; the next one arms its own
+        if self.pool.loop.time() < self._deadline:
+            self._arm(self._deadline)  # armed for an earlier exchange's deadline
+            return
+        self.expire()
+
     def expire(self) -> None:
         """The exchange's deadline passed: fail whoever waits and drop the connection."""
-        self._timer = None
         self._fail(UpstreamError("timeout", "the backend did not answer before the deadline"))
         self.abort()
 
@@ -297,7 +330,7 @@ class Connection(asyncio.Protocol):
             if relayed is not None and not relayed.done():
                 relayed.set_result(None)
             return
-        self._cancel_timer()
+        self._end_exchange()
         response = self._response
         assert response is not None
         response.body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -311,13 +344,12 @@ class Connection(asyncio.Protocol):
             assert self._response is not None
             waiter.set_result(self._response)
 
-    def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+    def _end_exchange(self) -> None:
+        """The exchange is over: its deadline no longer applies (the timer may stay armed)."""
+        self._busy = False
 
     def _fail(self, error: UpstreamError) -> None:
-        self._cancel_timer()
+        self._end_exchange()
         self._state = _IDLE
         self.keep_alive = False
         self._error = error
@@ -376,7 +408,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def finish_stream(self) -> None:
-        self._cancel_timer()
+        self._end_exchange()
         if self._done and self._error is None and not self._pieces:
             self.pool.release(self)
         else:
@@ -469,19 +501,16 @@ class UpstreamPool:
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._exchange(conn, request, deadline, buffered)
+                return await conn.send(request, deadline, buffered=buffered)
+            except asyncio.CancelledError:
+                conn.abort()
+                raise
             except UpstreamError as exc:
                 # A reused connection the backend had just closed: the request never reached
                 # it, so sending it again on a fresh connection duplicates nothing.
                 if exc.reason != "reset" or conn.answered:
                     raise
         conn = await self._connect(deadline)
-        return await self._exchange(conn, request, deadline, buffered)
-
-    @staticmethod
-    async def _exchange(
-        conn: Connection, request: bytes, deadline: float, buffered: bool
-    ) -> UpstreamResponse:
         try:
             return await conn.send(request, deadline, buffered=buffered)
         except asyncio.CancelledError:

@@ -3,6 +3,7 @@ SLO alert rules count the requests faster than each (hxp_runtime.observability.a
 
 from __future__ import annotations
 
+from hxp_runtime.config import Strategy
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.metrics import (
     DURATION_BUCKETS,
@@ -71,3 +72,39 @@ def test_bucket_label_is_what_the_exposition_writes() -> None:
 def test_the_gateway_counts_at_its_slo_thresholds() -> None:
     gateway = Gateway(RouterSettings.model_validate(SETTINGS), RouterSecrets())
     assert {0.1, 0.333, 1.5} <= set(gateway.metrics.duration_buckets)
+
+
+def _without_created(metrics: RouterMetrics) -> list[str]:
+    """The exposition less its creation timestamps, which differ between two instances."""
+    return [
+        line
+        for line in metrics.exposition().decode().splitlines()
+        if "_created" not in line.split("{")[0]
+    ]
+
+
+def test_the_request_metrics_count_as_prometheus_client_s_own_methods_do() -> None:
+    """``observe`` and ``decided`` write the value objects directly (no per-call checks, the
+    bucket found by bisection); the exposition is what ``inc`` and ``observe`` would give."""
+    # Every bound itself, just around it, zero, a negative clock step, past the last bound.
+    values = [0.0, -0.001, 400.0, 1e9]
+    for bound in (*DURATION_BUCKETS, 0.333, 1.5):
+        values += [bound, bound * 0.999999, bound * 1.000001]
+    direct, reference = RouterMetrics([0.333, 1.5]), RouterMetrics([0.333, 1.5])
+    for i, seconds in enumerate(values):
+        model, backend, status = ("phi3", f"phi3-{i % 2}", (200, 429, 502)[i % 3])
+        ttft = seconds / 2 if i % 4 else None
+        direct.observe(model, backend, status, seconds, ttft)
+        reference.requests.labels(model, backend, status).inc()
+        reference.duration.labels(model, backend).observe(seconds)
+        if ttft is not None:
+            reference.ttft.labels(model, backend).observe(ttft)
+        strategies = list(Strategy)[: 1 + i % 3]
+        direct.decided(strategies)
+        for strategy in strategies:
+            reference.decisions.labels(strategy.value).inc()
+    exposition = _without_created(direct)
+    assert exposition == _without_created(reference)
+    text = "\n".join(exposition)
+    assert 'hxp_router_request_duration_seconds_bucket{backend="phi3-0",le="+Inf"' in text
+    assert "hxp_router_time_to_first_token_seconds_sum" in text

@@ -125,6 +125,27 @@ def test_parse_keeps_the_bytes_and_reads_model_and_stream() -> None:
     assert parse(CHAT, CHAT_PATH, b"{}").model is None
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"model": "cöder", "messages": []}'.encode(),
+        '{"model": "cöder", "messages": []}'.encode("utf-16"),
+        '{"model": "cöder", "messages": []}'.encode("utf-16-le"),
+        '{"model": "cöder", "messages": []}'.encode("utf-8-sig"),
+        b' \n{"model": "c\xc3\xb6der", "messages": []}',
+        b'{"model": "c\\ud800der", "messages": []}',  # an unpaired escape, as json.loads takes it
+    ],
+)
+def test_parse_reads_a_body_as_json_loads_does(body: bytes) -> None:
+    assert parse(CHAT, CHAT_PATH, body).payload == json.loads(body)
+
+
+def test_a_body_not_in_utf8_is_refused_as_json_loads_refuses_it() -> None:
+    with pytest.raises(Rejected) as rejected:
+        parse(CHAT, CHAT_PATH, b'{"model": "c\xf6der"}')
+    assert error_of(rejected) == (400, "invalid_json")
+
+
 def test_embeddings_never_stream() -> None:
     request = parse(Endpoint.EMBEDDING, b"/v1/embeddings", b'{"input": "x", "stream": true}')
     assert request.stream is False

@@ -16,9 +16,10 @@ Answer = Callable[[bytes, asyncio.StreamWriter], "asyncio.Future[None] | None"]
 
 @asynccontextmanager
 async def server(
-    *answers: list[bytes] | bytes, close_after: bool = False
+    *answers: list[bytes | float] | bytes, close_after: bool = False
 ) -> AsyncIterator[tuple[str, list[bytes], list[int]]]:
-    """A server that answers the n-th request with answers[n] (a list: written in pieces).
+    """A server that answers the n-th request with answers[n] (a list: written in pieces, a
+    number in it a pause of that many seconds).
 
     Yields its URL, the requests it received, and how many connections it accepted.
     """
@@ -36,6 +37,9 @@ async def server(
                 requests.append(head + await reader.readexactly(length))
                 answer = answers[min(len(requests), len(answers)) - 1]
                 for piece in answer if isinstance(answer, list) else [answer]:
+                    if isinstance(piece, float):
+                        await asyncio.sleep(piece)
+                        continue
                     writer.write(piece)
                     await writer.drain()
                     await asyncio.sleep(0.01)
@@ -153,6 +157,27 @@ async def test_deadline_fails_with_timeout() -> None:
         with pytest.raises(UpstreamError) as error:
             await pool.post(b"/p", b"{}", deadline(0.2), buffered=True)
         assert error.value.reason == "timeout"
+
+
+async def test_a_reused_connection_keeps_each_exchange_to_its_own_deadline() -> None:
+    """The deadline timer outlives the exchange it was set for (it is not made and cancelled per
+    request): firing early for the next exchange, it waits on; armed late, it is set earlier."""
+    slow = [0.5, ok(b'{"slow":1}')]
+    async with server(ok(b"{}"), slow, [b"HTTP/1.1 200 OK\r\n"]) as (url, _, connections):
+        pool = UpstreamPool(url)
+        loop = asyncio.get_running_loop()
+        await pool.post(b"/p", b"{}", deadline(0.2), buffered=True)
+        # Its timer fires at 0.2 s, during the next exchange, whose deadline is 2 s.
+        response = await pool.post(b"/p", b"{}", deadline(2.0), buffered=True)
+        assert response.body == b'{"slow":1}'
+        # A timer armed for a later deadline than the next exchange's is set earlier.
+        started = loop.time()
+        with pytest.raises(UpstreamError) as error:
+            await pool.post(b"/p", b"{}", deadline(0.3), buffered=True)
+        assert error.value.reason == "timeout"
+        assert 0.25 < loop.time() - started < 1.0  # not the 2 s of the timer set before
+        assert connections == [1]
+        pool.close()
 
 
 async def test_malformed_and_refused() -> None:
