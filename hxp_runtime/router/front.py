@@ -111,6 +111,52 @@ def parse_head(buffer: bytes | bytearray, end: int) -> Parsed | None:
     return PATHS[path], path, fields, end + 4, end + 4 + int(length)
 
 
+CONTENT_LENGTH_LINE = b"\r\ncontent-length:"
+
+
+class LastHead:
+    """A connection's last head the front served, less its Content-Length value.
+
+    A client on a keep-alive connection sends the same head with every request but for the
+    body's length (wrk, and the openai SDK: its ``x-stainless-*`` fields do not change between
+    requests). A head equal to the last one byte for byte, the length's digits aside, parses as
+    it did: only the digits are read again, as ``parse_head`` reads them. That saves the whole
+    parse (8.5 µs for wrk's head, measured alone). The fields are the first request's, and so is
+    their ``content-length`` entry, which nothing after the parse reads.
+    """
+
+    __slots__ = ("after", "before", "parsed")
+
+    def __init__(self, buffer: bytes | bytearray, end: int, parsed: Parsed) -> None:
+        head = bytes(buffer[: end + 2])
+        line = head.lower().find(CONTENT_LENGTH_LINE)
+        start = line + len(CONTENT_LENGTH_LINE)
+        while head[start : start + 1] in (b" ", b"\t"):
+            start += 1
+        stop = head.find(b"\r\n", start)
+        self.before = head[:start]  # through the colon and the blanks after it
+        self.after = head[stop:]  # from the line's CRLF through the last field's
+        self.parsed = parsed
+
+    def same(self, buffer: bytes | bytearray, end: int) -> Parsed | None:
+        """The parse of this head when it is the last one but for the length, else None."""
+        before = self.before
+        if not buffer.startswith(before):
+            return None
+        stop = buffer.find(b"\r\n", len(before), end + 2)
+        length = buffer[len(before) : stop]
+        if (
+            stop < 0
+            or end + 2 - stop != len(self.after)
+            or not buffer.startswith(self.after, stop)
+            or not length.isdigit()
+            or len(length) > 12
+        ):
+            return None
+        endpoint, path, fields, _, _ = self.parsed
+        return endpoint, path, fields, end + 4, end + 4 + int(length)
+
+
 class Front:
     """One worker's front: its connections, the answers' common fields, the hand-over."""
 
@@ -173,13 +219,16 @@ class Front:
 class FrontProtocol(asyncio.Protocol):
     """One client connection while the front serves it."""
 
-    __slots__ = ("buffer", "front", "idle_since", "parsed", "paused", "task", "transport")
+    __slots__ = (
+        "buffer", "front", "idle_since", "last_head", "parsed", "paused", "task", "transport"
+    )  # fmt: skip
 
     def __init__(self, front: Front) -> None:
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.buffer: bytes | bytearray = b""
         self.parsed: Parsed | None = None  # the head of a request whose body is arriving
+        self.last_head: LastHead | None = None
         self.task: asyncio.Task[None] | None = None  # the request being answered
         self.paused = False
         self.idle_since = front.loop.time()
@@ -231,7 +280,14 @@ class FrontProtocol(asyncio.Protocol):
                 elif type(buffer) is bytes:
                     self.buffer = bytearray(buffer)  # a head in pieces: gather them cheaply
                 return
-            parsed = parse_head(buffer, end) if end <= HEAD_BYTES else None
+            parsed = None
+            if end <= HEAD_BYTES:
+                last = self.last_head
+                parsed = last.same(buffer, end) if last is not None else None
+                if parsed is None:
+                    parsed = parse_head(buffer, end)
+                    if parsed is not None:
+                        self.last_head = LastHead(buffer, end, parsed)
             if parsed is None or parsed[4] - parsed[3] > self.front.max_body_bytes():
                 self.hand_over()
                 return

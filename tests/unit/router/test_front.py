@@ -22,7 +22,13 @@ from aiohttp import web
 
 from hxp_runtime.router import front as front_module
 from hxp_runtime.router.edge import EdgeRunner
-from hxp_runtime.router.front import HEAD_BYTES, FrontRunner, field_lines, parse_head
+from hxp_runtime.router.front import (
+    HEAD_BYTES,
+    FrontRunner,
+    LastHead,
+    field_lines,
+    parse_head,
+)
 from hxp_runtime.router.strategies import Endpoint
 from tests.unit.router.conftest import close_backend, one_backend_gateway, read_request
 
@@ -205,6 +211,42 @@ def test_a_hostile_head_is_refused_in_linear_time() -> None:
         began = time.perf_counter()
         assert parse_head(head, len(head) - 4) is None
         assert time.perf_counter() - began < 0.05
+
+
+def test_a_head_like_the_last_but_for_the_length_parses_as_parse_head_parses_it() -> None:
+    """LastHead.same gives parse_head's answer or None (parse again), never another answer:
+    checked on the head itself, other lengths, and every one-byte change around the length."""
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer k\r\n"
+        b"content-LENGTH: \t17\r\nX-Stainless-Retry-Count: 0\r\n\r\n"
+    )
+    parsed = parse_head(first, len(first) - 4)
+    assert parsed is not None
+    last = LastHead(first, len(first) - 4, parsed)
+
+    def expected(head: bytes) -> object:
+        result = parse_head(head, len(head) - 4)
+        return None if result is None else (*result[:2], result[3:])
+
+    def same(head: bytes) -> object:
+        result = last.same(head, len(head) - 4)
+        return None if result is None else (*result[:2], result[3:])
+
+    assert same(first) == expected(first)
+    for length in (b"0", b"9", b"00017", b"123456789012"):
+        head = first.replace(b"17", length)
+        assert same(head) == expected(head) is not None, length
+        assert last.same(bytearray(head), len(head) - 4) is not None
+    for length in (b"", b"+1", b"-1", b"1 2", b"1234567890123", b"\xd9\xa1", b"1\r\nX: 1"):
+        head = first.replace(b"17", length)
+        assert same(head) is None, length  # not the same head: parsed again
+    at = first.index(b"17")
+    rng = random.Random(7)
+    for position in [*range(at - 12, at + 20), *rng.sample(range(len(first) - 4), 20)]:
+        for byte in (b" ", b"\t", b"\r", b"\n", b"x", b"9", b":", b"\x00"):
+            head = first[:position] + byte + first[position + 1 :]
+            result = same(head)
+            assert result is None or result == expected(head), (position, byte)
 
 
 # --------------------------------------------------------------------------- connections
