@@ -55,7 +55,10 @@ MODELS_DIR = REPO / DEFAULT_MODELS_DIR
 # The tiny models `hxp lab model` generates (hxp_runtime.tinymodel.TINY_MODEL_NAMES).
 LAB_MODELS = ("mixtral", "hermes", "openchat", "phi3")
 EMBEDDINGS_MODEL = "all-minilm-l6-v2"
-READY_TIMEOUT_S = 300.0
+# A server starts in 15-70 s alone. In CI the vLLM tests run beside the stack's deployment, whose
+# start waves bring up five model servers in the lab's hosts on the same two cores: once, a
+# server the router's tests started there had not loaded its worker after 300 s.
+READY_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 
 
