@@ -149,6 +149,8 @@ def model_groups(candidates: Candidates) -> Iterator[tuple[str, Candidates]]:
 
 
 def single_model(candidates: Candidates) -> bool:
+    if len(candidates) < 2:  # the common case, without a generator per request
+        return True
     return all(b.model == candidates[0].model for b in candidates)
 
 
