@@ -173,8 +173,7 @@ class Connection(asyncio.Protocol):
         self._response = None
         self._sink = None
         self._relayed = None
-        loop = self.pool.loop
-        waiter = loop.create_future()
+        waiter = self.pool.loop.create_future()
         self._waiter = waiter
         self._deadline = deadline
         self._busy = True
