@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from hxp_runtime.bundle import BundleError, build_bundle, verify_bundle
 from hxp_runtime.cli_output import EXIT_FAILED, EXIT_USAGE, JSON_FLAG, CliProblem, Kind, Report
 from hxp_runtime.config import ConfigError
 
@@ -40,6 +39,9 @@ def build(
     ] = None,
 ) -> None:
     """Collect the artifacts of SPEC into a bundle directory and write its manifest."""
+    # Here, not at the top: every `hxp` command loads this module, few build a bundle.
+    from hxp_runtime.bundle import BundleError, build_bundle  # noqa: PLC0415
+
     if not spec.is_file():
         _err(f"{spec}: file not found; check the path")
         raise typer.Exit(EXIT_USAGE)
@@ -77,6 +79,8 @@ def verify(
     as_json: Annotated[bool, typer.Option(JSON_FLAG, help="print machine-readable JSON")] = False,
 ) -> None:
     """Check every file of the bundle (or of the named artifacts) against its sha256 and size."""
+    from hxp_runtime.bundle import verify_bundle  # noqa: PLC0415 - as in build
+
     report = Report("bundle verify", as_json, str(bundle))
     result = verify_bundle(bundle, artifacts or [], optional or [])
     if not result.ok:

@@ -20,7 +20,6 @@ import typer
 from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
-from typer import rich_utils
 
 from hxp_runtime import __version__
 from hxp_runtime.bundle_cli import bundle_app
@@ -47,7 +46,6 @@ from hxp_runtime.loadtest import (
     Client,
 )
 from hxp_runtime.planner import Instance, Plan, SwapFit
-from hxp_runtime.render import render_inventory
 from hxp_runtime.router.keys_cli import keys_app
 from hxp_runtime.yamlsource import MAX_BYTES
 
@@ -320,6 +318,10 @@ def print_flows(console: Console, cfg: HxpConfig, matrix: list[Flow]) -> None:
 def write_inventory_or_exit(
     report: Report, cfg: HxpConfig, out_dir: Path, source: Path
 ) -> list[Path]:
+    # Here, not at the top: rendering loads the dashboards, alerts and the router's schema,
+    # which `hxp status` and most other commands never use.
+    from hxp_runtime.render import render_inventory  # noqa: PLC0415
+
     try:
         return render_inventory(cfg, plan_deployment(cfg), out_dir, source)
     except OSError as exc:
@@ -703,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=args, standalone_mode=False)
     except typer.TyperException as exc:
+        # typer's rich formatting of errors loads slowly; a run without an error needs none.
+        from typer import rich_utils  # noqa: PLC0415
+
         if JSON_FLAG in args:
             command = command_path(getattr(exc, "ctx", None))
             print_json(envelope(command, None, exc.exit_code, None, [usage_problem(exc)]))
@@ -710,6 +715,8 @@ def main(argv: list[str] | None = None) -> int:
             rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
         return exc.exit_code
     except typer.Abort:
+        from typer import rich_utils  # noqa: PLC0415 - as above
+
         rich_utils.rich_abort_error()
         return EXIT_FAILED
     return code if isinstance(code, int) else EXIT_OK

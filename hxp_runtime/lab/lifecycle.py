@@ -21,9 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hxp_runtime.certs import FileCa, Issued, issue, write_private
 from hxp_runtime.lab.aptproxy import AptProxy
 from hxp_runtime.lab.cgroups import kill_cgroups, lab_cgroups, remove_empty_parents
 from hxp_runtime.lab.errors import LabError, Log
@@ -58,6 +57,9 @@ from hxp_runtime.lab.state import (
 )
 from hxp_runtime.lab.supervisor import HostMachine
 
+if TYPE_CHECKING:
+    from hxp_runtime.certs import Issued
+
 BOOT_TIMEOUT_S = 90.0
 # Booted, for `up`: systemd past its early boot and sshd answering. "starting" counts: a host
 # booted again after a deploy runs that deploy's units, and a vLLM server's unit stays starting
@@ -69,6 +71,9 @@ def write_tls_files(tls: LabTls, ca: Issued, before_write: Callable[[Path], None
     """Each pair of ``tls`` issued by ``ca`` for its host's name and addresses, and the CA's
     certificate at each CA reference, where the files do not exist (0600); ``before_write`` is
     told each path first."""
+    # Here, not at the top: cryptography loads slowly, and every `hxp` command loads this module.
+    from hxp_runtime.certs import issue, write_private  # noqa: PLC0415
+
     for pair in tls.pairs:
         if pair.certificate.exists() and pair.key.exists():
             continue
@@ -252,6 +257,8 @@ class Lab:
     def _ensure_tls(self, state: LabState) -> None:
         """The lab's CA (in the state directory, key 0600), and the files of the config's TLS
         (router.tls, database.tls, cache.tls) made with it where they do not exist."""
+        from hxp_runtime.certs import FileCa  # noqa: PLC0415 - as in write_tls_files
+
         ca = FileCa(self.spec.ca_dir).ensure(f"hxp lab {self.spec.name} CA")
         if self.spec.tls is not None:
             write_tls_files(self.spec.tls, ca, partial(self._record_secret_file, state))

@@ -31,7 +31,6 @@ from hxp_runtime.router.shared import SharedState
 if TYPE_CHECKING:
     from hxp_runtime.router.app import Gateway
 
-ADMIN_HOST = "127.0.0.1"  # this machine only, whatever listen_host says
 DEFAULT_DEADLINE_S = 30.0
 MAX_DEADLINE_S = 3600.0
 POLL_S = 0.05

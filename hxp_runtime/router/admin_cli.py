@@ -26,8 +26,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from hxp_runtime.router.admin import ADMIN_HOST
 from hxp_runtime.router.settings import (
+    ADMIN_HOST,
     DEFAULT_SECRETS,
     DEFAULT_SETTINGS,
     SettingsError,

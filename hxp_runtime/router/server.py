@@ -67,12 +67,13 @@ import asyncpg
 from aiohttp import hdrs, web
 
 from hxp_runtime.router import admin_cli
-from hxp_runtime.router.admin import ADMIN_HOST, AdminApi
+from hxp_runtime.router.admin import AdminApi
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.edge import EdgeRunner, configure_logging
 from hxp_runtime.router.front import FrontRunner
 from hxp_runtime.router.metrics import MULTIPROC_ENV
 from hxp_runtime.router.settings import (
+    ADMIN_HOST,
     DEFAULT_SECRETS,
     DEFAULT_SETTINGS,
     RouterSecrets,

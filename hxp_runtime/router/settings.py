@@ -38,6 +38,8 @@ from hxp_runtime.yamlsource import YamlSourceError, load_yaml
 DEFAULT_SETTINGS = Path("/etc/hxp-router/settings.yml")
 DEFAULT_SECRETS = Path("/etc/hxp-router/secrets.yml")
 AUTO_MODEL = "auto"
+# The admin API listens here: this machine only, whatever listen_host says.
+ADMIN_HOST = "127.0.0.1"
 _URL = re.compile(r"^http://(\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+):\d+$")
 
 

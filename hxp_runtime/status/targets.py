@@ -20,7 +20,7 @@ from hxp_runtime.config import (
     service_hosts,
 )
 from hxp_runtime.planner import Plan
-from hxp_runtime.router.admin import ADMIN_HOST
+from hxp_runtime.router.settings import ADMIN_HOST
 
 ROLES = Path(__file__).resolve().parents[2] / "roles"
 ROUTER_UNIT = "hxp-router"
