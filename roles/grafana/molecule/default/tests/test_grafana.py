@@ -25,7 +25,7 @@ import yaml
 
 testinfra_hosts = ["metrics"]
 # The stack's play for this role (roles/conftest.py, converge).
-STACK_PLAYBOOK = "metrics.yml"
+STACK_PLAYBOOK = "dashboards.yml"
 HOST = "hx-metrics-server-01"
 PORT = 3000
 SCENARIO = Path(__file__).resolve().parents[1]
