@@ -253,7 +253,11 @@ class Gateway:
             runtime = backends[backend.id]
             runtime.monitor = self.spawn(
                 runtime.watch(
-                    self._session, headers, settings.health_check, settings.load_poll_interval_s
+                    self._session,
+                    headers,
+                    settings.health_check,
+                    settings.load_poll_interval_s,
+                    self.shared,
                 )
             )
         for backend_id, old in previous.items():

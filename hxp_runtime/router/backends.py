@@ -9,7 +9,9 @@ out ``open_s`` (a breaker opened by an outage ends with the outage, in every wor
 check interval and one probe). A half-open breaker gets its probe slots back at each passing
 check, so no lost probe keeps a healthy backend out for longer than one interval. A
 second loop polls the backend's ``/metrics`` for vLLM's own queue gauges, which the
-load-balancing strategies read.
+load-balancing strategies read. Workers that share state (hxp_runtime.router.shared) poll a
+backend once per interval between them: the first whose turn comes reads /metrics and
+publishes the gauges, the others read them from there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import aiohttp
 from hxp_runtime.config import CircuitBreaker as BreakerSettings
 from hxp_runtime.config import HealthCheck
 from hxp_runtime.router.breaker import BreakerState, CircuitBreaker
+from hxp_runtime.router.shared import SharedState
 from hxp_runtime.router.strategies import Backend, BackendStats
 from hxp_runtime.router.upstream import UpstreamPool
 
@@ -33,6 +36,12 @@ EWMA_ALPHA = 0.2
 # One slow answer from a busy server is not an outage: a backend fails its active checks after
 # this many failures in a row (real requests eject faster, through the circuit breaker).
 FAILED_CHECKS_TO_EJECT = 2
+# A poll another worker made less than this share of the interval ago stands for this worker's
+# own: the worker that polled published a little after its turn (the poll's own time), so at
+# its next turn, one interval later, the gauges are a little younger than the interval.
+FRESH_SHARE = 0.9
+# How often a worker looks again while another polls the backend it wants the load of.
+SHARED_POLL_WAIT_S = 0.01
 VLLM_GAUGES = {
     "vllm:num_requests_running": "running",
     "vllm:num_requests_waiting": "waiting",
@@ -149,12 +158,63 @@ class BackendRuntime:
         return answer is not None and answer[0] == 200
 
     async def poll_load(
-        self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
+        self,
+        session: aiohttp.ClientSession,
+        headers: dict[str, str],
+        timeout_s: float,
+        shared: SharedState | None = None,
+        interval_s: float = 0.0,
     ) -> None:
+        """vLLM's load gauges into the stats: from the worker that read them from this URL
+        within most of ``interval_s`` (``shared``), else from the backend's /metrics."""
+        if shared is None:
+            gauges = await self._read_load(session, headers, timeout_s)
+        else:
+            gauges = await self._shared_load(session, headers, timeout_s, shared, interval_s)
+        for name in VLLM_GAUGES.values():
+            if gauges is not None and name in gauges:
+                setattr(self.stats, name, float(gauges[name]))
+
+    async def _read_load(
+        self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
+    ) -> dict[str, float] | None:
         answer = await self._get(session, "/metrics", headers, timeout_s)
-        if answer is not None and answer[0] == 200:
-            for name, value in parse_vllm_load(answer[1]).items():
-                setattr(self.stats, name, value)
+        return parse_vllm_load(answer[1]) if answer is not None and answer[0] == 200 else None
+
+    async def _shared_load(
+        self,
+        session: aiohttp.ClientSession,
+        headers: dict[str, str],
+        timeout_s: float,
+        shared: SharedState,
+        interval_s: float,
+    ) -> dict[str, float] | None:
+        """A fresh poll of another worker; else this worker's own, published. While another
+        worker polls the backend, wait for its answer (up to ``timeout_s``) rather than send a
+        second poll: workers whose turns come together would otherwise find the lock taken at
+        every turn and never see a fresh answer."""
+        backend_id, url = self.backend.id, self.backend.url
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            while True:
+                with shared.polling(backend_id) as mine:
+                    seen = shared.fresh_load(backend_id, url, interval_s * FRESH_SHARE)
+                    if seen is not None:
+                        return seen
+                    if mine:
+                        gauges = await self._read_load(session, headers, timeout_s)
+                        if gauges is not None:
+                            shared.publish_load(backend_id, url, gauges)
+                        return gauges
+                if loop.time() >= deadline:
+                    return None
+                await asyncio.sleep(SHARED_POLL_WAIT_S)
+        except OSError as exc:
+            log.warning(
+                "backend %s: shared load state unusable (%s); polling alone", backend_id, exc
+            )
+            return await self._read_load(session, headers, timeout_s)
 
     async def watch(
         self,
@@ -162,8 +222,10 @@ class BackendRuntime:
         headers: dict[str, str],
         health: HealthCheck,
         load_interval_s: float,
+        shared: SharedState | None = None,
     ) -> None:
-        """Health checks every ``health.interval_s``, load polls every ``load_interval_s``."""
+        """Health checks every ``health.interval_s``, load polls every ``load_interval_s``
+        (between all the workers that share ``shared``)."""
         loop = asyncio.get_running_loop()
         next_health = next_load = loop.time()
         failures = 0
@@ -181,6 +243,7 @@ class BackendRuntime:
                     self.set_health(passed)
             if now >= next_load:
                 next_load = now + load_interval_s
-                await self.poll_load(session, headers, min(load_interval_s, health.timeout_s))
+                timeout_s = min(load_interval_s, health.timeout_s)
+                await self.poll_load(session, headers, timeout_s, shared, load_interval_s)
             upcoming = min(next_health, next_load) if health.enabled else next_load
             await asyncio.sleep(max(0.0, upcoming - loop.time()))
