@@ -107,7 +107,9 @@ class RouterSettings(RouterPolicy):
     # Runtime knobs hxp.yml does not expose; the defaults suit production.
     require_api_key: bool = True
     auth_cache_ttl_s: PositiveFloat = Field(30, description="how long a looked-up key is trusted")
-    load_poll_interval_s: PositiveFloat = Field(1, description="vLLM /metrics polling period")
+    load_poll_interval_s: PositiveFloat = Field(
+        1, description="vLLM /metrics polling period (one poll per period for all workers)"
+    )
     usage_flush_interval_s: PositiveFloat = 5
 
     @model_validator(mode="after")
