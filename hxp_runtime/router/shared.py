@@ -99,12 +99,22 @@ class SharedState:
         """
         try:
             seen = json.loads((self._load / f"{backend_id}.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
-        if seen.get("url") != url or time.monotonic() - seen.get("at", 0.0) >= max_age_s:
+        # Anything but what publish_load writes is no answer: the monitor that reads it must
+        # not fail on a damaged file, it polls the backend instead.
+        if not isinstance(seen, dict):
             return None
-        gauges = seen.get("gauges")
-        return gauges if isinstance(gauges, dict) else None
+        at, gauges = seen.get("at"), seen.get("gauges")
+        if (
+            seen.get("url") != url
+            or not isinstance(at, float)
+            or not isinstance(gauges, dict)
+            or not all(isinstance(v, (int, float)) for v in gauges.values())
+            or time.monotonic() - at >= max_age_s
+        ):
+            return None
+        return {str(name): float(value) for name, value in gauges.items()}
 
     @contextlib.contextmanager
     def polling(self, backend_id: str) -> Iterator[bool]:

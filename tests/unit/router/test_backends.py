@@ -4,6 +4,7 @@ router poll a backend's load between them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -183,3 +184,24 @@ def test_a_published_load_holds_for_its_url_and_its_interval_only(tmp_path: Path
         assert (first, second) == (True, False)
     with shared.polling("a") as again:
         assert again  # released at the end of the block
+
+
+def test_a_damaged_load_file_is_no_answer(tmp_path: Path) -> None:
+    """The monitor reading it must not fail: it polls the backend instead."""
+    shared = SharedState(tmp_path)
+    url = "http://10.0.0.1:8000"
+    fresh = time.monotonic()
+    for text in (
+        "[1, 2]",
+        "{not json",
+        b"\xff\xfe".decode("latin-1"),
+        json.dumps({"url": url, "at": "soon", "gauges": {"running": 1.0}}),
+        json.dumps({"url": url, "at": fresh, "gauges": {"running": "many"}}),
+        json.dumps({"url": url, "at": fresh, "gauges": [1.0]}),
+    ):
+        (tmp_path / "load" / "a.json").write_text(text, encoding="latin-1")
+        assert shared.fresh_load("a", url, 5.0) is None, text
+    (tmp_path / "load" / "a.json").write_text(
+        json.dumps({"url": url, "at": fresh, "gauges": {"running": 2}})
+    )
+    assert shared.fresh_load("a", url, 5.0) == {"running": 2.0}
