@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ class LoopbackBackend:
         self.arrivals: list[Arrival] = []
         self._owners: dict[int, int] = {}
         self._runner: web.AppRunner | None = None
+        self._listener: socket.socket | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -96,21 +98,41 @@ class LoopbackBackend:
         app.router.add_post("/v1/chat/completions", self._completion)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        self._listener = listener
+        await web.SockSite(self._runner, listener).start()
 
     async def _stop(self) -> None:
-        assert self._runner is not None
+        assert self._runner is not None and self._listener is not None
         server = self._runner.server
+        # asyncio accepts a connection in a task of its own, which makes its transport an
+        # iteration later; had the listener closed meanwhile, that task fails on an assertion
+        # (Server._attach, Python 3.11), silently, and leaves the accepted socket to the garbage
+        # collector: a ResourceWarning that fails whichever test is running then (CI saw it).
+        # So accepting stops first, and the accepts already under way finish while the listener
+        # is still open; then aiohttp closes it and every connection.
+        asyncio.get_running_loop().remove_reader(self._listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0)
         await self._runner.cleanup()
-        self._runner = None
-        # A connection the kernel accepted just before the listener closed gets its transport
-        # some loop iterations later, after cleanup closed the others (on a busy machine, more
-        # than 50 ms later: CI saw one): closed here too, for half a second, it would otherwise
-        # outlive the loop and fail a later test with a ResourceWarning.
-        for _ in range(10):
-            await asyncio.sleep(0.05)
-            for handler in list(server.connections if server is not None else ()):
+        self._runner = self._listener = None
+        # A closed transport closes its socket in a callback of a later iteration: connections
+        # are closed until none is left (aiohttp forgets one once it is lost, its socket closed)
+        # and no task of this loop (the backend's alone: accepts, handlers) is running, so that
+        # none outlives a stopped loop.
+        me = asyncio.current_task()
+        deadline = time.monotonic() + 20
+        while True:
+            connections = server.connections if server is not None else []  # a new list
+            if not connections and all(t is me or t.done() for t in asyncio.all_tasks()):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the loopback backend on {self.port} did not stop")
+            for handler in connections:
                 handler.force_close()
+            await asyncio.sleep(0.01)
         self._owners.clear()  # the router's next connections may reuse these ports
 
     async def _health(self, request: web.Request) -> web.Response:
