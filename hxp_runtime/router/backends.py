@@ -171,9 +171,11 @@ class BackendRuntime:
             gauges = await self._read_load(session, headers, timeout_s)
         else:
             gauges = await self._shared_load(session, headers, timeout_s, shared, interval_s)
-        for name in VLLM_GAUGES.values():
-            if gauges is not None and name in gauges:
-                setattr(self.stats, name, float(gauges[name]))
+        if gauges is None:
+            return
+        for name in VLLM_GAUGES.values():  # these names only: a shared file is read too
+            if name in gauges:
+                setattr(self.stats, name, gauges[name])
 
     async def _read_load(
         self, session: aiohttp.ClientSession, headers: dict[str, str], timeout_s: float
