@@ -18,6 +18,7 @@ from tests.unit.conftest import BASE
 # Each test runs ansible-playbook through ansible-runner: about a second apiece.
 pytestmark = pytest.mark.slow
 
+PIPELINE = Path(__file__).resolve().parents[2] / "inventory/pipeline/hxp.yml"
 LOCAL = {
     "ansible_connection": "local",
     "ansible_python_interpreter": "{{ ansible_playbook_python }}",
@@ -60,6 +61,20 @@ def test_validation_play_passes_on_a_rendered_inventory(
     for artifact in (tmp_path / "runner").rglob("*"):
         if artifact.is_file():
             assert secret not in artifact.read_text(errors="replace"), artifact
+
+
+def test_validation_play_passes_for_a_host_with_only_a_pipeline_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """inventory/pipeline: hx-llm-server-02 runs stage 2 of llama70b and no server of its own."""
+    monkeypatch.setenv("HXP_DB_PASSWORD", "value-of-an-env-secret")
+    monkeypatch.setenv("HXP_REDIS_PASSWORD", "value-of-another-secret")
+    cfg = load_config(PIPELINE)
+    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", PIPELINE)
+    rc, progress, output = _validation_play(tmp_path / "inv/hosts.yml", tmp_path)
+    assert rc == 0, output
+    assert progress.counts["hx-llm-server-02"]["ok"] == 2  # its rendering, its units
+    assert progress.counts["hx-llm-server-02"].get("failed", 0) == 0
 
 
 def test_validation_play_refuses_a_foreign_inventory(tmp_path: Path) -> None:
