@@ -493,8 +493,9 @@ class Model(Strict):
         return f"hxp-vllm-{self.name}"
 
     def stage_unit_name(self, rank: int) -> str:
-        """The unit of pipeline stage ``rank``: the head's is the model's own unit."""
-        return self.unit_name if rank == 0 else f"{self.unit_name}-stage{rank}"
+        """The unit of the stage of vLLM node rank ``rank``, numbered from 1 as `hxp plan` and the
+        unit's description number it (stage 2 is rank 1); the head's is the model's own unit."""
+        return self.unit_name if rank == 0 else f"{self.unit_name}-stage{rank + 1}"
 
     @property
     def spare_port(self) -> int:

@@ -306,7 +306,7 @@ def test_render_gives_the_head_and_the_worker_their_stage(cfg: HxpConfig) -> Non
     assert "hxp_vllm_pipeline_workers" not in head
     assert worker["hxp_vllm_instances"] == []
     (stage,) = worker["hxp_vllm_pipeline_workers"]
-    assert stage["unit"] == "hxp-vllm-big-stage1"
+    assert stage["unit"] == "hxp-vllm-big-stage2"
     assert stage["pipeline"]["rank"] == 1
     assert stage["pipeline"]["master_address"] == "10.0.0.10"
     # A model that is not split keeps its vars as they were.
@@ -346,7 +346,7 @@ def test_the_worker_unit_runs_headless(example: HxpConfig) -> None:
 def test_status_checks_the_worker_unit_and_the_head_model(cfg: HxpConfig) -> None:
     targets = {t.name: t for t in host_targets(cfg, plan_deployment(cfg))}
     assert [(u.unit, u.model) for u in targets["llm-2"].units if u.model] == [
-        ("hxp-vllm-big-stage1", "big")
+        ("hxp-vllm-big-stage2", "big")
     ]
     assert targets["llm-2"].models == []
     assert [m.url for m in targets["llm-1"].models if m.model == "big"] == [
