@@ -25,6 +25,7 @@ from hxp_runtime.flows import ENGINE_PORTS, allowed, flow_matrix
 from hxp_runtime.planner import stage_layers
 from hxp_runtime.render import inventory_files, router_vars
 from hxp_runtime.status.targets import host_targets
+from tests.playbooks import run_play
 from tests.unit.conftest import Problems, line_of, load_file_module, only
 from tests.unit.unit_templates import REPO, render
 
@@ -396,3 +397,43 @@ def example_inbound(host: str) -> list[dict[str, Any]]:
     files = yaml.safe_load((REPO / f"tests/golden/pipeline/host_vars/{host}/hxp.yml").read_text())
     inbound: list[dict[str, Any]] = files["hxp_firewall_inbound"]
     return inbound
+
+
+# Role vllm installs a C++ compiler where vLLM compiles a model on CPU (_hxp_vllm_compiles_on_cpu,
+# roles/vllm/vars/main.yml): each task gives the host's engines and what the variable must be.
+COMPILER_PLAY = """\
+- name: Which hosts need the C++ compiler
+  hosts: localhost
+  gather_facts: false
+  vars_files: [{vars_file}]
+  vars:
+    eager: {{name: a, extra_args: [--enforce-eager]}}
+    compiled: {{name: b, extra_args: []}}
+  tasks:
+{tasks}
+"""
+COMPILER_CASES = [
+    ("cpu", "[eager]", "[]", False),  # the main lab: every engine eager
+    ("cpu", "[eager, compiled]", "[]", True),
+    ("cpu", "[]", "[compiled]", True),  # a host with only a pipeline stage
+    ("nvidia", "[compiled]", "[compiled]", False),
+]
+
+
+@pytest.mark.slow  # runs ansible-playbook
+def test_the_compiler_goes_to_cpu_hosts_with_a_compiled_engine(tmp_path: Path) -> None:
+    tasks = "".join(
+        f"""    - name: Case {n}
+      ansible.builtin.assert:
+        that: (_hxp_vllm_compiles_on_cpu | bool) == {expected}
+      vars:
+        hxp_vllm_device: {device}
+        hxp_vllm_instances: "{{{{ {instances} }}}}"
+        hxp_vllm_pipeline_workers: "{{{{ {workers} }}}}"
+"""
+        for n, (device, instances, workers, expected) in enumerate(COMPILER_CASES)
+    )
+    play = COMPILER_PLAY.format(vars_file=REPO / "roles/vllm/vars/main.yml", tasks=tasks)
+    rc, progress, output = run_play(tmp_path, play, "localhost,", {})
+    assert rc == 0, output
+    assert progress.counts["localhost"]["ok"] == len(COMPILER_CASES), output
