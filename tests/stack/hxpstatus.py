@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ class Status:
     code: int
     envelope: dict[str, Any]
     seconds: float
+    cpu_seconds: float  # the command's own user and system time
 
 
 def unit_problems(status: Status) -> list[str]:
@@ -34,6 +36,7 @@ def unit_problems(status: Status) -> list[str]:
 
 def hxp_status() -> Status:
     started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(
         [sys.executable, "-m", "hxp_runtime.cli", "status", str(CONFIG), "--json"],
         capture_output=True,
@@ -43,5 +46,7 @@ def hxp_status() -> Status:
         check=False,
     )
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     assert done.stdout, done.stderr
-    return Status(done.returncode, json.loads(done.stdout), seconds)
+    return Status(done.returncode, json.loads(done.stdout), seconds, cpu)
