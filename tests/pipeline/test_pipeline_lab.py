@@ -3,7 +3,8 @@ CPU, in its multiprocessing multi-node mode. The head (stage 1: the API, the mod
 `hxp-vllm-NAME`) runs on the first host of ``models[].pipeline.hosts``, stage 2 headless on the
 second (its own unit, ``Model.stage_unit_name``). Completions through the router need both
 stages, and every request moves data between them; the head's engine ports admit the stage
-hosts only.
+hosts only. A restart of either side takes the other with it (the launchers' pipeline watch), so
+the model serves again without a hand on the other host.
 
 Needs the lab of inventory/lab-pipeline/hxp.yml deployed (README, "A model split across
 hosts")::
@@ -19,6 +20,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+import openai
 import pytest
 import testinfra
 
@@ -34,6 +36,9 @@ MAX_TOKENS = 8
 # The engine's ports on the head, tried from each host: a refused or dropped connection within
 # this many seconds is "not admitted".
 CONNECT_TIMEOUT_S = 3.0
+# A restarted stage or head: the other stops, restarts (RestartSec) and both start over, the
+# compile cache warm.
+REJOIN_TIMEOUT_S = 600
 # Run with python3 on a lab host: connect to argv[1]:argv[2], print "ok" or why not.
 CONNECT = """
 import socket, sys
@@ -102,6 +107,11 @@ def unit_pids(host: testinfra.host.Host, unit: str) -> set[int]:
     return pids
 
 
+def owned_by(ss_line: str, pids: set[int]) -> bool:
+    """Whether a line of `ss -p` names one of ``pids`` as the socket's owner."""
+    return any(f"pid={pid}," in ss_line for pid in pids)
+
+
 def stage_traffic(host: testinfra.host.Host, split: Split) -> int:
     """Bytes the stage's processes have sent and received so far on their TCP connections with
     the head (`ss -tni`: bytes_sent, bytes_received of each established connection)."""
@@ -113,7 +123,7 @@ def stage_traffic(host: testinfra.host.Host, split: Split) -> int:
         if not line.startswith((" ", "\t")):
             owner_line = line
             continue
-        if not any(f"pid={pid}," in owner_line for pid in pids):
+        if not owned_by(owner_line, pids):
             continue
         for field in line.split():
             name, _, value = field.partition(":")
@@ -137,7 +147,7 @@ def test_the_head_and_its_stage_run_as_units_on_their_hosts(hosts: Hosts, split:
         assert flag in command, command
     joined = stage.check_output("ss -Htnp state established dst %s", split.head_address)
     pids = unit_pids(stage, split.stage_unit)
-    links = [line for line in joined.splitlines() if any(f"pid={p}," in line for p in pids)]
+    links = [line for line in joined.splitlines() if owned_by(line, pids)]
     print(f"stage 2 on {split.stage}: {len(links)} connections with the head on {split.head}")
     assert links, joined
 
@@ -187,9 +197,7 @@ def test_the_engine_ports_admit_the_stage_hosts_only(
     ports = set()
     for line in listening.splitlines():
         address, _, port = line.split()[3].rpartition(":")
-        if address in (split.head_address, "0.0.0.0", "*", "[::]") and any(
-            f"pid={p}," in line for p in pids
-        ):
+        if address in (split.head_address, "0.0.0.0", "*", "[::]") and owned_by(line, pids):
             ports.add(int(port))
     model = next(m for m in cfg.models if m.name == split.model)
     engine = sorted(p for p in ports if p != model.port)
@@ -210,3 +218,85 @@ def test_the_engine_ports_admit_the_stage_hosts_only(
         for source, answer in answers.items():
             if source != split.stage:
                 assert answer != "ok", (port, source)
+
+
+def unit_state(host: testinfra.host.Host, unit: str) -> dict[str, str]:
+    out = host.check_output("systemctl show -p ActiveState,MainPID,NRestarts %s", unit)
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
+def wait_active(host: testinfra.host.Host, unit: str, since: dict[str, str]) -> dict[str, str]:
+    """The unit's state once it restarted by itself (NRestarts grew) and is active again."""
+    deadline = time.monotonic() + REJOIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = unit_state(host, unit)
+        if int(state["NRestarts"]) > int(since["NRestarts"]) and state["ActiveState"] == "active":
+            return state
+        time.sleep(2)
+    pytest.fail(f"{unit} did not restart and become active within {REJOIN_TIMEOUT_S} s: {state}")
+
+
+def serves(cfg: HxpConfig, split: Split) -> float:
+    """Seconds until a completion through the router answers in full (the router's health
+    check takes the head back after its restart)."""
+    client = openai_client(
+        cfg, secret(cfg.router.api_keys[0].secret.value), timeout=60, max_retries=0
+    )
+    began = time.monotonic()
+    while True:
+        try:
+            answer = client.completions.create(
+                model=split.model, prompt="Again:", max_tokens=MAX_TOKENS, temperature=0
+            )
+            assert answer.usage is not None and answer.usage.completion_tokens == MAX_TOKENS
+            return time.monotonic() - began
+        except openai.APIError:
+            if time.monotonic() - began > REJOIN_TIMEOUT_S:
+                raise
+            time.sleep(2)
+
+
+def journal_since(host: testinfra.host.Host, unit: str, since: float) -> str:
+    return str(host.check_output("journalctl -q -o cat -u %s --since @%d", unit, int(since)))
+
+
+def test_a_restarted_head_takes_its_stage_with_it(
+    cfg: HxpConfig, hosts: Hosts, split: Split
+) -> None:
+    head, stage = hosts[split.head], hosts[split.stage]
+    before = unit_state(stage, split.stage_unit)
+    began = time.time()
+    # Returns once the new head is ready, which it is only once the stage has joined it.
+    restart = head.run("timeout %d systemctl restart %s", REJOIN_TIMEOUT_S, split.head_unit)
+    ready = time.time() - began
+    assert restart.rc == 0, restart.stderr
+    after = wait_active(stage, split.stage_unit, before)
+    assert after["MainPID"] != before["MainPID"]
+    log = journal_since(stage, split.stage_unit, began)
+    assert f"the head at {split.head_address}:{split.master_port} has gone" in log, log
+    assert f"joined the head at {split.head_address}:{split.master_port}" in log, log
+    serving = serves(cfg, split)
+    print(
+        f"head restarted: ready again after {ready:.0f} s (the stage rejoined it by itself: "
+        f"restart {after['NRestarts']}), serving through the router {serving:.1f} s later"
+    )
+
+
+def test_a_restarted_stage_takes_its_head_with_it(
+    cfg: HxpConfig, hosts: Hosts, split: Split
+) -> None:
+    head, stage = hosts[split.head], hosts[split.stage]
+    before = unit_state(head, split.head_unit)
+    began = time.time()
+    stage.check_output("systemctl restart %s", split.stage_unit)
+    # The old head would keep answering /health and hang every request: it restarts instead.
+    after = wait_active(head, split.head_unit, before)
+    ready = time.time() - began
+    assert after["MainPID"] != before["MainPID"]
+    log = journal_since(head, split.head_unit, began)
+    assert f"the stage at {split.stage_address} has gone" in log, log
+    serving = serves(cfg, split)
+    print(
+        f"stage restarted: the head restarted by itself (restart {after['NRestarts']}) and was "
+        f"ready after {ready:.0f} s, serving through the router {serving:.1f} s later"
+    )
