@@ -257,7 +257,7 @@ def serves(cfg: HxpConfig, split: Split) -> float:
 
 
 def journal_since(host: testinfra.host.Host, unit: str, since: float) -> str:
-    return str(host.check_output("journalctl -q -o cat -u %s --since @%d", unit, int(since)))
+    return str(host.check_output("journalctl -q -o cat -u %s --since %s", unit, f"@{since:.0f}"))
 
 
 def test_a_restarted_head_takes_its_stage_with_it(
@@ -267,7 +267,7 @@ def test_a_restarted_head_takes_its_stage_with_it(
     before = unit_state(stage, split.stage_unit)
     began = time.time()
     # Returns once the new head is ready, which it is only once the stage has joined it.
-    restart = head.run("timeout %d systemctl restart %s", REJOIN_TIMEOUT_S, split.head_unit)
+    restart = head.run("timeout %s systemctl restart %s", str(REJOIN_TIMEOUT_S), split.head_unit)
     ready = time.time() - began
     assert restart.rc == 0, restart.stderr
     after = wait_active(stage, split.stage_unit, before)
