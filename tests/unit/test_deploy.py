@@ -25,12 +25,25 @@ LOCAL = {
 }
 
 
-def _render_base(tmp_path: Path) -> Path:
-    source = tmp_path / "hxp.yml"
-    source.write_text(BASE)
+def _render(source: Path, tmp_path: Path) -> Path:
     cfg = load_config(source)
     render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", source)
     return tmp_path / "inv/hosts.yml"
+
+
+def _render_base(tmp_path: Path) -> Path:
+    source = tmp_path / "hxp.yml"
+    source.write_text(BASE)
+    return _render(source, tmp_path)
+
+
+@pytest.fixture
+def env_secrets(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The secrets BASE and inventory/pipeline read from the environment; returns the first."""
+    secret = "value-of-an-env-secret"
+    monkeypatch.setenv("HXP_DB_PASSWORD", secret)
+    monkeypatch.setenv("HXP_REDIS_PASSWORD", secret + "-redis")
+    return secret
 
 
 def _validation_play(inventory: Path, tmp_path: Path) -> tuple[int, Progress, str]:
@@ -45,12 +58,7 @@ def _validation_play(inventory: Path, tmp_path: Path) -> tuple[int, Progress, st
     return rc, progress, buffer.getvalue()
 
 
-def test_validation_play_passes_on_a_rendered_inventory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    secret = "value-of-an-env-secret"
-    monkeypatch.setenv("HXP_DB_PASSWORD", secret)
-    monkeypatch.setenv("HXP_REDIS_PASSWORD", secret + "-redis")
+def test_validation_play_passes_on_a_rendered_inventory(tmp_path: Path, env_secrets: str) -> None:
     rc, progress, output = _validation_play(_render_base(tmp_path), tmp_path)
     assert rc == 0, output
     assert set(progress.counts) == {"llm-1", "db-1"}
@@ -60,18 +68,13 @@ def test_validation_play_passes_on_a_rendered_inventory(
     assert (tmp_path / "runner").stat().st_mode & 0o077 == 0
     for artifact in (tmp_path / "runner").rglob("*"):
         if artifact.is_file():
-            assert secret not in artifact.read_text(errors="replace"), artifact
+            assert env_secrets not in artifact.read_text(errors="replace"), artifact
 
 
-def test_validation_play_passes_for_a_host_with_only_a_pipeline_stage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("env_secrets")
+def test_validation_play_passes_for_a_host_with_only_a_pipeline_stage(tmp_path: Path) -> None:
     """inventory/pipeline: hx-llm-server-02 runs stage 2 of llama70b and no server of its own."""
-    monkeypatch.setenv("HXP_DB_PASSWORD", "value-of-an-env-secret")
-    monkeypatch.setenv("HXP_REDIS_PASSWORD", "value-of-another-secret")
-    cfg = load_config(PIPELINE)
-    render_inventory(cfg, plan_deployment(cfg), tmp_path / "inv", PIPELINE)
-    rc, progress, output = _validation_play(tmp_path / "inv/hosts.yml", tmp_path)
+    rc, progress, output = _validation_play(_render(PIPELINE, tmp_path), tmp_path)
     assert rc == 0, output
     assert progress.counts["hx-llm-server-02"]["ok"] == 2  # its rendering, its units
     assert progress.counts["hx-llm-server-02"].get("failed", 0) == 0
@@ -86,11 +89,10 @@ def test_validation_play_refuses_a_foreign_inventory(tmp_path: Path) -> None:
     assert "was not rendered by `hxp render`" in progress.failures[0]
 
 
+@pytest.mark.usefixtures("env_secrets")
 def test_validation_play_stops_at_a_secret_that_does_not_resolve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HXP_DB_PASSWORD", "value-of-an-env-secret")
-    monkeypatch.setenv("HXP_REDIS_PASSWORD", "value-of-another-secret")
     inventory = _render_base(tmp_path)
     monkeypatch.delenv("HXP_REDIS_PASSWORD")
     rc, progress, _ = _validation_play(inventory, tmp_path)
