@@ -225,13 +225,18 @@ def unit_state(host: testinfra.host.Host, unit: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines())
 
 
-def wait_active(host: testinfra.host.Host, unit: str, since: dict[str, str]) -> dict[str, str]:
-    """The unit's state once it restarted by itself (NRestarts grew) and is active again."""
+def restarted_by_itself(
+    host: testinfra.host.Host, unit: str, since: dict[str, str], began: float
+) -> tuple[dict[str, str], str]:
+    """The unit's state once it restarted by itself (NRestarts grew, another main process) and
+    is active again, and its journal since ``began``."""
     deadline = time.monotonic() + REJOIN_TIMEOUT_S
     while time.monotonic() < deadline:
         state = unit_state(host, unit)
         if int(state["NRestarts"]) > int(since["NRestarts"]) and state["ActiveState"] == "active":
-            return state
+            assert state["MainPID"] != since["MainPID"]
+            log = host.check_output("journalctl -q -o cat -u %s --since %s", unit, f"@{began:.0f}")
+            return state, str(log)
         time.sleep(2)
     pytest.fail(f"{unit} did not restart and become active within {REJOIN_TIMEOUT_S} s: {state}")
 
@@ -256,10 +261,6 @@ def serves(cfg: HxpConfig, split: Split) -> float:
             time.sleep(2)
 
 
-def journal_since(host: testinfra.host.Host, unit: str, since: float) -> str:
-    return str(host.check_output("journalctl -q -o cat -u %s --since %s", unit, f"@{since:.0f}"))
-
-
 def test_a_restarted_head_takes_its_stage_with_it(
     cfg: HxpConfig, hosts: Hosts, split: Split
 ) -> None:
@@ -270,9 +271,7 @@ def test_a_restarted_head_takes_its_stage_with_it(
     restart = head.run("timeout %s systemctl restart %s", str(REJOIN_TIMEOUT_S), split.head_unit)
     ready = time.time() - began
     assert restart.rc == 0, restart.stderr
-    after = wait_active(stage, split.stage_unit, before)
-    assert after["MainPID"] != before["MainPID"]
-    log = journal_since(stage, split.stage_unit, began)
+    after, log = restarted_by_itself(stage, split.stage_unit, before, began)
     assert f"the head at {split.head_address}:{split.master_port} has gone" in log, log
     assert f"joined the head at {split.head_address}:{split.master_port}" in log, log
     serving = serves(cfg, split)
@@ -290,10 +289,8 @@ def test_a_restarted_stage_takes_its_head_with_it(
     began = time.time()
     stage.check_output("systemctl restart %s", split.stage_unit)
     # The old head would keep answering /health and hang every request: it restarts instead.
-    after = wait_active(head, split.head_unit, before)
+    after, log = restarted_by_itself(head, split.head_unit, before, began)
     ready = time.time() - began
-    assert after["MainPID"] != before["MainPID"]
-    log = journal_since(head, split.head_unit, began)
     assert f"the stage at {split.stage_address} has gone" in log, log
     serving = serves(cfg, split)
     print(

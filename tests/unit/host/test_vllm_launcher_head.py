@@ -9,6 +9,7 @@ holding or accepting connections as vLLM's stage and head do with the head's TCP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -203,25 +204,42 @@ def test_connections_are_those_of_the_process_tree(head: socket.socket) -> None:
         stage.communicate()
 
 
-def run_launcher(*argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def stops_to_rejoin(launcher: subprocess.Popen[str], child: str) -> str:
+    """Waits for the launcher, which should stop its child within seconds and exit to be
+    started again; returns what it logged."""
+    stopped = time.monotonic()
+    stdout, stderr = launcher.communicate(timeout=20)
+    assert launcher.returncode == REJOIN_EXIT, stderr
+    assert time.monotonic() - stopped < 5
+    assert f"{child}: SIGTERM" in stdout
+    return stderr
+
+
+@contextlib.contextmanager
+def launched(*argv: str) -> Iterator[subprocess.Popen[str]]:
+    """A real launcher of ``argv``, killed (with its child) at the end if still running."""
+    launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    try:
+        yield launcher
+    finally:
+        launcher.kill()
+        launcher.communicate()
 
 
-def run_stage(port: int) -> subprocess.Popen[str]:
+def stage_launched(port: int) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
     flags = ["--nnodes", "2", "--node-rank", "1", "--master-port", str(port), "--headless"]
-    return run_launcher(sys.executable, "-c", STAGE, str(port), *flags, "0")
+    return launched(sys.executable, "-c", STAGE, str(port), *flags, "0")
 
 
 def test_a_stage_stops_when_its_head_goes_and_exits_for_a_restart(head: socket.socket) -> None:
     port = head.getsockname()[1]
-    launcher = run_stage(port)
-    try:
+    with stage_launched(port) as launcher:
         accepted = accept(head, 2)
         assert launcher.stdout is not None
         assert launcher.stdout.readline().strip() == "stage: joined"
@@ -231,14 +249,7 @@ def test_a_stage_stops_when_its_head_goes_and_exits_for_a_restart(head: socket.s
         for connection in accepted:
             connection.close()
         head.close()
-        stopped = time.monotonic()
-        stdout, stderr = launcher.communicate(timeout=20)
-    finally:
-        launcher.kill()
-        launcher.communicate()
-    assert launcher.returncode == REJOIN_EXIT
-    assert time.monotonic() - stopped < 5
-    assert "stage: SIGTERM" in stdout
+        stderr = stops_to_rejoin(launcher, "stage")
     assert f"joined the head at 127.0.0.1:{port} (2 connections to its master port)" in stderr
     assert (
         f"the head at 127.0.0.1:{port} has gone (no connection to its master port left):"
@@ -250,9 +261,8 @@ def test_a_stage_waiting_for_its_first_head_is_left_alone(head: socket.socket) -
     # A port nothing listens on: the stage keeps trying to join, and the launcher lets it.
     port = head.getsockname()[1]
     head.close()
-    launcher = run_stage(port)
     accepted: list[socket.socket] = []
-    try:
+    with stage_launched(port) as launcher:
         time.sleep(1.5)
         assert launcher.poll() is None
         # Then a head comes up there, and the stage joins it.
@@ -262,11 +272,10 @@ def test_a_stage_waiting_for_its_first_head_is_left_alone(head: socket.socket) -
         assert launcher.stdout.readline().strip() == "stage: joined"
         time.sleep(0.6)
         assert launcher.poll() is None
-    finally:
         launcher.terminate()
         launcher.communicate(timeout=20)
-        for connection in accepted:
-            connection.close()
+    for connection in accepted:
+        connection.close()
     assert launcher.returncode == 0
 
 
@@ -289,8 +298,7 @@ def join(port: int) -> socket.socket:
 def test_a_head_stops_when_a_stage_goes_even_if_it_rejoined() -> None:
     master, health = free_port(), free_port()
     flags = ["--nnodes", "2", "--node-rank", "0", "--master-port", str(master), "--port"]
-    launcher = run_launcher(sys.executable, "-c", HEAD, str(master), *flags, str(health))
-    try:
+    with launched(sys.executable, "-c", HEAD, str(master), *flags, str(health)) as launcher:
         assert launcher.stdout is not None
         assert launcher.stdout.readline().strip() == "head: up"
         stage = join(master)
@@ -298,16 +306,8 @@ def test_a_head_stops_when_a_stage_goes_even_if_it_rejoined() -> None:
         assert launcher.poll() is None
         # The stage restarts: its connection closes and a new one comes, from the same host.
         stage.close()
-        rejoined = join(master)
-        stopped = time.monotonic()
-        stdout, stderr = launcher.communicate(timeout=20)
-        rejoined.close()
-    finally:
-        launcher.kill()
-        launcher.communicate()
-    assert launcher.returncode == REJOIN_EXIT
-    assert time.monotonic() - stopped < 5
-    assert "head: SIGTERM" in stdout
+        with join(master):
+            stderr = stops_to_rejoin(launcher, "head")
     assert f"serving; stages joined from {OTHER_HOST} (1 connections)" in stderr
     assert (
         f"the stage at {OTHER_HOST} has gone (its connection to port {master} closed):"
