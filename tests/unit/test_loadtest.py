@@ -33,6 +33,7 @@ from hxp_runtime.loadtest import (
 )
 from hxp_runtime.router.app import Gateway
 from hxp_runtime.router.settings import RouterSecrets, RouterSettings
+from tests.dataplane import free_port
 from tests.stack.load import start_load
 
 REPO = Path(__file__).resolve().parents[2]
@@ -432,12 +433,6 @@ def test_the_human_timeline_folds_seconds_where_nothing_changed() -> None:
     ]
     text = human_report(report)
     assert "failed http_503" in text and "p50" in text
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def hxp(*args: str | Path) -> subprocess.CompletedProcess[str]:

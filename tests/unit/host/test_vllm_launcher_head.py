@@ -32,6 +32,7 @@ from hxp_runtime.host.vllm_launcher import (
     proc_address,
     tree_connections,
 )
+from tests.dataplane import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -277,11 +278,6 @@ def test_a_stage_waiting_for_its_first_head_is_left_alone(head: socket.socket) -
     for connection in accepted:
         connection.close()
     assert launcher.returncode == 0
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
 
 
 def join(port: int) -> socket.socket:
