@@ -117,17 +117,22 @@ def cli_options(argv: Sequence[str], *flags: str) -> dict[str, str]:
     return options
 
 
-def metrics_url(argv: Sequence[str]) -> str | None:
-    """The server's /metrics from its ``--host``/``--port`` arguments (None without a port)."""
+def server_url(argv: Sequence[str]) -> str | None:
+    """The server's base URL from its ``--host``/``--port`` arguments (None without a port)."""
     options = cli_options(argv, "--host", "--port")
     if "--port" not in options:
         return None
-    return f"http://{options.get('--host', '127.0.0.1')}:{options['--port']}/metrics"
+    return f"http://{options.get('--host', '127.0.0.1')}:{options['--port']}"
+
+
+def metrics_url(argv: Sequence[str]) -> str | None:
+    url = server_url(argv)
+    return url and f"{url}/metrics"
 
 
 def health_url(argv: Sequence[str]) -> str | None:
-    url = metrics_url(argv)
-    return url and url.removesuffix("/metrics") + "/health"
+    url = server_url(argv)
+    return url and f"{url}/health"
 
 
 def request_counts(text: str) -> tuple[int, int]:
