@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -205,53 +207,106 @@ def test_connections_are_those_of_the_process_tree(head: socket.socket) -> None:
         stage.communicate()
 
 
-def stops_to_rejoin(launcher: subprocess.Popen[str], child: str) -> str:
-    """Waits for the launcher, which should stop its child within seconds and exit to be
-    started again; returns what it logged."""
-    stopped = time.monotonic()
-    stdout, stderr = launcher.communicate(timeout=20)
-    assert launcher.returncode == REJOIN_EXIT, stderr
-    assert time.monotonic() - stopped < 5
-    assert f"{child}: SIGTERM" in stdout
-    return stderr
+class Stream:
+    """The lines a process writes to one of its pipes, read as they come by a thread of their own,
+    so that a test can wait for one with a deadline, and never blocks on a pipe left open."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self.ended = False
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.reader.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        with pipe:
+            for line in pipe:
+                with self.changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+    def _holds(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        """Returns once a line holds ``text``; fails, naming what came, after ``timeout`` seconds
+        or at the end of the stream."""
+        with self.changed:
+            self.changed.wait_for(lambda: self._holds(text) or self.ended, timeout)
+            assert self._holds(text), (text, self.lines)
+
+    def text(self) -> str:
+        with self.changed:
+            return "\n".join(self.lines)
 
 
-@contextlib.contextmanager
-def launched(*argv: str) -> Iterator[subprocess.Popen[str]]:
-    """A real launcher of ``argv``, killed (with its child) at the end if still running."""
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        yield launcher
-    finally:
-        launcher.kill()
-        launcher.communicate()
+class Launched:
+    """A real launcher of ``argv``, in a process group of its own with its child, which the end
+    of the ``with`` block kills whole: a pipe held by an orphaned child never hangs a test."""
+
+    def __init__(self, *argv: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self.stdout = Stream(self.process.stdout)
+        self.stderr = Stream(self.process.stderr)
+
+    def __enter__(self) -> Launched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.exits(timeout=10)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def exits(self, timeout: float = 20) -> int:
+        """The launcher's exit code, once it and its output have ended."""
+        code = self.process.wait(timeout=timeout)
+        for stream in (self.stdout, self.stderr):
+            stream.reader.join(timeout=10)
+        return code
+
+    def stops_to_rejoin(self, child: str) -> str:
+        """Waits for the launcher, which should stop its child within seconds and exit to be
+        started again; returns what it logged."""
+        stopped = time.monotonic()
+        assert self.exits() == REJOIN_EXIT, self.stderr.text()
+        # The watch looks once a second; seconds more for a machine busy with other work.
+        assert time.monotonic() - stopped < 10
+        assert f"{child}: SIGTERM" in self.stdout.text()
+        return self.stderr.text()
 
 
-def stage_launched(port: int) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+def stage_launched(port: int) -> Launched:
     flags = ["--nnodes", "2", "--node-rank", "1", "--master-port", str(port), "--headless"]
-    return launched(sys.executable, "-c", STAGE, str(port), *flags, "0")
+    return Launched(sys.executable, "-c", STAGE, str(port), *flags, "0")
 
 
 def test_a_stage_stops_when_its_head_goes_and_exits_for_a_restart(head: socket.socket) -> None:
     port = head.getsockname()[1]
     with stage_launched(port) as launcher:
         accepted = accept(head, 2)
-        assert launcher.stdout is not None
-        assert launcher.stdout.readline().strip() == "stage: joined"
-        time.sleep(1.0)  # the head is there, so the stage keeps running
-        assert launcher.poll() is None
+        launcher.stdout.wait_for("stage: joined")
+        launcher.stderr.wait_for(f"joined the head at 127.0.0.1:{port} (2 connections")
+        time.sleep(1.5)  # more than one look of the watch: the head is there, so the stage runs
+        assert launcher.running()
         # The head stops: its connections and its listener close.
         for connection in accepted:
             connection.close()
         head.close()
-        stderr = stops_to_rejoin(launcher, "stage")
-    assert f"joined the head at 127.0.0.1:{port} (2 connections to its master port)" in stderr
+        stderr = launcher.stops_to_rejoin("stage")
     assert (
         f"the head at 127.0.0.1:{port} has gone (no connection to its master port left):"
         f" stopping, to be started again (exit {REJOIN_EXIT}) and rejoin"
@@ -265,19 +320,18 @@ def test_a_stage_waiting_for_its_first_head_is_left_alone(head: socket.socket) -
     accepted: list[socket.socket] = []
     with stage_launched(port) as launcher:
         time.sleep(1.5)
-        assert launcher.poll() is None
+        assert launcher.running()
         # Then a head comes up there, and the stage joins it.
         with socket.create_server(("127.0.0.1", port)) as late_head:
             accepted = accept(late_head, 2)
-        assert launcher.stdout is not None
-        assert launcher.stdout.readline().strip() == "stage: joined"
+        launcher.stdout.wait_for("stage: joined")
+        launcher.stderr.wait_for(f"joined the head at 127.0.0.1:{port}")
         time.sleep(0.6)
-        assert launcher.poll() is None
-        launcher.terminate()
-        launcher.communicate(timeout=20)
+        assert launcher.running()
+        launcher.process.terminate()
+        assert launcher.exits() == 0, launcher.stderr.text()
     for connection in accepted:
         connection.close()
-    assert launcher.returncode == 0
 
 
 def join(port: int) -> socket.socket:
@@ -294,17 +348,17 @@ def join(port: int) -> socket.socket:
 def test_a_head_stops_when_a_stage_goes_even_if_it_rejoined() -> None:
     master, health = free_port(), free_port()
     flags = ["--nnodes", "2", "--node-rank", "0", "--master-port", str(master), "--port"]
-    with launched(sys.executable, "-c", HEAD, str(master), *flags, str(health)) as launcher:
-        assert launcher.stdout is not None
-        assert launcher.stdout.readline().strip() == "head: up"
+    with Launched(sys.executable, "-c", HEAD, str(master), *flags, str(health)) as launcher:
+        launcher.stdout.wait_for("head: up")
         stage = join(master)
-        time.sleep(1.5)  # ready now: the launcher noted the stage's connection
-        assert launcher.poll() is None
+        # Ready now: the launcher notes the stage's connection (however long a busy machine
+        # takes to start it and answer its first /health).
+        launcher.stderr.wait_for(f"serving; stages joined from {OTHER_HOST} (1 connections)")
+        assert launcher.running()
         # The stage restarts: its connection closes and a new one comes, from the same host.
         stage.close()
         with join(master):
-            stderr = stops_to_rejoin(launcher, "head")
-    assert f"serving; stages joined from {OTHER_HOST} (1 connections)" in stderr
+            stderr = launcher.stops_to_rejoin("head")
     assert (
         f"the stage at {OTHER_HOST} has gone (its connection to port {master} closed):"
         f" stopping, to be started again (exit {REJOIN_EXIT}) and rejoin"
