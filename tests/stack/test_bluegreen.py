@@ -194,6 +194,8 @@ def assert_served_by_model_alone(load: dict) -> None:
     assert set(load["by_backend"]) == {MODEL}, load["by_backend"]
 
 
+# Two model versions started, swapped and rolled back: about 30 minutes on a 2-core controller.
+@pytest.mark.timeout(3600)
 def test_blue_green_swap_and_rollback_under_load(
     cfg: HxpConfig,
     hosts: dict[str, testinfra.host.Host],

@@ -114,6 +114,8 @@ def with_engine_change(source: Path, copy: Path) -> HxpConfig:
     return load_config(copy)
 
 
+# It restarts all five model servers in turn: about 20 minutes on a 2-core controller.
+@pytest.mark.timeout(3600)
 def test_rolling_engine_change_under_load(cfg: HxpConfig, config_copy: Path) -> None:
     changed = with_engine_change(CONFIG, config_copy)
     assert all(
