@@ -127,7 +127,16 @@ def postgres_server(
                     shutil.chown(copy, "postgres", "postgres")
             options += f" -c ssl=on -c ssl_cert_file={certificate} -c ssl_key_file={key}"
         run(binaries / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start")
-        psql = [binaries / "psql", "-h", sockets, "-p", str(port), "-U", "postgres", "-q"]
+        psql: list[str | Path] = [
+            binaries / "psql",
+            "-h",
+            sockets,
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-q",
+        ]
         run(*psql, "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
         run(*psql, "-c", f"CREATE DATABASE {database} OWNER {user}")
         yield Postgres(port, database, user, password, socket_dir=sockets)
