@@ -73,7 +73,10 @@ HEAD = textwrap.dedent(
     joined = []
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if joined else 503)
+            if self.path != "/health":
+                self.send_response(404)
+            else:
+                self.send_response(200 if joined else 503)
             self.send_header("Content-Length", "0")
             self.end_headers()
         def log_message(self, *args):
@@ -89,9 +92,9 @@ HEAD = textwrap.dedent(
 LAUNCHER = textwrap.dedent(
     """\
     import sys
-    from hxp_runtime.host.vllm_launcher import Supervisor, pipeline_watch
+    from hxp_runtime.host.vllm_launcher import Supervisor, health_url, pipeline_watch
     command = sys.argv[1:]
-    watch = pipeline_watch(command, "http://127.0.0.1:%s/health" % command[-1])
+    watch = pipeline_watch(command, health_url(command))
     sys.exit(Supervisor(command, None, interval_s=0.2, watch=watch).run())
     """
 )
@@ -350,15 +353,15 @@ def test_a_head_stops_when_a_stage_goes_even_if_it_rejoined() -> None:
     flags = ["--nnodes", "2", "--node-rank", "0", "--master-port", str(master), "--port"]
     with Launched(sys.executable, "-c", HEAD, str(master), *flags, str(health)) as launcher:
         launcher.stdout.wait_for("head: up")
-        stage = join(master)
-        # Ready now: the launcher notes the stage's connection (however long a busy machine
-        # takes to start it and answer its first /health).
-        launcher.stderr.wait_for(f"serving; stages joined from {OTHER_HOST} (1 connections)")
-        assert launcher.running()
-        # The stage restarts: its connection closes and a new one comes, from the same host.
-        stage.close()
-        with join(master):
-            stderr = launcher.stops_to_rejoin("head")
+        with join(master) as stage:
+            # Ready now: the launcher notes the stage's connection (however long a busy machine
+            # takes to start it and answer its first /health).
+            launcher.stderr.wait_for(f"serving; stages joined from {OTHER_HOST} (1 connections)")
+            assert launcher.running()
+            # The stage restarts: its connection closes and a new one comes, from the same host.
+            stage.close()
+            with join(master):
+                stderr = launcher.stops_to_rejoin("head")
     assert (
         f"the stage at {OTHER_HOST} has gone (its connection to port {master} closed):"
         f" stopping, to be started again (exit {REJOIN_EXIT}) and rejoin"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hxp_runtime.host.vllm_launcher import metrics_url, request_counts
+from hxp_runtime.host.vllm_launcher import health_url, metrics_url, request_counts
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -60,11 +60,16 @@ def test_request_counts_sum_every_engine_and_ignore_similar_names() -> None:
     assert request_counts("") == (0, 0)
 
 
-def test_metrics_url_comes_from_the_serve_arguments() -> None:
+def test_metrics_and_health_urls_come_from_the_serve_arguments() -> None:
     argv = ["serve", "/m", "--host", "10.0.0.5", "--port", "11400", "--dtype", "float32"]
     assert metrics_url(argv) == "http://10.0.0.5:11400/metrics"
+    assert health_url(argv) == "http://10.0.0.5:11400/health"
     assert metrics_url(["serve", "/m", "--port", "8001"]) == "http://127.0.0.1:8001/metrics"
+    assert health_url(["serve", "/m", "--host=10.0.0.6", "--port=8002"]) == (
+        "http://10.0.0.6:8002/health"
+    )
     assert metrics_url(["serve", "/m"]) is None
+    assert health_url(["serve", "/m"]) is None
 
 
 @pytest.fixture
