@@ -89,3 +89,22 @@ def test_a_gpu_the_host_does_not_have_is_named() -> None:
     (problem,) = facts_module.plan_problems(gpus, required)
     assert problem.startswith("model big is planned on GPU 1, which this host does not have")
     assert "0 (NVIDIA L4, 24.0 GiB)" in problem
+
+
+def test_shares_of_one_gpu_over_the_whole_of_it_are_refused() -> None:
+    """vLLM starts a model only when its gpu_memory_utilization share of the GPU is free: two
+    models of 0.6 each fit their needs (10 GiB each) and still cannot both start."""
+    gpus = [{"index": 0, "name": "NVIDIA L4", "memory_total_bytes": 24 * GIB, "memory_gib": 24.0}]
+
+    def model(name: str, share: float) -> dict[str, Any]:
+        return {
+            "name": name,
+            "gpu_ids": [0],
+            "gpu_memory_utilization": share,
+            "planned_gpu_memory_gib": 10.0,
+        }
+
+    (problem,) = facts_module.plan_problems(gpus, [model("a", 0.6), model("b", 0.6)])
+    assert problem.startswith("GPU 0 (NVIDIA L4): the gpu_memory_utilization of the models on")
+    assert "add up to 1.20 (a 0.6, b 0.6)" in problem
+    assert facts_module.plan_problems(gpus, [model("a", 0.45), model("b", 0.45)]) == []

@@ -118,12 +118,14 @@ def plan_problems(gpus: list[dict[str, Any]], required: list[dict[str, Any]]) ->
 
     Each instance needs ``planned_gpu_memory_gib`` on each of its GPUs and is started with
     ``--gpu-memory-utilization`` u: vLLM takes u x the GPU's memory, so that must hold the
-    need; and the needs of the instances sharing a GPU must fit its memory together.
+    need; the needs of the instances sharing a GPU must fit its memory together; and so must
+    their shares u: vLLM refuses to start an instance when the GPU's free memory is below its
+    share, so shares over 1 in all leave the last one to start failing.
     """
     by_index = {g["index"]: g for g in gpus}
     found = ", ".join(f"{g['index']} ({g['name']}, {g['memory_gib']} GiB)" for g in gpus)
     problems: list[str] = []
-    load: dict[int, list[tuple[str, float]]] = {}
+    load: dict[int, list[tuple[str, float, float | None]]] = {}
     for inst in required:
         need = float(inst.get("planned_gpu_memory_gib") or 0.0)
         utilization = inst.get("gpu_memory_utilization")
@@ -135,7 +137,7 @@ def plan_problems(gpus: list[dict[str, Any]], required: list[dict[str, Any]]) ->
                     f"have (GPUs found: {found or 'none'}); fix hosts[].gpus in hxp.yml"
                 )
                 continue
-            load.setdefault(index, []).append((inst["name"], need))
+            load.setdefault(index, []).append((inst["name"], need, utilization))
             memory = gpu["memory_total_bytes"] / GIB
             if utilization is not None and need > utilization * memory + 1e-6:
                 problems.append(
@@ -146,12 +148,22 @@ def plan_problems(gpus: list[dict[str, Any]], required: list[dict[str, Any]]) ->
                 )
     for index, tenants in sorted(load.items()):
         memory = by_index[index]["memory_total_bytes"] / GIB
-        total = sum(need for _, need in tenants)
+        total = sum(need for _, need, _ in tenants)
         if total > memory + 1e-6:
-            names = ", ".join(f"{name} {need:.1f} GiB" for name, need in tenants)
+            names = ", ".join(f"{name} {need:.1f} GiB" for name, need, _ in tenants)
             problems.append(
                 f"GPU {index} ({by_index[index]['name']}) has {memory:.1f} GiB but the plan puts "
                 f"{total:.1f} GiB on it ({names}); move a model or quantize it"
+            )
+        shares = [(name, share) for name, _, share in tenants if share is not None]
+        claimed = sum(share for _, share in shares)
+        if claimed > 1.0 + 1e-6:
+            names = ", ".join(f"{name} {share}" for name, share in shares)
+            problems.append(
+                f"GPU {index} ({by_index[index]['name']}): the gpu_memory_utilization of the "
+                f"models on it add up to {claimed:.2f} ({names}), more than the whole GPU; vLLM "
+                "does not start a model when less than its share is free: lower "
+                "gpu_memory_utilization in hxp.yml or move a model"
             )
     return problems
 
