@@ -30,7 +30,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,44 +47,40 @@ PORT = 9835
 FACTS = ROOT / "roles/vllm/library/hxp_gpu_facts.py"
 
 
-def transformers_configs() -> dict[str, Callable[[], Any]]:
-    """Each preset's architecture from its model card's config.json, typed in (no download)."""
-    mistral = {"vocab_size": 32002, "hidden_size": 4096, "intermediate_size": 14336}
-    return {
-        "all-minilm-l6-v2": lambda: tf.BertConfig(
-            vocab_size=30522,
-            hidden_size=384,
-            num_hidden_layers=6,
-            num_attention_heads=12,
-            intermediate_size=1536,
-            max_position_embeddings=512,
-        ),
-        "phi-3-mini": lambda: tf.Phi3Config(
-            vocab_size=32064,
-            hidden_size=3072,
-            intermediate_size=8192,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            max_position_embeddings=4096,
-        ),
-        "hermes-2": lambda: tf.MistralConfig(
-            **mistral, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
-        ),
-        "openchat-3.5": lambda: tf.MistralConfig(
-            **mistral, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8
-        ),
-        "mixtral-8x7b": lambda: tf.MixtralConfig(
-            vocab_size=32000,
-            hidden_size=4096,
-            intermediate_size=14336,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            num_local_experts=8,
-            num_experts_per_tok=2,
-        ),
-    }
+# Each preset's architecture: its transformers config class and the hyper-parameters of its
+# model card's config.json, typed in (nothing is downloaded).
+MISTRAL_7B = {
+    "vocab_size": 32002,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
+ARCHITECTURES: dict[str, tuple[str, dict[str, int]]] = {
+    "all-minilm-l6-v2": (
+        "BertConfig",
+        {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
+         "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512},
+    ),
+    "phi-3-mini": (
+        "Phi3Config",
+        {"vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
+         "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+         "max_position_embeddings": 4096},
+    ),
+    "hermes-2": ("MistralConfig", MISTRAL_7B),
+    "openchat-3.5": ("MistralConfig", MISTRAL_7B),
+    "mixtral-8x7b": (
+        "MixtralConfig",
+        {**MISTRAL_7B, "vocab_size": 32000, "num_local_experts": 8, "num_experts_per_tok": 2},
+    ),
+}  # fmt: skip
+
+
+def transformers_config(preset: str) -> Any:
+    kind, hyper = ARCHITECTURES[preset]
+    return getattr(tf, kind)(**hyper)
 
 
 def scrape() -> dict[str, float]:
@@ -217,16 +212,9 @@ def main() -> int:
         say("facts", found.get("ansible_facts"))
         say("facts config_gpus", found.get("config_gpus"))
         memory_gib = found["ansible_facts"]["hxp_gpus"][0]["memory_total_bytes"] / GIB
-        configs = transformers_configs()
-        for preset in (
-            "all-minilm-l6-v2",
-            "phi-3-mini",
-            "hermes-2",
-            "openchat-3.5",
-            "mixtral-8x7b",
-        ):
+        for preset in ARCHITECTURES:  # the largest last: the exporter and facts run beside it
             shape, estimate = planned(preset)
-            model, real = on_gpu(preset, configs[preset]())
+            model, real = on_gpu(preset, transformers_config(preset))
             say(
                 f"weights {preset}",
                 {
