@@ -231,15 +231,15 @@ class Stream:
             self.ended = True
             self.changed.notify_all()
 
-    def _holds(self, text: str) -> bool:
-        return any(text in line for line in self.lines)
+    def _holds(self, text: str, whole: bool) -> bool:
+        return any(line == text if whole else text in line for line in self.lines)
 
-    def wait_for(self, text: str, timeout: float = 30) -> None:
-        """Returns once a line holds ``text``; fails, naming what came, after ``timeout`` seconds
-        or at the end of the stream."""
+    def wait_for(self, text: str, timeout: float = 30, *, whole: bool = False) -> None:
+        """Returns once a line holds ``text`` (is it, with ``whole``); fails, naming what came,
+        after ``timeout`` seconds or at the end of the stream."""
         with self.changed:
-            self.changed.wait_for(lambda: self._holds(text) or self.ended, timeout)
-            assert self._holds(text), (text, self.lines)
+            self.changed.wait_for(lambda: self._holds(text, whole) or self.ended, timeout)
+            assert self._holds(text, whole), (text, self.lines)
 
     def text(self) -> str:
         with self.changed:
@@ -301,8 +301,10 @@ def test_a_stage_stops_when_its_head_goes_and_exits_for_a_restart(head: socket.s
     port = head.getsockname()[1]
     with stage_launched(port) as launcher:
         accepted = accept(head, 2)
-        launcher.stdout.wait_for("stage: joined")
-        launcher.stderr.wait_for(f"joined the head at 127.0.0.1:{port} (2 connections")
+        launcher.stdout.wait_for("stage: joined", whole=True)
+        launcher.stderr.wait_for(
+            f"joined the head at 127.0.0.1:{port} (2 connections to its master port)"
+        )
         time.sleep(1.5)  # more than one look of the watch: the head is there, so the stage runs
         assert launcher.running()
         # The head stops: its connections and its listener close.
@@ -327,7 +329,7 @@ def test_a_stage_waiting_for_its_first_head_is_left_alone(head: socket.socket) -
         # Then a head comes up there, and the stage joins it.
         with socket.create_server(("127.0.0.1", port)) as late_head:
             accepted = accept(late_head, 2)
-        launcher.stdout.wait_for("stage: joined")
+        launcher.stdout.wait_for("stage: joined", whole=True)
         launcher.stderr.wait_for(f"joined the head at 127.0.0.1:{port}")
         time.sleep(0.6)
         assert launcher.running()
@@ -352,7 +354,7 @@ def test_a_head_stops_when_a_stage_goes_even_if_it_rejoined() -> None:
     master, health = free_port(), free_port()
     flags = ["--nnodes", "2", "--node-rank", "0", "--master-port", str(master), "--port"]
     with Launched(sys.executable, "-c", HEAD, str(master), *flags, str(health)) as launcher:
-        launcher.stdout.wait_for("head: up")
+        launcher.stdout.wait_for("head: up", whole=True)
         with join(master) as stage:
             # Ready now: the launcher notes the stage's connection (however long a busy machine
             # takes to start it and answer its first /health).
